@@ -1,0 +1,17 @@
+"""Top-level command group; each subcommand group lives in its own module."""
+
+from __future__ import annotations
+
+import click
+
+from confserve import __version__
+from confserve.cli._pf import pf
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="confserve")
+def main() -> None:
+    """confserve: confidential TensorFlow-Serving-compatible model serving."""
+
+
+main.add_command(pf)

@@ -1,0 +1,1 @@
+"""Gramine-compatible protected files."""
