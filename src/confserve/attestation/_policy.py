@@ -137,19 +137,33 @@ class AllowRule:
         object.__setattr__(self, "secrets", secrets)
 
     def mismatch(self, identity: EnclaveIdentity) -> tuple[int, str] | None:
-        """None if the rule matches, else (number of fields that matched first, refusal reason)."""
-        if self.mr_enclave is not None and identity.mr_enclave != self.mr_enclave:
-            return 0, "mr_enclave not in allow list"
-        if self.mr_signer is not None and identity.mr_signer != self.mr_signer:
-            return 1, "mr_signer not in allow list"
-        if self.isv_prod_id is not None and identity.isv_prod_id != self.isv_prod_id:
-            return 2, (
-                f"isv_prod_id {identity.isv_prod_id} does not match {self.isv_prod_id} for rule {self.name!r}"
-            )
+        """None if the rule matches, else (how many present fields matched first, refusal reason)."""
+        matched = 0
+        if self.mr_enclave is not None:
+            if identity.mr_enclave != self.mr_enclave:
+                return matched, "mr_enclave not in allow list"
+            matched += 1
+        if self.mr_signer is not None:
+            if identity.mr_signer != self.mr_signer:
+                return matched, "mr_signer not in allow list"
+            matched += 1
+        if self.isv_prod_id is not None:
+            if identity.isv_prod_id != self.isv_prod_id:
+                expected = self.isv_prod_id
+                return (
+                    matched,
+                    f"isv_prod_id {identity.isv_prod_id} does not match {expected} for rule {self.name!r}",
+                )
+            matched += 1
         if self.min_isv_svn is not None and identity.isv_svn < self.min_isv_svn:
-            return 3, f"isv_svn {identity.isv_svn} below minimum {self.min_isv_svn} for rule {self.name!r}"
+            return (
+                matched,
+                f"isv_svn {identity.isv_svn} below minimum {self.min_isv_svn} for rule {self.name!r}",
+            )
         if self.exact_isv_svn is not None and identity.isv_svn != self.exact_isv_svn:
-            return 3, f"isv_svn {identity.isv_svn} does not equal {self.exact_isv_svn} for rule {self.name!r}"
+            return matched, (
+                f"isv_svn {identity.isv_svn} does not equal {self.exact_isv_svn} for rule {self.name!r}"
+            )
         return None
 
 
@@ -237,16 +251,15 @@ class Policy:
         reason = self._gate(evidence)
         if reason is not None:
             return _refuse(reason, ident)
-        best: tuple[int, str] | None = None
+        misses: list[tuple[int, str]] = []
         for rule in self.rules:
             miss = rule.mismatch(ident)
             if miss is None:
                 return Decision(
                     accepted=True, reason="accepted", rule=rule.name, secrets=rule.secrets, identity=ident
                 )
-            if best is None or miss[0] > best[0]:
-                best = miss
-        return _refuse(best[1] if best is not None else "allow list is empty", ident)
+            misses.append(miss)
+        return _refuse(_closest_miss(misses), ident)
 
     def _gate(self, evidence: VerifiedEvidence) -> str | None:
         """Checks 1-5 of the module docstring: the first failing one's reason, else None."""
@@ -276,6 +289,18 @@ class Policy:
             ),
         )
         return next((reason for failed, reason in checks if failed), None)
+
+
+def _closest_miss(misses: list[tuple[int, str]]) -> str:
+    """The reason of the rule that matched most fields (the first such); when no rule matched a single
+    field, say which measurements were not found."""
+    if not misses:
+        return "allow list is empty"
+    best = max(score for score, _ in misses)
+    reasons = list(dict.fromkeys(reason for score, reason in misses if score == best))
+    if best == 0 and set(reasons) == {"mr_enclave not in allow list", "mr_signer not in allow list"}:
+        return "mr_enclave and mr_signer not in allow list"
+    return reasons[0]
 
 
 def _printable(value: object) -> str:
