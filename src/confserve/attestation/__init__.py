@@ -1,5 +1,14 @@
 """Enclave identity, quotes (real and simulated), DCAP verification, policy and RA-TLS certificates."""
 
+from confserve.attestation._attester import (
+    AttestationFiles,
+    Attester,
+    AttesterUnavailableError,
+    DevAttestationFiles,
+    GramineAttester,
+    SimulatedAttester,
+    detect_attester,
+)
 from confserve.attestation._errors import AttestationError, PolicyError, QuoteFormatError, VerificationError
 from confserve.attestation._measure import (
     MeasurementError,
@@ -22,22 +31,72 @@ from confserve.attestation._policy import (
     parse_policy_toml,
     parse_ra_config,
 )
+from confserve.attestation._simplatform import (
+    SGX_TCB_STATUSES,
+    PlatformTcb,
+    SimCollateralSettings,
+    SimPlatform,
+    SimPlatformError,
+)
+from confserve.attestation._structs import (
+    QuoteHeader,
+    QuoteV3,
+    ReportBody,
+    parse_quote_header,
+    parse_quote_v3,
+)
 from confserve.attestation._types import EnclaveIdentity, VerifiedEvidence
+from confserve.attestation._verify import (
+    INTEL_SGX_ROOT_CA_DER,
+    INTEL_SGX_ROOT_CA_SHA256,
+    CachingCollateralSource,
+    Collateral,
+    CollateralSource,
+    FileCollateralSource,
+    PccsCollateralSource,
+    StaticCollateralSource,
+    TrustConfig,
+    verify,
+)
 
 __all__ = [
+    "INTEL_SGX_ROOT_CA_DER",
+    "INTEL_SGX_ROOT_CA_SHA256",
+    "SGX_TCB_STATUSES",
     "AllowRule",
     "AttestationError",
+    "AttestationFiles",
+    "Attester",
+    "AttesterUnavailableError",
+    "CachingCollateralSource",
+    "Collateral",
+    "CollateralSource",
     "Decision",
+    "DevAttestationFiles",
     "EnclaveIdentity",
+    "FileCollateralSource",
+    "GramineAttester",
     "MeasurementError",
+    "PccsCollateralSource",
+    "PlatformTcb",
     "Policy",
     "PolicyError",
     "QuoteFormatError",
+    "QuoteHeader",
+    "QuoteV3",
+    "ReportBody",
     "SigStruct",
+    "SimCollateralSettings",
+    "SimPlatform",
+    "SimPlatformError",
+    "SimulatedAttester",
+    "StaticCollateralSource",
+    "TrustConfig",
     "VerificationError",
     "VerifiedEvidence",
     "build_sigstruct",
     "describe_simulated",
+    "detect_attester",
     "find_package_root",
     "generate_signing_key",
     "load_policy_file",
@@ -45,7 +104,10 @@ __all__ = [
     "mr_signer_from_pem",
     "mr_signer_from_public_key",
     "parse_policy_toml",
+    "parse_quote_header",
+    "parse_quote_v3",
     "parse_ra_config",
     "parse_sigstruct",
     "simulated_identity",
+    "verify",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from confserve import __version__
+from confserve.cli._attest import attest, sim_platform
 from confserve.cli._pf import pf
 
 
@@ -15,3 +16,5 @@ def main() -> None:
 
 
 main.add_command(pf)
+main.add_command(sim_platform)
+main.add_command(attest)

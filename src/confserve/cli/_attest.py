@@ -1,0 +1,307 @@
+"""`confserve sim-platform` and `confserve attest`: simulated SGX platforms, quotes and quote verification.
+
+Thin: parse options, read the clock once (here, at the edge), call `confserve.attestation`, print.
+`attest verify-quote` prints one JSON verdict on stdout and exits 0 only when the quote verified and the
+policy accepted it; usage errors exit 2 (click), everything else 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, ParamSpec, TypeVar
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from confserve.attestation._attester import SimulatedAttester
+from confserve.attestation._errors import AttestationError
+from confserve.attestation._policy import AllowRule, Policy, load_policy_file
+from confserve.attestation._simplatform import SGX_TCB_STATUSES, SimCollateralSettings, SimPlatform
+from confserve.attestation._types import EnclaveIdentity, VerifiedEvidence
+from confserve.attestation._verify import INTEL_SGX_ROOT_CA_SHA256, Collateral, TrustConfig, verify
+from confserve.errors import ConfserveError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+EXIT_REFUSED = 1  # verification failed, policy refused, or an operation failed
+
+
+def _fails_cleanly(func: Callable[P, R]) -> Callable[P, R]:
+    """confserve and OS errors become `confserve: error: reason` on stderr and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except (ConfserveError, OSError) as exc:
+            click.echo(f"confserve: error: {exc}", err=True)
+            sys.exit(EXIT_REFUSED)
+
+    return wrapper
+
+
+def _hex_bytes(size: int) -> Callable[[click.Context, click.Parameter, str | None], bytes | None]:
+    def convert(_ctx: click.Context, param: click.Parameter, value: str | None) -> bytes | None:
+        if value is None:
+            return None
+        try:
+            raw = bytes.fromhex(value)
+        except ValueError:
+            raise click.BadParameter("not hexadecimal", param=param) from None
+        if len(raw) != size:
+            raise click.BadParameter(f"must be {size} bytes ({2 * size} hex digits)", param=param)
+        return raw
+
+    return convert
+
+
+def _settings(
+    tcb_status: str, advisory_ids: tuple[str, ...], pck_revoked: bool, validity_days: int
+) -> SimCollateralSettings:
+    return SimCollateralSettings(
+        tcb_status=tcb_status,
+        advisory_ids=advisory_ids,
+        pck_revoked=pck_revoked,
+        validity_seconds=validity_days * 86400,
+    )
+
+
+_TCB_STATUS = click.option(
+    "--tcb-status",
+    type=click.Choice(SGX_TCB_STATUSES),
+    default="UpToDate",
+    show_default=True,
+    help="TCB status the collateral gives this platform (Revoked makes every quote fail).",
+)
+_ADVISORY = click.option("--advisory-id", "advisory_ids", multiple=True, help="Advisory ID (repeatable).")
+_REVOKED = click.option("--pck-revoked", is_flag=True, help="List the PCK certificate in the PCK CRL.")
+_VALIDITY = click.option(
+    "--validity-days",
+    type=click.IntRange(min=1),
+    default=30,
+    show_default=True,
+    help="Collateral lifetime (nextUpdate - issueDate); Intel's is about 30 days.",
+)
+
+
+# --- sim-platform ---------------------------------------------------------------------------------
+
+
+@click.group("sim-platform")
+def sim_platform() -> None:
+    """A simulated SGX DCAP platform (test PKI + collateral + QE). NOT Intel: for development only."""
+
+
+@sim_platform.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@_TCB_STATUS
+@_ADVISORY
+@_REVOKED
+@_VALIDITY
+@_fails_cleanly
+def sim_init(
+    directory: Path, tcb_status: str, advisory_ids: tuple[str, ...], pck_revoked: bool, validity_days: int
+) -> None:
+    """Create a simulated platform in DIRECTORY (private keys are written mode 0600)."""
+    platform = SimPlatform.init(
+        directory,
+        now=int(time.time()),
+        settings=_settings(tcb_status, advisory_ids, pck_revoked, validity_days),
+    )
+    root_sha256 = hashlib.sha256(platform.root_ca_der).hexdigest()
+    click.echo(f"simulated platform created in {directory} (root CA sha256 {root_sha256})")
+
+
+@sim_platform.command("refresh")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--tcb-status", type=click.Choice(SGX_TCB_STATUSES), help="Change the TCB status.")
+@_ADVISORY
+@click.option("--pck-revoked/--pck-valid", default=None, help="Change the PCK revocation.")
+@click.option("--validity-days", type=click.IntRange(min=1), help="Change the collateral lifetime.")
+@_fails_cleanly
+def sim_refresh(
+    directory: Path,
+    tcb_status: str | None,
+    advisory_ids: tuple[str, ...],
+    pck_revoked: bool | None,
+    validity_days: int | None,
+) -> None:
+    """Re-issue the collateral of the platform in DIRECTORY from now on (same keys)."""
+    platform = SimPlatform.load(directory)
+    old = platform.settings
+    platform.refresh_collateral(
+        int(time.time()),
+        SimCollateralSettings(
+            tcb_status=tcb_status or old.tcb_status,
+            advisory_ids=advisory_ids or (old.advisory_ids if tcb_status is None else ()),
+            pck_revoked=old.pck_revoked if pck_revoked is None else pck_revoked,
+            validity_seconds=old.validity_seconds if validity_days is None else validity_days * 86400,
+            tcb_evaluation_data_number=old.tcb_evaluation_data_number,
+        ),
+    )
+    click.echo(f"collateral refreshed; next update at {platform.next_update} (Unix seconds)")
+
+
+# --- attest ---------------------------------------------------------------------------------------
+
+
+@click.group("attest")
+def attest() -> None:
+    """Produce and verify SGX DCAP quotes."""
+
+
+@attest.command("quote")
+@click.option(
+    "--sim-platform",
+    "platform_dir",
+    required=True,
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Simulated platform directory (see `confserve sim-platform init`).",
+)
+@click.option("--report-data", required=True, callback=_hex_bytes(64), help="64 bytes, hex.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Quote file.")
+@click.option("--mr-enclave", callback=_hex_bytes(32), help="32 bytes, hex [default: zeros].")
+@click.option("--mr-signer", callback=_hex_bytes(32), help="32 bytes, hex [default: zeros].")
+@click.option("--isv-prod-id", type=click.IntRange(0, 0xFFFF), default=0, show_default=True)
+@click.option("--isv-svn", type=click.IntRange(0, 0xFFFF), default=0, show_default=True)
+@click.option("--debug", is_flag=True, help="Set the DEBUG attribute (dcap-qvl then refuses the quote).")
+@_fails_cleanly
+def attest_quote(
+    platform_dir: Path,
+    report_data: bytes,
+    out: Path,
+    mr_enclave: bytes | None,
+    mr_signer: bytes | None,
+    isv_prod_id: int,
+    isv_svn: int,
+    debug: bool,
+) -> None:
+    """Write a simulated DCAP v3 quote for REPORT_DATA to OUT."""
+    identity = EnclaveIdentity(
+        mr_enclave=mr_enclave or bytes(32),
+        mr_signer=mr_signer or bytes(32),
+        isv_prod_id=isv_prod_id,
+        isv_svn=isv_svn,
+    )
+    quote = SimulatedAttester(SimPlatform.load(platform_dir), identity, debug=debug).quote(report_data)
+    out.write_bytes(quote)
+    click.echo(f"wrote {len(quote)}-byte simulated quote to {out}")
+
+
+def _load_root(path: Path) -> bytes:
+    data = path.read_bytes()
+    try:
+        cert = (
+            x509.load_pem_x509_certificate(data)
+            if b"-----BEGIN" in data
+            else x509.load_der_x509_certificate(data)
+        )
+    except ValueError as exc:
+        raise AttestationError(f"{path} is not a PEM or DER certificate") from exc
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def _verdict(evidence: VerifiedEvidence | None, accepted: bool, reason: str) -> dict[str, Any]:
+    return {
+        "accepted": accepted,
+        "reason": reason,
+        "status": evidence.tcb_status if evidence else None,
+        "advisories": list(evidence.advisory_ids) if evidence else None,
+        "mr_enclave": evidence.identity.mr_enclave.hex() if evidence else None,
+        "mr_signer": evidence.identity.mr_signer.hex() if evidence else None,
+        "isv_prod_id": evidence.identity.isv_prod_id if evidence else None,
+        "isv_svn": evidence.identity.isv_svn if evidence else None,
+        "report_data": evidence.report_data.hex() if evidence else None,
+        "debug": evidence.debug if evidence else None,
+        "simulated": evidence.simulated if evidence else None,
+    }
+
+
+def _emit(verdict: dict[str, Any]) -> NoReturn:
+    click.echo(json.dumps(verdict, indent=1))
+    sys.exit(0 if verdict["accepted"] else EXIT_REFUSED)
+
+
+@attest.command("verify-quote")
+@click.argument("quote_file", metavar="QUOTE", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--collateral",
+    "collateral_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Collateral JSON (dcap-qvl QuoteCollateralV3 shape).",
+)
+@click.option(
+    "--sim-platform",
+    "platform_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Take collateral (and, by default, the root) from a simulated platform.",
+)
+@click.option("--now", type=click.IntRange(min=0), help="Verification time, Unix seconds [default: now].")
+@click.option(
+    "--root",
+    help="'intel' (Intel SGX Root CA, pinned by SHA-256) or a root certificate file (PEM or DER) "
+    "[default: intel; the platform's root with --sim-platform].",
+)
+@click.option("--allow-simulated", is_flag=True, help="Trust a non-Intel (simulated) root.")
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Policy file (.toml native or ra_config .json) [default: UpToDate only, any enclave].",
+)
+@_fails_cleanly
+def attest_verify_quote(
+    quote_file: Path,
+    collateral_file: Path | None,
+    platform_dir: Path | None,
+    now: int | None,
+    root: str | None,
+    allow_simulated: bool,
+    policy_file: Path | None,
+) -> None:
+    """Verify QUOTE and print a JSON verdict; exit 0 only if it is accepted."""
+    if (collateral_file is None) == (platform_dir is None):
+        raise click.UsageError("give exactly one of --collateral and --sim-platform")
+    platform = SimPlatform.load(platform_dir) if platform_dir is not None else None
+    if platform is not None:
+        collateral = Collateral.from_json(platform.collateral_json)
+    else:
+        assert collateral_file is not None
+        collateral = Collateral.from_file(collateral_file)
+    if root is None:
+        root_der = platform.root_ca_der if platform is not None else None
+    elif root == "intel":
+        root_der = None
+    else:
+        root_der = _load_root(Path(root))
+    if root_der is None or hashlib.sha256(root_der).hexdigest() == INTEL_SGX_ROOT_CA_SHA256:
+        trust = TrustConfig.intel()
+    elif allow_simulated:
+        trust = TrustConfig.simulated(root_der)
+    else:
+        _emit(
+            _verdict(None, False, "the root is not Intel's SGX Root CA; pass --allow-simulated to trust it")
+        )
+    # Policy: the default below is "UpToDate only, no advisories, not debug, any enclave identity,
+    # simulated only with --allow-simulated"; --policy FILE replaces it (see confserve.attestation._policy).
+    policy = (
+        load_policy_file(policy_file, allow_simulated_ra_config=allow_simulated)
+        if policy_file is not None
+        else Policy(rules=(AllowRule(name="any-enclave"),), allow_simulated=allow_simulated)
+    )
+    try:
+        evidence = verify(
+            quote_file.read_bytes(), collateral, trust, int(time.time()) if now is None else now
+        )
+    except AttestationError as exc:
+        _emit(_verdict(None, False, str(exc)))
+    decision = policy.evaluate(evidence)
+    _emit(_verdict(evidence, decision.accepted, decision.reason))
