@@ -1,0 +1,100 @@
+"""Model serving core: model store (source, version policy, manager), SavedModel loading, DataPlane.
+
+Imports no gRPC or HTTP framework. `DataPlane`, `SavedModelLoader` and `SavedModelServable` need the
+TensorFlow Serving protos (which import TensorFlow), so they are imported lazily on first access; the rest
+of the package is importable without TensorFlow.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from confserve.serving._config import (
+    AllVersions,
+    LatestVersions,
+    ModelConfig,
+    SpecificVersions,
+    VersionPolicy,
+    model_configs_from_proto,
+    parse_model_server_config,
+)
+from confserve.serving._errors import (
+    ConfigError,
+    InvalidInputError,
+    LoadError,
+    ModelUnavailableError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    ServingError,
+)
+from confserve.serving._manager import (
+    TRANSITIONS,
+    Loader,
+    ManagerSettings,
+    ModelManager,
+    ServableHandle,
+    State,
+    VersionStatus,
+)
+from confserve.serving._opener import FileOpener, PlainOpener
+from confserve.serving._policy import select_versions
+from confserve.serving._source import AspiredVersions, FileSystemSource
+from confserve.serving._store import ModelStore
+
+if TYPE_CHECKING:
+    from confserve.serving._dataplane import DataPlane, Servable
+    from confserve.serving._savedmodel import SavedModelLoader, SavedModelServable
+
+__all__ = [
+    "TRANSITIONS",
+    "AllVersions",
+    "AspiredVersions",
+    "ConfigError",
+    "DataPlane",
+    "FileOpener",
+    "FileSystemSource",
+    "InvalidInputError",
+    "LatestVersions",
+    "LoadError",
+    "Loader",
+    "ManagerSettings",
+    "ModelConfig",
+    "ModelManager",
+    "ModelStore",
+    "ModelUnavailableError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "PlainOpener",
+    "ResourceExhaustedError",
+    "SavedModelLoader",
+    "SavedModelServable",
+    "Servable",
+    "ServableHandle",
+    "ServingError",
+    "SpecificVersions",
+    "State",
+    "VersionPolicy",
+    "VersionStatus",
+    "model_configs_from_proto",
+    "parse_model_server_config",
+    "select_versions",
+]
+
+_LAZY = {
+    "DataPlane": "confserve.serving._dataplane",
+    "Servable": "confserve.serving._dataplane",
+    "SavedModelLoader": "confserve.serving._savedmodel",
+    "SavedModelServable": "confserve.serving._savedmodel",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'confserve.serving' has no attribute {name!r}")
+    import importlib  # noqa: PLC0415
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,72 @@
+"""Errors of the model store and DataPlane, each carrying a transport-neutral `Status`.
+
+Messages go to the peer as they are: they name models, versions, signatures and tensor aliases, never
+tensor values or model bytes. Where TF Serving has a fixed message for the same condition we use its text.
+"""
+
+from __future__ import annotations
+
+from confserve.errors import ConfserveError, Status
+
+__all__ = [
+    "ConfigError",
+    "InvalidInputError",
+    "LoadError",
+    "ModelUnavailableError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ResourceExhaustedError",
+    "ServingError",
+]
+
+
+class ServingError(ConfserveError):
+    """Root of the serving package's errors."""
+
+    status = Status.INTERNAL
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class ConfigError(ServingError):
+    """A ModelServerConfig (or part of it) is malformed or unsupported."""
+
+    status = Status.INVALID_ARGUMENT
+
+
+class NotFoundError(ServingError):
+    """Unknown model, version or signature."""
+
+    status = Status.NOT_FOUND
+
+
+class InvalidInputError(ServingError):
+    """The request does not match the model's signature (alias, dtype, shape, format)."""
+
+    status = Status.INVALID_ARGUMENT
+
+
+class ModelUnavailableError(ServingError):
+    """The model or version is known but not in the AVAILABLE state."""
+
+    status = Status.FAILED_PRECONDITION
+
+
+class ResourceExhaustedError(ServingError):
+    """A request exceeds a configured size limit."""
+
+    status = Status.RESOURCE_EXHAUSTED
+
+
+class PermissionDeniedError(ServingError):
+    """The operation is disabled by the server's configuration."""
+
+    status = Status.PERMISSION_DENIED
+
+
+class LoadError(ServingError):
+    """A model version could not be loaded. The message is safe to show in GetModelStatus."""
+
+    status = Status.INTERNAL
