@@ -6,6 +6,7 @@ import click
 
 from confserve import __version__
 from confserve.cli._attest import attest, sim_platform
+from confserve.cli._measure import measure_group
 from confserve.cli._pf import pf
 
 
@@ -18,3 +19,4 @@ def main() -> None:
 main.add_command(pf)
 main.add_command(sim_platform)
 main.add_command(attest)
+main.add_command(measure_group, "measure")
