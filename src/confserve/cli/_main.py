@@ -7,7 +7,7 @@ import click
 from confserve import __version__
 from confserve.cli._attest import attest, sim_platform
 from confserve.cli._measure import measure_group
-from confserve.cli._pf import pf
+from confserve.cli._pf import pf_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -16,7 +16,7 @@ def main() -> None:
     """confserve: confidential TensorFlow-Serving-compatible model serving."""
 
 
-main.add_command(pf)
+main.add_command(pf_group, "pf")
 main.add_command(sim_platform)
 main.add_command(attest)
 main.add_command(measure_group, "measure")

@@ -43,6 +43,7 @@ from confserve.pf._format import (
     MAJOR_V2,
     MD_USER_DATA_SIZE,
     MHT_OFF_CHILDREN,
+    MINOR_VERSION,
     NODE_SIZE,
     OFF_FILE_ID,
     OFF_FLAGS_V2,
@@ -105,6 +106,8 @@ def read_header_facts(f: BinaryIO) -> HeaderFacts:
     major = head[OFF_MAJOR]
     if major not in FORMAT_VERSIONS:
         raise VersionError(f"unknown protected-file format version {major} (known: 1 and 2)")
+    if head[OFF_MINOR] != MINOR_VERSION:
+        raise VersionError(f"unknown protected-file minor version {head[OFF_MINOR]} (known: 0)")
     flags = head[OFF_FLAGS_V2] if major == MAJOR_V2 else 0
     return HeaderFacts(major, head[OFF_MINOR], flags, size)
 
