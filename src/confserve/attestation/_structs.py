@@ -288,7 +288,13 @@ class ReportBody:
 
 # --- signature data -------------------------------------------------------------------------------
 
-_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----\r?\n?")
+# E.3: type-5 data is PEM certificates back to back, optionally ended by one NUL (as QE3 writes it).
+# Nothing else is tolerated: dcap-qvl's own PEM reading is lenient (it accepts e.g. a vertical tab for a
+# line feed), and a quote must not verify after any byte of it changed.
+_PEM_CERT = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\r?\n(?:[A-Za-z0-9+/]+={0,2}\r?\n)+-----END CERTIFICATE-----(?:\r?\n)?"
+)
+_CERT_CHAIN = re.compile(rb"(?:" + _PEM_CERT.pattern + rb")+\x00?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,8 +334,8 @@ class EcdsaSignatureData:
                 f"certification data size field says {cert_size} bytes but {len(view) - pos} follow"
             )
         cert_data = bytes(view[pos:])
-        if not _PEM_CERT.search(cert_data):
-            raise QuoteFormatError("certification data holds no PEM certificate")
+        if not _CERT_CHAIN.fullmatch(cert_data):
+            raise QuoteFormatError("certification data is not a PEM certificate chain")
         return cls(
             qe_report=qe_report,
             qe_auth_data=qe_auth_data,

@@ -10,9 +10,11 @@ Theory of operation
    CRL, the PCK chain and CRLs, TCB info and QE identity signatures and dates, the QE report and its
    binding to the attestation key, the quote signature and the TCB level (dcap-verification.md 1.4). Only
    the trust anchor differs between real and simulated quotes; the code path is identical;
-3. checks that the claims dcap-qvl returns describe the same header and report body that `_structs`
-   parsed, and that the chain ended at the pinned root (`root_key_id` = SHA-384 of the root's public
-   point), so the evidence handed on is exactly what was signed;
+3. checks what dcap-qvl leaves unchecked or reports: the PCK chain embedded in the quote must end with
+   the trusted root itself (dcap-qvl ignores that copy), the claims must describe the header and report
+   body `_structs` parsed, and the chain must have ended at the pinned root (`root_key_id` = SHA-384 of
+   the root's public point). So the evidence handed on is exactly what was signed, and every byte of the
+   quote is authenticated (a test flips each of them);
 4. returns `VerifiedEvidence`. Deciding which TCB statuses, advisories, measurements or debug enclaves are
    acceptable is the policy's job (`_policy`), not this module's.
 
@@ -325,6 +327,23 @@ def _check_claims(parsed: QuoteV3, claims: dict[str, Any], trust: TrustConfig) -
         raise VerificationError("quote did not chain to the trusted root")
 
 
+def _check_embedded_root(parsed: QuoteV3, trust: TrustConfig) -> None:
+    """The PCK chain in the quote must end with the trusted root itself (E.3: leaf || PCK CA || root).
+
+    dcap-qvl anchors the chain at `trust.root_ca_der` and ignores the copy of the root in the quote, so
+    without this check the bytes of that copy would be unauthenticated. Intel's QVL makes the same
+    comparison against its pinned root key.
+    """
+    chain = parsed.signature_data.pck_chain_pem()
+    try:
+        last = x509.load_pem_x509_certificate(chain[-1]).public_bytes(serialization.Encoding.DER)
+    except ValueError as exc:
+        raise VerificationError("the quote's PCK chain ends in a malformed certificate") from exc
+    if last != trust.root_ca_der:
+        _log.info("quote's chain ends at a root with sha256 %s", hashlib.sha256(last).hexdigest())
+        raise VerificationError("the quote's PCK chain does not end at the trusted root")
+
+
 def verify(quote: bytes, collateral: Collateral | Any, trust: TrustConfig, now: int) -> VerifiedEvidence:
     """Verify an SGX DCAP v3 quote with `collateral` at Unix time `now`, chained to `trust`'s root.
 
@@ -337,6 +356,7 @@ def verify(quote: bytes, collateral: Collateral | Any, trust: TrustConfig, now: 
     parsed = parse_quote_v3(quote)
     if parsed.header.qe_vendor_id != INTEL_QE_VENDOR_ID:  # dcap-qvl checks this too; say it clearly
         raise VerificationError("quote was not produced by Intel's quoting enclave (QE vendor ID)")
+    _check_embedded_root(parsed, trust)
     dcap_collateral = collateral.to_dcap() if isinstance(collateral, Collateral) else collateral
     try:
         verifier = dcap_qvl.QuoteVerifier(root_ca_der=trust.root_ca_der)
