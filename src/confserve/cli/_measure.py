@@ -19,30 +19,14 @@ Text output is the four lines of the reference's `get_image_enclave_mr.sh`; `--j
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
-from typing import NoReturn
 
 import click
 from cryptography.hazmat.primitives import serialization
 
 from confserve.attestation import _measure as measure
 from confserve.attestation._types import EnclaveIdentity
-from confserve.errors import ConfserveError
-
-EXIT_FAILURE = 1  # the operation failed; click uses 2 for usage errors
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"confserve: error: {message}", err=True)
-    sys.exit(EXIT_FAILURE)
-
-
-def _read(path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        _fail(f"cannot read {path}: {exc.strerror}")
+from confserve.cli._common import fail, reports_errors
 
 
 def _parse_args(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -82,6 +66,7 @@ def _emit(identity: EnclaveIdentity, as_json: bool, **extra: object) -> None:
 @click.option("--describe", is_flag=True, help="Print the canonical description instead of the identity.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
+@reports_errors
 def measure_group(
     ctx: click.Context,
     sigstruct: str | None,
@@ -110,48 +95,50 @@ def measure_group(
     if ctx.invoked_subcommand is not None:
         if sigstruct or simulated_given or describe or as_json:
             raise click.UsageError("measure options cannot be combined with a subcommand")
-        return
-    try:
-        if sigstruct is not None:
-            if simulated_given or describe:
-                raise click.UsageError("--sigstruct cannot be combined with simulated-deployment options")
-            parsed = measure.parse_sigstruct(_read(sigstruct))
-            if parsed.debug:
-                click.echo("confserve: warning: DEBUG enclave; a strict policy refuses it", err=True)
-            _emit(
-                parsed.identity,
-                as_json,
-                debug=parsed.debug,
-                date=parsed.date_iso,
-                attributes_flags=f"{parsed.attributes_flags:#018x}",
-                attributes_xfrm=f"{parsed.attributes_xfrm:#018x}",
-                misc_select=f"{parsed.misc_select:#010x}",
-            )
-            return
-        if config_path is not None and arg_pairs:
-            raise click.UsageError("use either --config or --arg, not both")
-        args = measure.load_measured_args_toml(_read(config_path)) if config_path else _parse_args(arg_pairs)
-        root = Path(package_root) if package_root else measure.find_package_root()
-        entry = entry_point or measure.DEFAULT_ENTRY_POINT
-        if describe:
-            click.echo(measure.describe_simulated(root, entry, args).decode("ascii"))
-            return
-        if signing_key is None:
-            raise click.UsageError("--signing-key is required for a simulated deployment")
-        identity = EnclaveIdentity(
-            mr_enclave=measure.measure_simulated(root, entry, args),
-            mr_signer=measure.mr_signer_from_pem(_read(signing_key)),
-            isv_prod_id=isv_prod_id or 0,
-            isv_svn=isv_svn or 0,
+        return  # pragma: no cover (fail exits)
+    if sigstruct is not None:
+        if simulated_given or describe:
+            raise click.UsageError("--sigstruct cannot be combined with simulated-deployment options")
+        parsed = measure.parse_sigstruct(Path(sigstruct).read_bytes())
+        if parsed.debug:
+            click.echo("confserve: warning: DEBUG enclave; a strict policy refuses it", err=True)
+        _emit(
+            parsed.identity,
+            as_json,
+            debug=parsed.debug,
+            date=parsed.date_iso,
+            attributes_flags=f"{parsed.attributes_flags:#018x}",
+            attributes_xfrm=f"{parsed.attributes_xfrm:#018x}",
+            misc_select=f"{parsed.misc_select:#010x}",
         )
-        _emit(identity, as_json, entry_point=entry, measured_args=args)
-    except ConfserveError as exc:
-        _fail(str(exc))
+        return  # pragma: no cover (fail exits)
+    if config_path is not None and arg_pairs:
+        raise click.UsageError("use either --config or --arg, not both")
+    args = (
+        measure.load_measured_args_toml(Path(config_path).read_bytes())
+        if config_path
+        else _parse_args(arg_pairs)
+    )
+    root = Path(package_root) if package_root else measure.find_package_root()
+    entry = entry_point or measure.DEFAULT_ENTRY_POINT
+    if describe:
+        click.echo(measure.describe_simulated(root, entry, args).decode("ascii"))
+        return  # pragma: no cover (fail exits)
+    if signing_key is None:
+        raise click.UsageError("--signing-key is required for a simulated deployment")
+    identity = EnclaveIdentity(
+        mr_enclave=measure.measure_simulated(root, entry, args),
+        mr_signer=measure.mr_signer_from_pem(Path(signing_key).read_bytes()),
+        isv_prod_id=isv_prod_id or 0,
+        isv_svn=isv_svn or 0,
+    )
+    _emit(identity, as_json, entry_point=entry, measured_args=args)
 
 
 @measure_group.command("gen-signing-key")
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--force", is_flag=True, help="Replace an existing file (changes mr_signer).")
+@reports_errors
 def gen_signing_key(out: str, force: bool) -> None:
     """Write a new enclave signing key (RSA-3072, e = 3; PEM PKCS#8, mode 0600) and print its mr_signer."""
     key = measure.generate_signing_key()
@@ -162,9 +149,8 @@ def gen_signing_key(out: str, force: bool) -> None:
     try:
         fd = os.open(out, flags, 0o600)
     except FileExistsError:
-        _fail(f"{out} exists (use --force to replace it)")
-    except OSError as exc:
-        _fail(f"cannot write {out}: {exc.strerror}")
+        fail(f"{out} exists (use --force to replace it)")
+        return  # pragma: no cover (fail exits)
     os.fchmod(fd, 0o600)  # --force over an existing file keeps its old mode otherwise
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)
