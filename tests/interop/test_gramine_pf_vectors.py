@@ -30,7 +30,9 @@ def vectors(testvectors: Path) -> tuple[Path, list[dict[str, Any]], pf.WrapKey]:
     return root, entries, key
 
 
-def test_every_vector_decrypts_to_its_plaintext(vectors: tuple[Path, list[dict[str, Any]], pf.WrapKey]) -> None:
+def test_every_vector_decrypts_to_its_plaintext(
+    vectors: tuple[Path, list[dict[str, Any]], pf.WrapKey],
+) -> None:
     root, entries, key = vectors
     versions = set()
     for entry in entries:
@@ -51,7 +53,9 @@ def test_encrypted_sizes_equal_gramines(vectors: tuple[Path, list[dict[str, Any]
         size = entry["plaintext_size"]
         assert (root / entry["file"]).stat().st_size == entry["encrypted_size"] == pf.host_size(size)
         version = entry["format_major_version"]
-        ours = pf.encrypt_bytes(vector_plaintext(size), key, bound_path=entry["bound_path"], format_version=version)
+        ours = pf.encrypt_bytes(
+            vector_plaintext(size), key, bound_path=entry["bound_path"], format_version=version
+        )
         assert len(ours) == entry["encrypted_size"]
         assert ours[:10] == (root / entry["file"]).read_bytes()[:10]  # magic, major, minor
 

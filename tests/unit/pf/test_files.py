@@ -39,7 +39,9 @@ def test_encrypt_tree_binds_each_file_below_the_root(tmp_path: Path) -> None:
         assert pf.read_protected(path, KEY, bound_path=entry.bound_path) == files[entry.relative_path]
 
 
-def test_encrypt_tree_default_root_is_the_output_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_encrypt_tree_default_root_is_the_output_as_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     _model_tree(tmp_path / "plain")
     entries = pf.encrypt_tree("plain", "./models//m/", KEY)

@@ -39,7 +39,9 @@ def test_save_into_missing_directory(tmp_path: Path) -> None:
         pf.WrapKey.generate().save(tmp_path / "no" / "k")
 
 
-@pytest.mark.parametrize("content", [b"", b"x" * 15, b"x" * 17, b"00112233445566778899aabbccddeeff", b"x" * 16 + b"\n"])
+@pytest.mark.parametrize(
+    "content", [b"", b"x" * 15, b"x" * 17, b"00112233445566778899aabbccddeeff", b"x" * 16 + b"\n"]
+)
 def test_load_rejects_wrong_sizes(tmp_path: Path, content: bytes) -> None:
     (tmp_path / "k").write_bytes(content)
     with pytest.raises(pf.WrapKeyError, match="exactly 16 raw bytes"):

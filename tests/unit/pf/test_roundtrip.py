@@ -17,7 +17,18 @@ KEY = pf.WrapKey(bytes(range(16)))
 
 # Interesting sizes: around the inline 3 KiB, the first data node, a full first group (96 nodes), and a
 # file needing a second level of MHT nodes (more than 33 groups).
-EDGE_SIZES = [0, 1, 3071, 3072, 3073, 7168, 7169, 3072 + 96 * 4096, 3072 + 96 * 4096 + 1, 3072 + 34 * 96 * 4096 + 77]
+EDGE_SIZES = [
+    0,
+    1,
+    3071,
+    3072,
+    3073,
+    7168,
+    7169,
+    3072 + 96 * 4096,
+    3072 + 96 * 4096 + 1,
+    3072 + 34 * 96 * 4096 + 77,
+]
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -31,7 +42,7 @@ def test_edge_sizes_round_trip(version: int, size: int) -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    data=st.binary(max_size=20_000) | st.integers(0, 900_000).map(lambda n: os.urandom(n)),
+    data=st.binary(max_size=20_000) | st.integers(0, 900_000).map(os.urandom),
     version=st.sampled_from([1, 2]),
     chunk=st.integers(1, 70_000),
 )
@@ -53,7 +64,9 @@ def test_random_contents_and_chunkings_round_trip(data: bytes, version: int, chu
 def test_random_access_reads(data: st.DataObject) -> None:
     size = data.draw(st.integers(0, 3072 + 200 * 4096))
     plain = os.urandom(size)
-    reader = pf.ProtectedFileReader(io.BytesIO(pf.encrypt_bytes(plain, KEY, bound_path="p")), KEY, bound_path="p")
+    reader = pf.ProtectedFileReader(
+        io.BytesIO(pf.encrypt_bytes(plain, KEY, bound_path="p")), KEY, bound_path="p"
+    )
     for _ in range(8):
         pos = data.draw(st.integers(0, size + 10))
         n = data.draw(st.integers(0, 3 * 4096 + 5))
@@ -64,8 +77,11 @@ def test_random_access_reads(data: st.DataObject) -> None:
 
 def test_seek_whence_and_errors() -> None:
     plain = os.urandom(10_000)
-    reader = pf.ProtectedFileReader(io.BytesIO(pf.encrypt_bytes(plain, KEY, bound_path="p")), KEY, bound_path="p")
-    assert reader.seekable() and reader.readable()
+    reader = pf.ProtectedFileReader(
+        io.BytesIO(pf.encrypt_bytes(plain, KEY, bound_path="p")), KEY, bound_path="p"
+    )
+    assert reader.seekable()
+    assert reader.readable()
     assert reader.seek(-10, io.SEEK_END) == 9990
     assert reader.read() == plain[-10:]
     reader.seek(100)
@@ -93,9 +109,14 @@ def test_writer_lifecycle() -> None:
 
 def test_exception_inside_writer_aborts_without_a_header() -> None:
     out = io.BytesIO()
-    with pytest.raises(RuntimeError), pf.ProtectedFileWriter(out, KEY, bound_path="p") as w:
-        w.write(os.urandom(500_000))
-        raise RuntimeError("producer failed")
+
+    def produce() -> None:
+        with pf.ProtectedFileWriter(out, KEY, bound_path="p") as w:
+            w.write(os.urandom(500_000))
+            raise RuntimeError("producer failed")
+
+    with pytest.raises(RuntimeError):
+        produce()
     assert out.getvalue()[:8] != b"GRAFS_PF"  # never finalised, so never mistaken for a whole file
     with pytest.raises(pf.FormatError):
         pf.decrypt_bytes(out.getvalue(), KEY, bound_path="p")

@@ -67,8 +67,15 @@ def test_metadata_padding_is_not_authenticated(blob: bytes) -> None:
 
 @pytest.mark.parametrize(
     ("physical", "what"),
-    [(1, "root MHT"), (98, "MHT 1"), (1 + 97 * 33, "MHT 33 (second level)"), (1 + 97 * 34, "last MHT"),
-     (2, "first data node"), (2 + 97 * 17 + 40, "middle data node"), (-1, "last data node")],
+    [
+        (1, "root MHT"),
+        (98, "MHT 1"),
+        (1 + 97 * 33, "MHT 33 (second level)"),
+        (1 + 97 * 34, "last MHT"),
+        (2, "first data node"),
+        (2 + 97 * 17 + 40, "middle data node"),
+        (-1, "last data node"),
+    ],
 )
 @pytest.mark.parametrize("where", [0, 2047, 4095])
 def test_flipped_byte_in_tree_or_data_node(blob: bytes, physical: int, what: str, where: int) -> None:
