@@ -234,6 +234,8 @@ def load_measured_args_toml(data: bytes) -> dict[str, str]:
         doc = tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise MeasurementError(f"measured-arguments file is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise MeasurementError("measured-arguments file is nested too deeply") from None
     flat: dict[str, MeasuredValue] = {}
 
     def walk(table: Mapping[str, object], prefix: str) -> None:

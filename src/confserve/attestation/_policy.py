@@ -37,6 +37,8 @@ string starting with "on"); every key must be present and valid (the reference d
 missing key and turns bad hex into zeros); more than 100 `mrs` entries is an error (the reference silently
 ignores the rest). `isv_prod_id` / `isv_svn` may be a decimal string (as in the reference) or a JSON integer.
 
+Binding of `report_data` (to an RA-TLS key or a nonce) is the caller's check, not the policy's.
+
 Refusal reasons are short, fixed phrases plus public measurement values (ISVSVN, ISVPRODID, TCB status,
 advisory IDs); never a secret. `Decision.describe()` adds the evidence's full identity for logs.
 """
@@ -401,8 +403,11 @@ def parse_policy_toml(data: bytes) -> Policy:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"policy is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise PolicyError("policy is nested too deeply") from None
     _check_keys(doc, _TOP_KEYS, "policy")
-    if doc.get("version") != NATIVE_VERSION or isinstance(doc.get("version"), bool):
+    version = doc.get("version")
+    if type(version) is not int or version != NATIVE_VERSION:
         raise PolicyError(f"policy must declare version = {NATIVE_VERSION}")
     flags: dict[str, bool] = {}
     for key in ("allow_simulated", "allow_debug"):

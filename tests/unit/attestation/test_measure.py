@@ -295,6 +295,7 @@ def test_measured_args_toml() -> None:
         (b"x = [1]", "string, integer or boolean"),
         (b"[t]\nx = 2024-01-01", "string, integer or boolean"),
         (b"x = ", "not valid TOML"),
+        (b"x = " + b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
         (b"x = '\xff'", "not valid TOML"),
         (b"#" * ((1 << 20) + 1), "larger than"),
     ],

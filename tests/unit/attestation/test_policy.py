@@ -504,6 +504,7 @@ RULE = f'[[allow]]\nname = "r"\nmr_enclave = "{REF_ENCLAVE}"\n'
         ("", "version = 1"),
         ("version = 2", "version = 1"),
         ("version = true", "version = 1"),
+        ("version = 1.0", "version = 1"),
         ('version = "1"', "version = 1"),
         ("version = 1\nbogus = 1", "unknown key"),
         ("version = 1\nallow_debug = 'yes'", "allow_debug must be true or false"),
@@ -557,6 +558,7 @@ def test_native_rule_may_pin_enclave_and_signer() -> None:
     [
         (b"version = 1\n" + b"#" * MAX_POLICY_FILE_BYTES, "larger than"),
         (b"version = 1\n# \xff\n", "UTF-8"),
+        (b"version = 1\nx = " + b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
         (b"version = 1\nallowed_advisory_ids = [" + b'"A",' * 1001 + b"]", "more than 1000"),
     ],
 )
