@@ -150,8 +150,9 @@ def _parse_iso(value: str) -> int:
 class Collateral:
     """Verification collateral in dcap-qvl's `QuoteCollateralV3` JSON shape (testvectors/dcap/*.json).
 
-    `next_update` is the earliest nextUpdate of the TCB info, the QE identity and both CRLs: after it the
-    set no longer verifies and must be fetched again.
+    `next_update` is the earliest nextUpdate of the TCB info, the QE identity and both CRLs: from then on
+    the set may no longer verify (dcap-qvl treats a CRL's nextUpdate as exclusive, the JSON collateral's as
+    inclusive) and must be fetched again.
     """
 
     json_text: str
