@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from confserve.serving._errors import LoadError
+from confserve.serving._errors import LoadError, NotFoundError
 from confserve.serving._opener import FileOpener
 
 __all__ = ["SavedModelLoader", "SavedModelServable"]
@@ -50,7 +50,9 @@ class SavedModelServable:
         self, signature_name: str, inputs: Mapping[str, npt.NDArray[Any]], output_keys: Sequence[str]
     ) -> dict[str, npt.NDArray[Any]]:
         tf = _tf()
-        function = self._loaded.signatures[signature_name]
+        function = self._loaded.signatures.get(signature_name)
+        if function is None:  # e.g. "__saved_model_init_op": listed in metadata, not callable
+            raise NotFoundError(f'Serving signature key "{signature_name}" not found.')
         feeds = {key: tf.constant(value) for key, value in inputs.items()}
         outputs = function(**feeds)
         return {key: np.asarray(outputs[key].numpy()) for key in output_keys}

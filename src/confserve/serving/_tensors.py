@@ -50,10 +50,12 @@ def _tf() -> Any:
 
 
 def dtype_name(dtype_enum: int) -> str:
-    """TensorFlow's short name of a DataType ('float', 'int32', ...), as used in TF's messages."""
+    """TensorFlow's DataTypeString ('float', 'int32', 'string', ...), as used in TensorFlow's messages."""
+    from tensorflow.core.framework import types_pb2  # noqa: PLC0415
+
     try:
-        return str(_tf().dtypes.as_dtype(dtype_enum).name)
-    except (TypeError, ValueError):
+        return str(types_pb2.DataType.Name(dtype_enum)).removeprefix("DT_").lower()
+    except ValueError:
         return f"DataType({dtype_enum})"
 
 
