@@ -261,9 +261,9 @@ SIGSTRUCT_SIZE = 1808
 SIGSTRUCT_LAYOUT: tuple[tuple[int, int, str], ...] = (
     (0, 16, "header"),  # constant, SIGSTRUCT_HEADER
     (16, 4, "vendor"),  # u32: 0x8086 for Intel enclaves, 0 otherwise
-    (20, 4, "date"),  # u32: BCD 0xYYYYMMDD
+    (20, 4, "date"),  # Gramine: year u16 ‖ month u8 ‖ day u8 (binary); SDM/Intel SDK: BCD u32 0xYYYYMMDD
     (24, 16, "header2"),  # constant, SIGSTRUCT_HEADER2
-    (40, 4, "swdefined"),  # u32, software-defined
+    (40, 4, "swdefined"),  # u32, software-defined (Gramine: hw_version, 0)
     (44, 84, "reserved1"),
     (128, 384, "modulus"),  # RSA-3072 modulus, little-endian (not signed)
     (512, 4, "exponent"),  # u32, must be 3 (not signed)
@@ -307,7 +307,7 @@ class SigStruct:
     """A parsed and signature-checked SIGSTRUCT."""
 
     vendor: int
-    date: int  # BCD 0xYYYYMMDD as stored
+    date: int  # the 4 DATE bytes as a little-endian u32 (see `date_iso`)
     swdefined: int
     modulus: int
     exponent: int
@@ -341,12 +341,21 @@ class SigStruct:
 
     @property
     def date_iso(self) -> str | None:
-        """The build date as YYYY-MM-DD, or None if DATE is not a valid BCD date."""
+        """The build date as YYYY-MM-DD, or None if DATE is neither Gramine's nor the SDM's form.
+
+        Hardware does not interpret DATE. Gramine writes year u16 ‖ month u8 ‖ day u8; the SDM and Intel's
+        signing tool use BCD 0xYYYYMMDD. A valid date in one form is never a valid date in the other.
+        """
+        raw = self.date.to_bytes(4, "little")
+        gramine = (int.from_bytes(raw[:2], "little"), raw[2], raw[3])
         text = f"{self.date:08x}"
-        try:
-            return datetime.date(int(text[:4]), int(text[4:6]), int(text[6:])).isoformat()
-        except ValueError:
-            return None
+        bcd = (int(text[:4]), int(text[4:6]), int(text[6:])) if text.isdigit() else (0, 0, 0)
+        for year, month, day in (gramine, bcd):
+            try:
+                return datetime.date(year, month, day).isoformat()
+            except ValueError:
+                continue
+        return None
 
 
 def _signed_bytes(blob: bytes) -> bytes:
@@ -414,10 +423,6 @@ def parse_sigstruct(blob: bytes) -> SigStruct:
     )
 
 
-def _bcd_date(day: datetime.date) -> int:
-    return int(f"{day.year:04d}{day.month:02d}{day.day:02d}", 16)
-
-
 def build_sigstruct(
     key: rsa.RSAPrivateKey,
     *,
@@ -452,7 +457,7 @@ def build_sigstruct(
 
     put("header", SIGSTRUCT_HEADER)
     put("vendor", struct.pack("<I", vendor))
-    put("date", struct.pack("<I", _bcd_date(date)))
+    put("date", struct.pack("<HBB", date.year, date.month, date.day))  # Gramine's form
     put("header2", SIGSTRUCT_HEADER2)
     put("swdefined", struct.pack("<I", swdefined))
     put("miscselect", struct.pack("<I", misc_select))

@@ -348,7 +348,7 @@ def test_signature_checked_independently(key: rsa.RSAPrivateKey, sigstruct: byte
     key.public_key().verify(
         signature, sigstruct[:128] + sigstruct[900:1028], padding.PKCS1v15(), hashes.SHA256()
     )
-    assert struct.unpack_from("<I", sigstruct, 20)[0] == 0x20260101  # BCD date
+    assert struct.unpack_from("<HBB", sigstruct, 20) == (2026, 1, 1)  # Gramine's date form
     assert sigstruct[:16] == bytes.fromhex("06000000E10000000000010000000000")
     assert sigstruct[24:40] == bytes.fromhex("01010000600000006000000001000000")
 
@@ -385,10 +385,21 @@ def resign(blob: bytearray, key: rsa.RSAPrivateKey) -> bytes:
     return bytes(blob)
 
 
-def test_invalid_bcd_date_parses_without_iso(key: rsa.RSAPrivateKey, sigstruct: bytes) -> None:
+@pytest.mark.parametrize(
+    ("date", "iso"),
+    [
+        (struct.pack("<HBB", 2022, 9, 28), "2022-09-28"),  # Gramine: binary year, month, day
+        (struct.pack("<I", 0x20220928), "2022-09-28"),  # SDM / Intel SDK: BCD yyyymmdd
+        (struct.pack("<I", 0x2026139A), None),  # not BCD, not a date
+        (struct.pack("<I", 0x20261301), None),  # BCD digits, month 13
+        (struct.pack("<HBB", 2022, 2, 30), None),
+        (bytes(4), None),
+    ],
+)
+def test_date_forms(key: rsa.RSAPrivateKey, sigstruct: bytes, date: bytes, iso: str | None) -> None:
     blob = bytearray(sigstruct)
-    blob[20:24] = struct.pack("<I", 0x2026139A)
-    assert parse_sigstruct(resign(blob, key)).date_iso is None
+    blob[20:24] = date
+    assert parse_sigstruct(resign(blob, key)).date_iso == iso
 
 
 @pytest.mark.parametrize("offset", [0, 16, 20, 40, 100, 900, 904, 928, 944, 960, 991, 1024, 1026, 1027])
