@@ -485,12 +485,13 @@ def build_sigstruct(
 
 
 def format_identity(identity: EnclaveIdentity) -> str:
-    """Four lines, as the reference's `get_image_enclave_mr.sh` prints (`tail -n 4` of enclave.mr)."""
+    """Four lines, as the reference's `get_image_enclave_mr.sh` prints them: its enclave.mr holds the lines
+    of Gramine's `gramine-sgx-get-token` output (4-space indent, aligned values) and it shows the last 4."""
     return (
-        f"mr_enclave:  {identity.mr_enclave.hex()}\n"
-        f"mr_signer:   {identity.mr_signer.hex()}\n"
-        f"isv_prod_id: {identity.isv_prod_id}\n"
-        f"isv_svn:     {identity.isv_svn}\n"
+        f"    mr_enclave:  {identity.mr_enclave.hex()}\n"
+        f"    mr_signer:   {identity.mr_signer.hex()}\n"
+        f"    isv_prod_id: {identity.isv_prod_id}\n"
+        f"    isv_svn:     {identity.isv_svn}\n"
     )
 
 

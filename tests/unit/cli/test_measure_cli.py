@@ -63,7 +63,12 @@ def test_simulated_text_output(package: Path, key_pem: Path, key: rsa.RSAPrivate
     assert (code, err) == (0, "")
     lines = out.splitlines()
     assert len(lines) == 4
-    assert [line.split(":")[0] for line in lines] == ["mr_enclave", "mr_signer", "isv_prod_id", "isv_svn"]
+    assert [line.split(":")[0].strip() for line in lines] == [
+        "mr_enclave",
+        "mr_signer",
+        "isv_prod_id",
+        "isv_svn",
+    ]
     values = parse_lines(out)
     expected = measure_simulated(package, DEFAULT_ENTRY_POINT, {"model": "a", "tls": "on"})
     assert values == {
