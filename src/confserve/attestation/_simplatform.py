@@ -164,8 +164,6 @@ class PlatformTcb:
             raise SimPlatformError("platform TCB field has the wrong size")
         if not 0 <= self.pce_svn <= 0xFFFE:  # +1 must still fit a u16 for the "newer" TCB level
             raise SimPlatformError("pce_svn out of range")
-        if max(self.cpu_svn) == 0xFF:
-            raise SimPlatformError("cpu_svn components must be below 255")
 
     def extension_der(self) -> bytes:
         def comp(oid: str, value: int | bytes) -> _Component:
@@ -591,7 +589,7 @@ class SimPlatform:
             return [ours]
         # A newer level the platform does not reach comes first (levels are sorted newest first), so the
         # status is derived by dcap-qvl's level selection rather than by a single-level shortcut.
-        newer = bytes(c + 1 for c in self._tcb.cpu_svn)
+        newer = bytes(min(c + 1, 0xFF) for c in self._tcb.cpu_svn)  # pcesvn + 1 keeps it strictly newer
         return [level(newer, self._tcb.pce_svn + 1, "UpToDate", ()), ours]
 
     def _issue_collateral(self, now: int) -> None:
