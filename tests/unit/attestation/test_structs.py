@@ -233,7 +233,13 @@ def test_debug_flag() -> None:
 
 @pytest.mark.parametrize(
     ("old", "new"),
-    [(b"\n", b"\x0b"), (b"BEGIN", b"BEGIn"), (b"\x00", b"\x01"), (b"\x00", b"\x00\x00"), (b"-----\n", b"----- \n")],
+    [
+        (b"\n", b"\x0b"),
+        (b"BEGIN", b"BEGIn"),
+        (b"\x00", b"\x01"),
+        (b"\x00", b"\x00\x00"),
+        (b"-----\n", b"----- \n"),
+    ],
 )
 def test_certification_data_must_be_strict_pem(sgx_quote: bytes, old: bytes, new: bytes) -> None:
     """dcap-qvl reads PEM leniently; the parser does not, so no byte of the chain is malleable."""
