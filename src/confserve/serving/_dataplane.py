@@ -79,6 +79,10 @@ class DataPlane:
         self._manager = manager
         self._max_elements = max_tensor_elements
 
+    def is_ready(self) -> bool:
+        """Every configured model has an AVAILABLE version (health and readiness probes)."""
+        return self._manager.is_ready()
+
     # -- model spec and signature -----------------------------------------------------------------------
 
     def _acquire(self, request: Any) -> ServableHandle[Servable]:

@@ -1,0 +1,6 @@
+"""Network front ends (gRPC and REST). Each only converts formats, calls the shared DataPlane and maps
+`confserve.errors.Status` to its transport's codes in exactly one table."""
+
+from confserve.frontends._tls import TlsConfig
+
+__all__ = ["TlsConfig"]

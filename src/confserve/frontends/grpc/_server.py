@@ -1,0 +1,98 @@
+"""The gRPC server: PredictionService, ModelService and the standard health service over TLS."""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+from confserve.frontends._tls import TlsConfig
+from confserve.frontends.grpc._servicers import ModelServicer, PredictionServicer
+from confserve.serving import DataPlane
+
+__all__ = ["GrpcServer", "GrpcSettings"]
+
+_log = logging.getLogger(__name__)
+_SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
+
+
+@dataclass(frozen=True)
+class GrpcSettings:
+    """`address` is host:port (port 0 picks a free port)."""
+
+    address: str = "127.0.0.1:8500"  # TF Serving's default gRPC port
+    # TF Serving sizes its pool by --grpc_max_threads (default 4 x cores); 16 suits a small enclave.
+    max_workers: int = 16
+    # TF Serving allows INT32_MAX. 64 MiB holds a batch of 64 224x224x3 float32 images (37 MiB) with room
+    # to spare while bounding what one request can make the enclave allocate.
+    max_message_bytes: int = 64 * 1024 * 1024
+    enable_health_service: bool = True
+
+
+class GrpcServer:
+    """Builds and runs the gRPC server; `tls=None` serves plaintext and must be asked for explicitly."""
+
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        tls: TlsConfig | None,
+        settings: GrpcSettings | None = None,
+        *,
+        allow_insecure: bool = False,
+    ) -> None:
+        if tls is None and not allow_insecure:
+            raise ValueError("gRPC without TLS must be requested with allow_insecure=True")
+        self._settings = settings or GrpcSettings()
+        self._dataplane = dataplane
+        options = [
+            ("grpc.max_receive_message_length", self._settings.max_message_bytes),
+            ("grpc.max_send_message_length", self._settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+        ]
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self._settings.max_workers, thread_name_prefix="grpc"),
+            options=options,
+        )
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionServicer(dataplane), self._server
+        )
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(dataplane), self._server)
+        self._health: health.HealthServicer | None = None
+        if self._settings.enable_health_service:
+            self._health = health.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        if tls is None:
+            self.port: int = self._server.add_insecure_port(self._settings.address)
+        else:
+            credentials = grpc.ssl_server_credentials(
+                [(tls.private_key_pem, tls.cert_chain_pem)],
+                root_certificates=tls.client_ca_pem,
+                require_client_auth=tls.require_client_auth,
+            )
+            self.port = self._server.add_secure_port(self._settings.address, credentials)
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC address {self._settings.address}")
+        self.refresh_health()
+
+    def refresh_health(self) -> None:
+        """Publish SERVING on the health service once every configured model has a version available."""
+        if self._health is None:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self._dataplane.is_ready()
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", *_SERVICES):
+            self._health.set(service, status)
+
+    def start(self) -> None:
+        self._server.start()
+        _log.info("gRPC server listening on port %d", self.port)
+
+    def stop(self, grace_seconds: float | None = None) -> None:
+        self._server.stop(grace_seconds).wait()
