@@ -298,7 +298,7 @@ def _issue_cert(
     issuer_key: ec.EllipticCurvePrivateKey,
     ca: bool,
     now: int,
-    crl_path: str | None,
+    crl_path: str,
     extra: tuple[x509.ExtensionType, ...] = (),
 ) -> x509.Certificate:
     """A certificate with Intel's PCK profile extensions (AKI, CRL-DP, SKI, critical KU and BC)."""
@@ -333,8 +333,7 @@ def _issue_cert(
             critical=True,
         )
     )
-    if crl_path is not None:
-        builder = builder.add_extension(_crl_dp(crl_path), critical=False)
+    builder = builder.add_extension(_crl_dp(crl_path), critical=False)
     for ext in extra:
         builder = builder.add_extension(ext, critical=False)
     return builder.sign(issuer_key, hashes.SHA256())

@@ -252,3 +252,9 @@ def test_certification_data_must_be_strict_pem(sgx_quote: bytes, old: bytes, new
     )
     with pytest.raises(QuoteFormatError, match="not a PEM certificate chain"):
         parse_quote_v3(broken.to_bytes())
+
+
+def test_signature_data_shorter_than_its_fixed_part(sgx_quote: bytes) -> None:
+    short = sgx_quote[:432] + struct.pack("<I", 100) + bytes(100)
+    with pytest.raises(QuoteFormatError, match="signature data is truncated"):
+        parse_quote_v3(short)

@@ -605,3 +605,27 @@ def test_pccs_source_fetches_from_a_loopback_mock(
 def test_pccs_source_unreachable_is_a_verification_error(sim_quote: bytes) -> None:
     with pytest.raises(VerificationError, match="cannot fetch collateral"):
         PccsCollateralSource("http://127.0.0.1:1").get(sim_quote, SIM_NOW)
+
+
+def test_root_without_an_ec_key_is_refused() -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "rsa root")])
+    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    with pytest.raises(VerificationError, match="does not have an EC public key"):
+        TrustConfig.simulated(cert.public_bytes(serialization.Encoding.DER))
