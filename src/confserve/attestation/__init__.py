@@ -31,6 +31,12 @@ from confserve.attestation._policy import (
     parse_policy_toml,
     parse_ra_config,
 )
+from confserve.attestation._ratls import (
+    RaTlsCredentials,
+    RaTlsFormat,
+    create_ratls_credentials,
+    verify_ratls_certificate,
+)
 from confserve.attestation._simplatform import (
     SGX_TCB_STATUSES,
     PlatformTcb,
@@ -78,6 +84,8 @@ __all__ = [
     "GramineAttester",
     "MeasurementError",
     "PccsCollateralSource",
+    "RaTlsCredentials",
+    "RaTlsFormat",
     "PlatformTcb",
     "Policy",
     "PolicyError",
@@ -95,6 +103,7 @@ __all__ = [
     "VerificationError",
     "VerifiedEvidence",
     "build_sigstruct",
+    "create_ratls_credentials",
     "describe_simulated",
     "detect_attester",
     "find_package_root",
@@ -110,4 +119,5 @@ __all__ = [
     "parse_sigstruct",
     "simulated_identity",
     "verify",
+    "verify_ratls_certificate",
 ]
