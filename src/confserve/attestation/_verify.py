@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
+import functools
 import hashlib
 import json
 import logging
@@ -90,6 +91,7 @@ assert hashlib.sha256(INTEL_SGX_ROOT_CA_DER).hexdigest() == INTEL_SGX_ROOT_CA_SH
 _MAX_REASON_CHARS: Final = 300  # dcap-qvl reasons are one or two lines; cap what goes into a message
 
 
+@functools.lru_cache(maxsize=16)  # a process trusts one or two roots; this runs on every verification
 def _root_key_id(root_ca_der: bytes) -> bytes:
     """SHA-384 of the root's uncompressed public point: dcap-qvl's `claims.platform.root_key_id`."""
     try:
