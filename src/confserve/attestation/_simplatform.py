@@ -93,8 +93,8 @@ _CERT_VALIDITY_SECONDS: Final = 10 * 365 * 86400  # certificates outlive collate
 _CERT_BACKDATE_SECONDS: Final = 86400  # tolerate verifiers whose clock is a little behind the creator's
 _DEFAULT_VALIDITY_SECONDS: Final = 30 * 86400  # Intel's TCB info / QE identity / PCK CRL: about 30 days
 _QE_AUTH_DATA: Final = bytes(range(32))  # dcap-qvl requires exactly 32 bytes (4.2); QE3 sends 0..31 too
-# Attributes the simulated QE presents and its identity requires (mirrors Intel's QE identity: INIT |
-# PROVISIONKEY... masked with FBFF..: the DEBUG bit is checked and must be clear).
+# The QE's attributes and the QE identity's expectation, as in Intel's QE identity: flags INIT (0x01) |
+# PROVISIONKEY (0x10); the mask FB.. ignores MODE64BIT only, so the DEBUG bit is checked and must be clear.
 _QE_ATTRIBUTES: Final = bytes.fromhex("11000000000000000000000000000000")
 _QE_ATTRIBUTES_MASK: Final = bytes.fromhex("FBFFFFFFFFFFFFFF0000000000000000")
 _QE_MR_ENCLAVE: Final = hashlib.sha256(b"confserve simulated quoting enclave").digest()
