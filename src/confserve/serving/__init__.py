@@ -41,6 +41,7 @@ from confserve.serving._opener import FileOpener, PlainOpener
 from confserve.serving._policy import select_versions
 from confserve.serving._source import AspiredVersions, FileSystemSource
 from confserve.serving._store import ModelStore
+from confserve.serving._tensors import dtype_name
 
 if TYPE_CHECKING:
     from confserve.serving._dataplane import DataPlane, Servable
@@ -76,6 +77,7 @@ __all__ = [
     "State",
     "VersionPolicy",
     "VersionStatus",
+    "dtype_name",
     "model_configs_from_proto",
     "parse_model_server_config",
     "select_versions",

@@ -113,6 +113,15 @@ class DataPlane:
         if signature_name is not None:
             target.signature_name = signature_name
 
+    def resolve_signature(self, model_spec: Any) -> tuple[int, Any]:
+        """The version a ModelSpec selects now and its SignatureDef (REST needs the input dtypes to parse
+        JSON). Pin the returned version in the follow-up request so both use the same version."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        request.model_spec.CopyFrom(model_spec)
+        with self._acquire(request) as handle:
+            _, signature = self._signature(handle.servable, model_spec.signature_name)
+            return handle.version, signature
+
     # -- Predict ----------------------------------------------------------------------------------------
 
     def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
@@ -351,6 +360,7 @@ class DataPlane:
             entry = response.model_version_status.add()
             entry.version = status.version
             entry.state = int(status.state)
+            entry.status.SetInParent()  # TF Serving always reports a status (OK when no error)
             if status.error is not None:
                 entry.status.error_code = _UNKNOWN_ERROR_CODE
                 entry.status.error_message = status.error

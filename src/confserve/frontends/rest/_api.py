@@ -1,0 +1,118 @@
+"""TF Serving's REST API as a function: (method, path, body) -> (HTTP status, JSON body). No I/O.
+
+The HTTP server only moves bytes in and out of `RestApi.handle`; this module converts JSON to the same
+request protos the gRPC front end receives, calls the shared DataPlane, and maps errors with the one
+Status -> HTTP table. Errors are returned as {"error": "..."} like TF Serving.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    regression_pb2,
+)
+
+from confserve.errors import ConfserveError
+from confserve.frontends.rest._json import (
+    classify_response_json,
+    dumps,
+    examples_input,
+    loads,
+    predict_request_from_json,
+    predict_response_json,
+    proto_json,
+    regress_response_json,
+)
+from confserve.frontends.rest._routes import Route, parse_route
+from confserve.frontends.rest._status import HTTP_STATUS
+from confserve.serving import DataPlane, InvalidInputError
+
+__all__ = ["RestApi", "RestResponse"]
+
+_log = logging.getLogger(__name__)
+_MAX_PATH_IN_ERROR = 200
+
+
+@dataclass(frozen=True)
+class RestResponse:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+
+def error_response(status: int, message: str) -> RestResponse:
+    return RestResponse(status, dumps({"error": message}))
+
+
+class RestApi:
+    def __init__(self, dataplane: DataPlane) -> None:
+        self._dataplane = dataplane
+
+    def handle(self, method: str, path: str, body: bytes) -> RestResponse:
+        try:
+            route = parse_route(method, path)
+            if route is None:
+                raise InvalidInputError(f"Malformed request: {method} {path[:_MAX_PATH_IN_ERROR]}")
+            return RestResponse(200, dumps(self._dispatch(route, body)))
+        except ConfserveError as exc:
+            return error_response(HTTP_STATUS[exc.status], str(exc))
+        except Exception:
+            _log.exception("unexpected error while handling a REST request")
+            return error_response(500, "internal error")
+
+    def _dispatch(self, route: Route, body: bytes) -> dict[str, Any]:
+        if route.verb == "status":
+            request = get_model_status_pb2.GetModelStatusRequest()
+            request.model_spec.CopyFrom(_spec(route))
+            return proto_json(self._dataplane.get_model_status(request))
+        if route.verb == "metadata":
+            return self._metadata(route)
+        payload = loads(body)
+        signature_name = payload.get("signature_name", "")
+        if not isinstance(signature_name, str):
+            raise InvalidInputError("'signature_name' must be a string")
+        spec = _spec(route, signature_name)
+        if route.verb == "predict":
+            return self._predict(spec, payload)
+        if route.verb == "classify":
+            classify = classification_pb2.ClassificationRequest(
+                model_spec=spec, input=examples_input(payload)
+            )
+            return classify_response_json(self._dataplane.classify(classify))
+        regress = regression_pb2.RegressionRequest(model_spec=spec, input=examples_input(payload))
+        return regress_response_json(self._dataplane.regress(regress))
+
+    def _predict(self, spec: model_pb2.ModelSpec, payload: dict[str, Any]) -> dict[str, Any]:
+        version, signature = self._dataplane.resolve_signature(spec)
+        request, row_format = predict_request_from_json(payload, signature)
+        request.model_spec.CopyFrom(spec)
+        request.model_spec.version.value = version  # the version whose signature parsed the JSON
+        return predict_response_json(self._dataplane.predict(request), row_format)
+
+    def _metadata(self, route: Route) -> dict[str, Any]:
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        request.model_spec.CopyFrom(_spec(route))
+        request.metadata_field.append("signature_def")
+        response = self._dataplane.get_model_metadata(request)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+        return {
+            "model_spec": proto_json(response.model_spec),
+            "metadata": {"signature_def": proto_json(signature_map)},
+        }
+
+
+def _spec(route: Route, signature_name: str = "") -> model_pb2.ModelSpec:
+    spec = model_pb2.ModelSpec(name=route.model, signature_name=signature_name)
+    if route.version is not None:
+        spec.version.value = route.version
+    elif route.label is not None:
+        spec.version_label = route.label
+    return spec

@@ -1,0 +1,153 @@
+"""The REST server: aiohttp on its own thread and event loop, TLS with the same certificate as gRPC.
+
+Why aiohttp (pinned in pyproject): one well-maintained, typed package that is both the HTTP server and
+the asyncio app, serves TLS from an `ssl.SSLContext` directly, and needs no separate ASGI server
+(starlette would need uvicorn, plus its own TLS options layer). All API logic is in `RestApi.handle`,
+which this module runs on a bounded thread pool so slow inferences never block the event loop.
+
+TLS material stays in memory: Python's `ssl` loads certificates and keys only from paths, so the PEM bytes
+are written to anonymous memory files (memfd_create, Linux) and loaded through /proc/self/fd; nothing
+reaches a disk path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from confserve.errors import Status
+from confserve.frontends._tls import TlsConfig
+from confserve.frontends.rest._api import RestApi, RestResponse, error_response
+from confserve.frontends.rest._status import HTTP_STATUS
+from confserve.serving import DataPlane
+
+__all__ = ["RestServer", "RestSettings", "server_ssl_context"]
+
+_log = logging.getLogger(__name__)
+_STARTUP_TIMEOUT_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class RestSettings:
+    host: str = "127.0.0.1"
+    port: int = 8501  # TF Serving's conventional --rest_api_port; 0 picks a free port
+    num_threads: int = 8  # TF Serving's --rest_api_num_threads defaults to 4 x cores; bounded here
+    request_timeout_seconds: float = 30.0  # TF Serving's --rest_api_timeout_in_ms default (30000)
+    max_body_bytes: int = 64 * 1024 * 1024  # same bound as the gRPC max message size
+
+
+@contextmanager
+def _memory_file(data: bytes, name: str) -> Iterator[str]:
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
+def server_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
+    """A TLS 1.2+ server context from in-memory PEM; client certificates required when a CA is given."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    with (
+        _memory_file(tls.cert_chain_pem, "confserve-cert") as cert_path,
+        _memory_file(tls.private_key_pem, "confserve-key") as key_path,
+    ):
+        context.load_cert_chain(cert_path, key_path)
+    if tls.client_ca_pem is not None:
+        context.load_verify_locations(cadata=tls.client_ca_pem.decode("ascii"))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+class RestServer:
+    """Serves `RestApi` over HTTP(S); `tls=None` serves plaintext and must be asked for explicitly."""
+
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        tls: TlsConfig | None,
+        settings: RestSettings | None = None,
+        *,
+        allow_insecure: bool = False,
+    ) -> None:
+        if tls is None and not allow_insecure:
+            raise ValueError("REST without TLS must be requested with allow_insecure=True")
+        self._settings = settings or RestSettings()
+        self._api = RestApi(dataplane)
+        self._ssl = None if tls is None else server_ssl_context(tls)
+        self._pool = futures.ThreadPoolExecutor(self._settings.num_threads, thread_name_prefix="rest")
+        self._loop = asyncio.new_event_loop()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self.port = 0
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _to_aiohttp(error_response(413, "request body too large"))
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self._pool, self._api.handle, request.method, request.path, body)
+        try:
+            result = await asyncio.wait_for(work, self._settings.request_timeout_seconds)
+        except TimeoutError:
+            result = error_response(HTTP_STATUS[Status.DEADLINE_EXCEEDED], "request timed out")
+        return _to_aiohttp(result)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="rest-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(_STARTUP_TIMEOUT_SECONDS):
+            raise TimeoutError("REST server did not start")
+        if self._startup_error is not None:
+            raise self._startup_error
+        _log.info("REST server listening on port %d", self.port)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application(client_max_size=self._settings.max_body_bytes)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None)  # no request lines in logs
+        try:
+            self._loop.run_until_complete(runner.setup())
+            site = web.TCPSite(
+                runner, self._settings.host, self._settings.port, ssl_context=self._ssl, reuse_port=False
+            )
+            self._loop.run_until_complete(site.start())
+            self.port = int(runner.addresses[0][1])
+        except BaseException as exc:
+            self._startup_error = exc
+            self._ready.set()
+            self._loop.run_until_complete(runner.cleanup())
+            self._loop.close()
+            return
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.run_until_complete(runner.cleanup())
+            self._loop.close()
+
+    def stop(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _to_aiohttp(result: RestResponse) -> web.Response:
+    return web.Response(status=result.status, body=result.body, content_type=result.content_type)
