@@ -8,6 +8,7 @@ from confserve import __version__
 from confserve.cli._attest import attest, sim_platform
 from confserve.cli._measure import measure_group
 from confserve.cli._pf import pf_group
+from confserve.cli._tls import tls_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -17,6 +18,7 @@ def main() -> None:
 
 
 main.add_command(pf_group, "pf")
+main.add_command(tls_group, "tls")
 main.add_command(sim_platform)
 main.add_command(attest)
 main.add_command(measure_group, "measure")

@@ -1,0 +1,227 @@
+"""TLS material for the model server and its clients, split by who may hold it.
+
+The reference's generate_*_ssl_config.sh made RSA certificates without SANs, with one serial for every
+leaf, and left the server's private key in a plaintext ssl.cfg next to the model. Here:
+
+| directory | holder                           | contents                                              |
+|-----------|----------------------------------|-------------------------------------------------------|
+| `owner/`  | the model owner (never leaves)   | CA key and cert, server key and cert, plaintext       |
+|           |                                  | `ssl.cfg` (0600), client key and cert (two-way)       |
+| `server/` | the untrusted host               | `ssl.cfg` as a protected file only the enclave reads  |
+|           |                                  | (written only when a wrap key is given)               |
+| `client/` | the users                        | `ca.crt`; two-way TLS: also `client.crt`, `client.key` |
+
+`ssl.cfg` is TF Serving's SSLConfig text proto (PEM contents, not paths). Keys are ECDSA P-256 by
+default (RSA-3072 on request), every certificate has its own random serial, leaves carry SANs, key usage
+and extended key usage, and validity is bounded.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from confserve import pf
+from confserve.errors import ConfserveError, Status
+from confserve.tfs_config import SSLConfig, format_text
+
+__all__ = ["KeyType", "TlsMaterial", "TlsMaterialError", "generate_tls_material"]
+
+KeyType = Literal["ecdsa-p256", "rsa-3072"]
+DEFAULT_SSL_CONFIG_BOUND_PATH: Final = "ssl.cfg"  # the server opens its config relative to its root
+_CA_DAYS: Final = 5 * 365  # the CA outlives a few rotations of leaf certificates
+_CLOCK_SKEW: Final = datetime.timedelta(minutes=5)  # notBefore backdated for peers with a slow clock
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+class TlsMaterialError(ConfserveError):
+    """TLS material cannot be created (bad name, output directory already used)."""
+
+    status = Status.INVALID_ARGUMENT
+
+
+@dataclass(frozen=True, slots=True)
+class TlsMaterial:
+    """Where everything was written."""
+
+    root: Path
+    ssl_config_plain: Path  # owner/ssl.cfg: contains the server's private key, stays with the owner
+    ssl_config_encrypted: Path | None  # server/ssl.cfg (protected file) when a wrap key was given
+    ssl_config_bound_path: str | None
+    client_bundle: Path
+    service_domain: str
+    client_domain: str | None
+
+
+def _new_key(key_type: KeyType) -> PrivateKey:
+    if key_type == "ecdsa-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "rsa-3072":
+        return rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    raise TlsMaterialError(f"unknown key type {key_type!r} (ecdsa-p256 or rsa-3072)")
+
+
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def _check_name(name: str, what: str) -> None:
+    if not name or len(name) > 253 or any(c.isspace() or c in "/\\\0" for c in name):
+        raise TlsMaterialError(f"{what} {name!r} is not a valid host name or address")
+
+
+def _cert(
+    *,
+    subject: str,
+    key: PrivateKey,
+    issuer: x509.Certificate | None,
+    issuer_key: PrivateKey,
+    now: datetime.datetime,
+    days: int,
+    ca: bool,
+    usage: x509.ObjectIdentifier | None = None,
+) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
+        )
+    )
+    if ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+    else:
+        ec_key = isinstance(key, ec.EllipticCurvePrivateKey)
+        builder = builder.add_extension(
+            x509.KeyUsage(True, False, not ec_key, False, ec_key, False, False, False, False), critical=True
+        )
+        builder = builder.add_extension(x509.SubjectAlternativeName([_san(subject)]), critical=False)
+        assert usage is not None
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _pem(obj: x509.Certificate | PrivateKey) -> bytes:
+    if isinstance(obj, x509.Certificate):
+        return obj.public_bytes(serialization.Encoding.PEM)
+    return obj.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def generate_tls_material(
+    out_dir: str | os.PathLike[str],
+    service_domain: str,
+    client_domain: str | None = None,
+    *,
+    key_type: KeyType = "ecdsa-p256",
+    days: int = 365,
+    wrap_key: pf.WrapKey | None = None,
+    ssl_config_bound_path: str = DEFAULT_SSL_CONFIG_BOUND_PATH,
+    now: datetime.datetime | None = None,
+) -> TlsMaterial:
+    """Create a CA, a server certificate for `service_domain` and, for two-way TLS (`client_domain`), a
+    client certificate; write the owner, server and client bundles below `out_dir` (which must not hold
+    TLS material already). With `wrap_key`, the server bundle's ssl.cfg is encrypted and bound to
+    `ssl_config_bound_path`, the path the enclave opens it under."""
+    _check_name(service_domain, "service domain")
+    if client_domain is not None:
+        _check_name(client_domain, "client domain")
+    if not 1 <= days <= 3650:
+        raise TlsMaterialError("validity must be between 1 and 3650 days")
+    root = Path(out_dir)
+    owner, server, client = root / "owner", root / "server", root / "client"
+    for sub in (owner, server, client):
+        if sub.exists():
+            raise TlsMaterialError(f"{sub} already exists; refusing to replace TLS material")
+    now = now or datetime.datetime.now(datetime.UTC)
+    ca_key = _new_key(key_type)
+    ca = _cert(
+        subject=f"confserve CA for {service_domain}",
+        key=ca_key,
+        issuer=None,
+        issuer_key=ca_key,
+        now=now,
+        days=max(_CA_DAYS, days),
+        ca=True,
+    )
+    server_key = _new_key(key_type)
+    server_cert = _cert(
+        subject=service_domain,
+        key=server_key,
+        issuer=ca,
+        issuer_key=ca_key,
+        now=now,
+        days=days,
+        ca=False,
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+    )
+    config = SSLConfig(
+        server_key=_pem(server_key).decode(),
+        server_cert=_pem(server_cert).decode(),
+        custom_ca=_pem(ca).decode() if client_domain else "",
+        client_verify=client_domain is not None,
+    )
+    ssl_cfg = format_text(config).encode()
+
+    root.mkdir(parents=True, exist_ok=True)
+    owner.mkdir(mode=0o700)
+    client.mkdir(mode=0o755)
+    _write(owner / "ca.key", _pem(ca_key), 0o600)
+    _write(owner / "ca.crt", _pem(ca), 0o644)
+    _write(owner / "server.key", _pem(server_key), 0o600)
+    _write(owner / "server.crt", _pem(server_cert), 0o644)
+    _write(owner / "ssl.cfg", ssl_cfg, 0o600)
+    _write(client / "ca.crt", _pem(ca), 0o644)
+    if client_domain is not None:
+        client_key = _new_key(key_type)
+        client_cert = _cert(
+            subject=client_domain,
+            key=client_key,
+            issuer=ca,
+            issuer_key=ca_key,
+            now=now,
+            days=days,
+            ca=False,
+            usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        )
+        for where in (owner, client):
+            _write(where / "client.key", _pem(client_key), 0o600)
+            _write(where / "client.crt", _pem(client_cert), 0o644)
+    encrypted: Path | None = None
+    bound: str | None = None
+    if wrap_key is not None:
+        server.mkdir(mode=0o755)
+        encrypted = server / "ssl.cfg"
+        bound = pf.normalize_path(ssl_config_bound_path)
+        encrypted.write_bytes(pf.encrypt_bytes(ssl_cfg, wrap_key, bound_path=bound))
+    return TlsMaterial(root, owner / "ssl.cfg", encrypted, bound, client, service_domain, client_domain)
