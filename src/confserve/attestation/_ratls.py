@@ -48,6 +48,7 @@ __all__ = [
     "RaTlsCredentials",
     "RaTlsFormat",
     "create_ratls_credentials",
+    "extract_ratls_quote",
     "ratls_report_data",
     "verify_ratls_certificate",
 ]
@@ -255,12 +256,10 @@ def _dice_quote(evidence: bytes, spki: bytes) -> bytes:
     return quote
 
 
-def verify_ratls_certificate(cert: bytes | x509.Certificate, verify_quote: QuoteVerifier) -> VerifiedEvidence:
-    """Verify an RA-TLS certificate (DER or PEM) of any Gramine generation; raise VerificationError.
-
-    `verify_quote` verifies the embedded quote cryptographically (typically `verify` with collateral,
-    trust and now bound in); policy is applied by the caller to the evidence returned.
-    """
+def extract_ratls_quote(cert: bytes | x509.Certificate) -> tuple[RaTlsFormat, bytes]:
+    """Every check of an RA-TLS certificate except the quote's own verification: parse, key type,
+    self-signature, evidence extraction and the binding of the quote to the key. Returns the format and
+    the quote that binds the key (for TCG_DICE, the evidence quote). The quote is NOT verified yet."""
     certificate = _load(cert)
     try:
         public_key = certificate.public_key()
@@ -269,24 +268,31 @@ def verify_ratls_certificate(cert: bytes | x509.Certificate, verify_quote: Quote
     if isinstance(public_key, rsa.RSAPublicKey):
         if public_key.key_size != 3072:
             raise VerificationError(f"RA-TLS RSA key must be 3072 bits, not {public_key.key_size}")
-        rsa_key = True
     elif isinstance(public_key, ec.EllipticCurvePublicKey):
         if not isinstance(public_key.curve, ec.SECP384R1 | ec.SECP256R1):
             raise VerificationError(f"RA-TLS EC key must be P-384 or P-256, not {public_key.curve.name}")
-        rsa_key = False
     else:
         raise VerificationError("RA-TLS key must be RSA-3072 or ECDSA P-384/P-256")
     _check_self_signature(certificate, public_key)
     spki = _spki(public_key)
     dice = _extension_value(certificate, TCG_DICE_EVIDENCE_OID)
     if dice is not None:
-        if rsa_key:
+        if isinstance(public_key, rsa.RSAPublicKey):
             raise VerificationError("RA-TLS tagged evidence requires an EC key (Gramine v1.8+)")
-        quote = _dice_quote(dice, spki)
-    else:
-        legacy = _extension_value(certificate, LEGACY_QUOTE_OID, LEGACY_QUOTE_OID_CORRECT)
-        if legacy is None:
-            raise VerificationError("certificate carries no RA-TLS evidence (not an RA-TLS certificate)")
-        quote = legacy
-        _check_binding(quote, hashlib.sha256(spki).digest(), "the certificate's public key")
+        return RaTlsFormat.TCG_DICE, _dice_quote(dice, spki)
+    quote = _extension_value(certificate, LEGACY_QUOTE_OID, LEGACY_QUOTE_OID_CORRECT)
+    if quote is None:
+        raise VerificationError("certificate carries no RA-TLS evidence (not an RA-TLS certificate)")
+    _check_binding(quote, hashlib.sha256(spki).digest(), "the certificate's public key")
+    fmt = RaTlsFormat.LEGACY_RSA if isinstance(public_key, rsa.RSAPublicKey) else RaTlsFormat.LEGACY_EC
+    return fmt, quote
+
+
+def verify_ratls_certificate(cert: bytes | x509.Certificate, verify_quote: QuoteVerifier) -> VerifiedEvidence:
+    """Verify an RA-TLS certificate (DER or PEM) of any Gramine generation; raise VerificationError.
+
+    `verify_quote` verifies the embedded quote cryptographically (typically `verify` with collateral,
+    trust and now bound in); policy is applied by the caller to the evidence returned.
+    """
+    _, quote = extract_ratls_quote(cert)
     return verify_quote(quote)

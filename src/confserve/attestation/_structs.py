@@ -31,8 +31,10 @@ from confserve.attestation._types import EnclaveIdentity
 
 __all__ = [
     "ATTRIBUTE_DEBUG",
+    "ATTRIBUTE_EINITTOKEN_KEY",
     "ATTRIBUTE_INIT",
     "ATTRIBUTE_MODE64BIT",
+    "ATTRIBUTE_PROVISION_KEY",
     "CERT_DATA_TYPE_PCK_CHAIN",
     "INTEL_QE_VENDOR_ID",
     "MAX_QUOTE_BYTES",
@@ -72,6 +74,8 @@ INTEL_QE_VENDOR_ID: Final = bytes.fromhex("939A7233F79C4CA9940A0DB3957F0607")
 ATTRIBUTE_INIT: Final = 0x01
 ATTRIBUTE_DEBUG: Final = 0x02
 ATTRIBUTE_MODE64BIT: Final = 0x04
+ATTRIBUTE_PROVISION_KEY: Final = 0x10  # may use the provisioning key: only Intel's architectural enclaves
+ATTRIBUTE_EINITTOKEN_KEY: Final = 0x20  # may use the launch key: only the launch enclave
 
 # --- tables ---------------------------------------------------------------------------------------
 

@@ -53,7 +53,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from confserve.attestation._errors import VerificationError
-from confserve.attestation._structs import INTEL_QE_VENDOR_ID, QuoteV3, parse_quote_v3
+from confserve.attestation._structs import (
+    ATTRIBUTE_EINITTOKEN_KEY,
+    ATTRIBUTE_INIT,
+    ATTRIBUTE_MODE64BIT,
+    ATTRIBUTE_PROVISION_KEY,
+    INTEL_QE_VENDOR_ID,
+    QuoteV3,
+    parse_quote_v3,
+)
 from confserve.attestation._types import VerifiedEvidence
 
 __all__ = [
@@ -347,6 +355,18 @@ def _check_embedded_root(parsed: QuoteV3, trust: TrustConfig) -> None:
         raise VerificationError("the quote's PCK chain does not end at the trusted root")
 
 
+def _check_attributes(flags: int) -> None:
+    """Enclave attribute checks of Gramine's RA-TLS verifier (gramine-interop.md C.6): the enclave must
+    be initialised and 64-bit, and must not hold the provisioning or launch key (those are Intel's
+    architectural enclaves, never an application). DEBUG is refused by dcap-qvl before this point."""
+    if not flags & ATTRIBUTE_INIT:
+        raise VerificationError("enclave attributes: INIT is not set")
+    if not flags & ATTRIBUTE_MODE64BIT:
+        raise VerificationError("enclave attributes: MODE64BIT is not set")
+    if flags & (ATTRIBUTE_PROVISION_KEY | ATTRIBUTE_EINITTOKEN_KEY):
+        raise VerificationError("enclave attributes: PROVISION_KEY or EINITTOKEN_KEY is set")
+
+
 def verify(quote: bytes, collateral: Collateral | Any, trust: TrustConfig, now: int) -> VerifiedEvidence:
     """Verify an SGX DCAP v3 quote with `collateral` at Unix time `now`, chained to `trust`'s root.
 
@@ -370,6 +390,7 @@ def verify(quote: bytes, collateral: Collateral | Any, trust: TrustConfig, now: 
         raise VerificationError(f"DCAP verification failed: {reason}") from exc
     claims = json.loads(claims_json)
     _check_claims(parsed, claims, trust)
+    _check_attributes(parsed.report_body.flags)
     tcb = claims["tcb"]
     return VerifiedEvidence(
         identity=parsed.report_body.identity,

@@ -23,7 +23,9 @@ from cryptography.hazmat.primitives import serialization
 from confserve.attestation._attester import SimulatedAttester
 from confserve.attestation._errors import AttestationError
 from confserve.attestation._policy import AllowRule, Policy, load_policy_file
+from confserve.attestation._ratls import extract_ratls_quote
 from confserve.attestation._simplatform import SGX_TCB_STATUSES, SimCollateralSettings, SimPlatform
+from confserve.attestation._structs import parse_quote_v3
 from confserve.attestation._types import EnclaveIdentity, VerifiedEvidence
 from confserve.attestation._verify import INTEL_SGX_ROOT_CA_SHA256, Collateral, TrustConfig, verify
 from confserve.errors import ConfserveError
@@ -230,44 +232,43 @@ def _emit(verdict: dict[str, Any]) -> NoReturn:
     sys.exit(0 if verdict["accepted"] else EXIT_REFUSED)
 
 
-@attest.command("verify-quote")
-@click.argument("quote_file", metavar="QUOTE", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option(
+_COLLATERAL = click.option(
     "--collateral",
     "collateral_file",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="Collateral JSON (dcap-qvl QuoteCollateralV3 shape).",
 )
-@click.option(
+_SIM_PLATFORM = click.option(
     "--sim-platform",
     "platform_dir",
     type=click.Path(file_okay=False, exists=True, path_type=Path),
     help="Take collateral (and, by default, the root) from a simulated platform.",
 )
-@click.option("--now", type=click.IntRange(min=0), help="Verification time, Unix seconds [default: now].")
-@click.option(
+_NOW = click.option(
+    "--now", type=click.IntRange(min=0), help="Verification time, Unix seconds [default: now]."
+)
+_ROOT = click.option(
     "--root",
     help="'intel' (Intel SGX Root CA, pinned by SHA-256) or a root certificate file (PEM or DER) "
     "[default: intel; the platform's root with --sim-platform].",
 )
-@click.option("--allow-simulated", is_flag=True, help="Trust a non-Intel (simulated) root.")
-@click.option(
+_ALLOW_SIMULATED = click.option("--allow-simulated", is_flag=True, help="Trust a non-Intel (simulated) root.")
+_POLICY = click.option(
     "--policy",
     "policy_file",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="Policy file (.toml native or ra_config .json) [default: UpToDate only, any enclave].",
 )
-@_fails_cleanly
-def attest_verify_quote(
-    quote_file: Path,
+
+
+def _verification_setup(
     collateral_file: Path | None,
     platform_dir: Path | None,
-    now: int | None,
     root: str | None,
     allow_simulated: bool,
     policy_file: Path | None,
-) -> None:
-    """Verify QUOTE and print a JSON verdict; exit 0 only if it is accepted."""
+) -> tuple[Collateral, TrustConfig, Policy]:
+    """Collateral, trust root and policy from the shared options; emits a refusal for an untrusted root."""
     if (collateral_file is None) == (platform_dir is None):
         raise click.UsageError("give exactly one of --collateral and --sim-platform")
     platform = SimPlatform.load(platform_dir) if platform_dir is not None else None
@@ -297,6 +298,31 @@ def attest_verify_quote(
         if policy_file is not None
         else Policy(rules=(AllowRule(name="any-enclave"),), allow_simulated=allow_simulated)
     )
+    return collateral, trust, policy
+
+
+@attest.command("verify-quote")
+@click.argument("quote_file", metavar="QUOTE", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@_COLLATERAL
+@_SIM_PLATFORM
+@_NOW
+@_ROOT
+@_ALLOW_SIMULATED
+@_POLICY
+@_fails_cleanly
+def attest_verify_quote(
+    quote_file: Path,
+    collateral_file: Path | None,
+    platform_dir: Path | None,
+    now: int | None,
+    root: str | None,
+    allow_simulated: bool,
+    policy_file: Path | None,
+) -> None:
+    """Verify QUOTE and print a JSON verdict; exit 0 only if it is accepted."""
+    collateral, trust, policy = _verification_setup(
+        collateral_file, platform_dir, root, allow_simulated, policy_file
+    )
     try:
         evidence = verify(
             quote_file.read_bytes(), collateral, trust, int(time.time()) if now is None else now
@@ -305,3 +331,53 @@ def attest_verify_quote(
         _emit(_verdict(None, False, str(exc)))
     decision = policy.evaluate(evidence)
     _emit(_verdict(evidence, decision.accepted, decision.reason))
+
+
+@attest.command("show-cert")
+@click.argument("cert_file", metavar="CERT", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@_COLLATERAL
+@_SIM_PLATFORM
+@_NOW
+@_ROOT
+@_ALLOW_SIMULATED
+@_POLICY
+@_fails_cleanly
+def attest_show_cert(
+    cert_file: Path,
+    collateral_file: Path | None,
+    platform_dir: Path | None,
+    now: int | None,
+    root: str | None,
+    allow_simulated: bool,
+    policy_file: Path | None,
+) -> None:
+    """Print the evidence of an RA-TLS certificate (PEM or DER) as JSON.
+
+    Without --collateral/--sim-platform the certificate's structure and the binding of its quote to its
+    key are checked and the quote's claims are shown as UNVERIFIED; with them, the quote is verified and
+    the policy applied, and the exit code is 0 only if accepted.
+    """
+    fmt, quote = extract_ratls_quote(cert_file.read_bytes())
+    body = parse_quote_v3(quote).report_body
+    facts: dict[str, Any] = {
+        "format": fmt.value,
+        "binding": "quote report_data binds the certificate's public key",
+        "mr_enclave": body.mr_enclave.hex(),
+        "mr_signer": body.mr_signer.hex(),
+        "isv_prod_id": body.isv_prod_id,
+        "isv_svn": body.isv_svn,
+        "debug": body.debug,
+        "quote_bytes": len(quote),
+    }
+    if collateral_file is None and platform_dir is None:
+        click.echo(json.dumps({"verified": False, **facts}, indent=1))
+        return
+    collateral, trust, policy = _verification_setup(
+        collateral_file, platform_dir, root, allow_simulated, policy_file
+    )
+    try:
+        evidence = verify(quote, collateral, trust, int(time.time()) if now is None else now)
+    except AttestationError as exc:
+        _emit({"format": fmt.value, **_verdict(None, False, str(exc))})
+    decision = policy.evaluate(evidence)
+    _emit({"format": fmt.value, **_verdict(evidence, decision.accepted, decision.reason)})

@@ -629,3 +629,26 @@ def test_root_without_an_ec_key_is_refused() -> None:
     )
     with pytest.raises(VerificationError, match="does not have an EC public key"):
         TrustConfig.simulated(cert.public_bytes(serialization.Encoding.DER))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (0x04, "INIT is not set"),
+        (0x01, "MODE64BIT is not set"),
+        (0x01 | 0x04 | 0x10, "PROVISION_KEY"),
+        (0x01 | 0x04 | 0x20, "EINITTOKEN_KEY"),
+    ],
+)
+def test_enclave_attribute_checks(
+    platform: SimPlatform, sim_trust: TrustConfig, flags: int, message: str
+) -> None:
+    """Gramine's RA-TLS attribute rules (C.6) hold for every quote, simulated or real."""
+    attributes = flags.to_bytes(8, "little") + bytes(8)
+    quote = platform.quote(REPORT_DATA, IDENTITY, attributes=attributes)
+    with pytest.raises(VerificationError, match=message):
+        verify(quote, platform.collateral, sim_trust, SIM_NOW)
+    good = (0x01 | 0x04).to_bytes(8, "little") + bytes(8)
+    assert verify(
+        platform.quote(REPORT_DATA, IDENTITY, attributes=good), platform.collateral, sim_trust, SIM_NOW
+    )

@@ -260,3 +260,35 @@ def test_missing_platform_fails_cleanly(tmp_path: Path) -> None:
                  "--out", tmp_path / "q")  # fmt: skip
     assert result.exit_code == 1
     assert "cannot load the simulated platform" in result.stderr
+
+
+def test_show_cert(sim: Path, tmp_path: Path) -> None:
+    from confserve.attestation import (
+        EnclaveIdentity,
+        RaTlsFormat,
+        SimulatedAttester,
+        create_ratls_credentials,
+    )
+
+    identity = EnclaveIdentity(mr_enclave=b"\x11" * 32, mr_signer=b"\x22" * 32, isv_prod_id=3, isv_svn=4)
+    creds = create_ratls_credentials(SimulatedAttester(SimPlatform.load(sim), identity), RaTlsFormat.TCG_DICE)
+    cert = tmp_path / "ratls.pem"
+    cert.write_bytes(creds.certificate_pem())
+    result = run("attest", "show-cert", cert)
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert shown["verified"] is False
+    assert shown["format"] == "gramine-1.8"
+    assert shown["mr_enclave"] == "11" * 32
+    assert shown["isv_svn"] == 4
+    result = run("attest", "show-cert", cert, "--sim-platform", sim, "--allow-simulated")
+    assert verdict(result)["accepted"] is True
+    assert result.exit_code == 0
+    result = run("attest", "show-cert", cert, "--sim-platform", sim)
+    assert result.exit_code == 1
+    assert verdict(result)["accepted"] is False
+    plain = tmp_path / "plain.pem"
+    plain.write_bytes(b"not a certificate")
+    result = run("attest", "show-cert", plain)
+    assert result.exit_code == 1
+    assert "not a parsable X.509 certificate" in result.output
