@@ -39,6 +39,7 @@ from confserve.serving._manager import (
 )
 from confserve.serving._opener import FileOpener, PlainOpener
 from confserve.serving._policy import select_versions
+from confserve.serving._protected import ProtectedOpener
 from confserve.serving._source import AspiredVersions, FileSystemSource
 from confserve.serving._store import ModelStore
 from confserve.serving._tensors import dtype_name
@@ -67,6 +68,7 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "PlainOpener",
+    "ProtectedOpener",
     "ResourceExhaustedError",
     "SavedModelLoader",
     "SavedModelServable",
