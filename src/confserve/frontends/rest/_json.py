@@ -150,9 +150,10 @@ def _to_array(alias: str, value: Any, dtype_enum: int) -> npt.NDArray[Any]:
     try:
         array = np.array(value)
     except (ValueError, TypeError, OverflowError):
-        raise InvalidInputError(f"input '{alias}': nested lists must be rectangular") from None
-    if array.ndim > _MAX_RANK:
-        raise InvalidInputError(f"input '{alias}': rank above {_MAX_RANK}")
+        # numpy also refuses more than 64 dimensions here
+        raise InvalidInputError(
+            f"input '{alias}': nested lists must be rectangular, of rank at most {_MAX_RANK}"
+        ) from None
     kind: str = array.dtype.kind
     if array.size == 0:
         kind = "empty"
