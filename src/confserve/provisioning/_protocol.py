@@ -1,0 +1,484 @@
+"""The secret-provisioning wire protocol as sans-I/O state machines: bytes in, events or bytes out.
+
+Theory of operation
+-------------------
+Both protocols run inside one TLS session, after the handshake in which the enclave presented its RA-TLS
+certificate. Nothing here touches a socket, a clock or TLS: the server and the client drivers feed the
+decrypted bytes they read into `ServerConnection.receive_data` / `ClientConnection.receive_data` and write
+out the bytes these objects return. Every input is bounded; anything malformed, oversized, truncated or
+out of order raises `ProtocolError` (never another exception).
+
+**Gramine protocol** (gramine-interop.md B.3; unchanged from Gramine v1.0 to v1.9):
+
+| direction        | offset | size | content                                                    |
+|------------------|--------|------|------------------------------------------------------------|
+| client -> server | 0      | 35   | `SECRET_PROVISION_RA_TLS_REQUEST_V1` + NUL                 |
+| server -> client | 0      | 37   | `SECRET_PROVISION_RA_TLS_RESPONSE_V1:` + NUL               |
+|                  | 37     | 4    | N, u32 big-endian, 0 < N                                   |
+|                  | 41     | N    | the secret                                                 |
+
+A refused Gramine client gets no byte at all: the server closes the connection, as Gramine's server does
+(the client then fails with a read error). A Gramine client always receives the secret named `default`.
+
+**confserve extension** (several named secrets in one session). Its request magic starts with `C`, where
+Gramine's starts with `S`, so the server knows from the client's first byte which protocol it speaks and
+never sends extension bytes to a Gramine client: a Gramine client always sends Gramine's request first.
+
+Request (client -> server), at most 33 + 1 + 32 * 65 = 2114 bytes:
+
+| offset | size | content                                                                      |
+|--------|------|------------------------------------------------------------------------------|
+| 0      | 33   | `CONFSERVE_SECRET_PROV_REQUEST_V1` + NUL                                     |
+| 33     | 1    | n, the number of names, 0..32; 0 asks for every secret the enclave is granted |
+| 34     | ...  | n times: u8 length L (1..64), then L bytes of name `[A-Za-z0-9][A-Za-z0-9._-]*` |
+
+Response (server -> client):
+
+| offset | size | content                                                                       |
+|--------|------|-------------------------------------------------------------------------------|
+| 0      | 34   | `CONFSERVE_SECRET_PROV_RESPONSE_V1` + NUL                                     |
+| 34     | 1    | status: 0 granted, 1 refused                                                  |
+| granted| 1    | m, the number of secrets, 1..32; then m times: u8 name length L (1..64), L    |
+|        |      | bytes of name, u32 big-endian size S (1..65536), S bytes of secret            |
+| refused| 1    | reason length R (0..255), then R bytes of printable ASCII (a generic reason)  |
+
+The request is all or nothing: a name that is not granted refuses the whole request. Names are unique and
+the granted names are exactly the requested ones (or, for n = 0, every granted name). After the response
+the server closes the connection; bytes after a complete message are a protocol error on either side.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from confserve.provisioning._errors import ProtocolError
+
+__all__ = [
+    "DEFAULT_SECRET_NAME",
+    "EXT_REQUEST_MAGIC",
+    "EXT_RESPONSE_MAGIC",
+    "GRAMINE_REQUEST",
+    "GRAMINE_RESPONSE_PREFIX",
+    "MAX_NAMES",
+    "MAX_NAME_BYTES",
+    "MAX_REASON_BYTES",
+    "MAX_SECRET_BYTES",
+    "ClientConnection",
+    "Granted",
+    "Refused",
+    "RequestKind",
+    "SecretRequest",
+    "ServerConnection",
+    "check_secret_name",
+]
+
+GRAMINE_REQUEST: Final = b"SECRET_PROVISION_RA_TLS_REQUEST_V1\0"  # 35 bytes (B.3)
+GRAMINE_RESPONSE_PREFIX: Final = b"SECRET_PROVISION_RA_TLS_RESPONSE_V1:\0"  # 37 bytes (B.3)
+EXT_REQUEST_MAGIC: Final = b"CONFSERVE_SECRET_PROV_REQUEST_V1\0"  # 33 bytes
+EXT_RESPONSE_MAGIC: Final = b"CONFSERVE_SECRET_PROV_RESPONSE_V1\0"  # 34 bytes
+assert len(GRAMINE_REQUEST) == 35
+assert len(GRAMINE_RESPONSE_PREFIX) == 37
+assert GRAMINE_REQUEST[0] != EXT_REQUEST_MAGIC[0]
+
+DEFAULT_SECRET_NAME: Final = "default"  # noqa: S105 (a name) - what a Gramine client receives (SECRET_PROVISION_SET_KEY=default)
+# A model server needs one or a few keys; 32 names per session is generous and bounds the request.
+MAX_NAMES: Final = 32
+# The attestation policy's limit on secret names (confserve.attestation._policy._MAX_NAME_CHARS).
+MAX_NAME_BYTES: Final = 64
+# A wrap key is 16 bytes and a TLS private key a few KB; 64 KiB bounds what either side buffers.
+MAX_SECRET_BYTES: Final = 64 * 1024
+MAX_REASON_BYTES: Final = 255  # a u8 length
+_STATUS_GRANTED: Final = 0
+_STATUS_REFUSED: Final = 1
+_NAME_RE: Final = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._-]*")
+_U32: Final = struct.Struct(">I")
+_MAX_REQUEST_BYTES: Final = len(EXT_REQUEST_MAGIC) + 1 + MAX_NAMES * (1 + MAX_NAME_BYTES)
+
+
+def check_secret_name(name: str) -> str:
+    """Return `name` if it is a valid secret name, else raise ProtocolError."""
+    raw = name.encode("ascii", "replace") if isinstance(name, str) else b""
+    if not (1 <= len(raw) <= MAX_NAME_BYTES and _NAME_RE.fullmatch(raw)):
+        raise ProtocolError("invalid secret name")
+    return name
+
+
+class RequestKind(enum.Enum):
+    GRAMINE = "gramine"
+    EXTENSION = "confserve"
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRequest:
+    """A complete request. `names` is empty when an extension client asks for everything it is granted."""
+
+    kind: RequestKind
+    names: tuple[str, ...]
+
+    @property
+    def wants_all(self) -> bool:
+        return not self.names
+
+
+@dataclass(frozen=True, slots=True)
+class Granted:
+    """The secrets a client received. The repr shows names and sizes only, never a secret byte."""
+
+    secrets: Mapping[str, bytes]
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{name}: {len(value)} bytes" for name, value in self.secrets.items())
+        return f"Granted({{{sizes}}})"
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The server refused; `reason` is the short generic reason it sent (empty for a Gramine server)."""
+
+    reason: str
+
+
+class _Reader:
+    """Cursor over a buffer that may not be complete yet: `take` returns None when more bytes are needed."""
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self._data = data
+        self.offset = 0
+
+    def take(self, size: int) -> bytes | None:
+        end = self.offset + size
+        if end > len(self._data):
+            return None
+        chunk = bytes(self._data[self.offset : end])
+        self.offset = end
+        return chunk
+
+    def u8(self) -> int | None:
+        chunk = self.take(1)
+        return None if chunk is None else chunk[0]
+
+    def u32(self) -> int | None:
+        chunk = self.take(4)
+        return None if chunk is None else int(_U32.unpack(chunk)[0])
+
+    @property
+    def remaining(self) -> int:
+        return len(self._data) - self.offset
+
+
+def _name_from(raw: bytes) -> str:
+    if not _NAME_RE.fullmatch(raw):
+        raise ProtocolError("invalid secret name")
+    return raw.decode("ascii")
+
+
+def _read_name(reader: _Reader) -> str | None:
+    length = reader.u8()
+    if length is None:
+        return None
+    if not 1 <= length <= MAX_NAME_BYTES:
+        raise ProtocolError(f"secret name length {length} outside 1..{MAX_NAME_BYTES}")
+    raw = reader.take(length)
+    return None if raw is None else _name_from(raw)
+
+
+def _is_prefix(data: bytes | bytearray, magic: bytes) -> bool:
+    n = min(len(data), len(magic))
+    return bytes(data[:n]) == magic[:n]
+
+
+def _encode_name(name: str) -> bytes:
+    raw = check_secret_name(name).encode("ascii")
+    return bytes((len(raw),)) + raw
+
+
+# --------------------------------------------------------------------------------------------------
+# Server side
+
+
+class ServerState(enum.Enum):
+    AWAIT_REQUEST = "await-request"
+    REQUEST_RECEIVED = "request-received"
+    DONE = "done"
+
+
+class ServerConnection:
+    """The server's half: parse one request, then produce the grant or refusal bytes."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._state = ServerState.AWAIT_REQUEST
+        self._request: SecretRequest | None = None
+
+    @property
+    def state(self) -> ServerState:
+        return self._state
+
+    @property
+    def request(self) -> SecretRequest | None:
+        return self._request
+
+    def receive_data(self, data: bytes) -> SecretRequest | None:
+        """Feed bytes read from the client; returns the request once it is complete."""
+        if not data:
+            return None
+        if self._state is not ServerState.AWAIT_REQUEST:
+            self._state = ServerState.DONE
+            raise ProtocolError("unexpected bytes after the request")
+        self._buffer += data
+        try:
+            request = self._parse()
+        except ProtocolError:
+            self._state = ServerState.DONE
+            raise
+        if request is not None:
+            self._request = request
+            self._state = ServerState.REQUEST_RECEIVED
+        return request
+
+    def end_of_data(self) -> None:
+        """The client closed its side. Raises ProtocolError if no complete request had arrived."""
+        if self._state is ServerState.AWAIT_REQUEST:
+            self._state = ServerState.DONE
+            if not self._buffer:
+                raise ProtocolError("connection closed without a request")
+            raise ProtocolError("connection closed in the middle of the request")
+
+    def _parse(self) -> SecretRequest | None:
+        buf = self._buffer
+        if _is_prefix(buf, GRAMINE_REQUEST):
+            if len(buf) < len(GRAMINE_REQUEST):
+                return None
+            if len(buf) > len(GRAMINE_REQUEST):
+                raise ProtocolError("unexpected bytes after the request")
+            return SecretRequest(RequestKind.GRAMINE, (DEFAULT_SECRET_NAME,))
+        if not _is_prefix(buf, EXT_REQUEST_MAGIC):
+            raise ProtocolError("not a secret-provisioning request")
+        if len(buf) > _MAX_REQUEST_BYTES:
+            raise ProtocolError("request too long")
+        reader = _Reader(buf)
+        if reader.take(len(EXT_REQUEST_MAGIC)) is None:
+            return None
+        count = reader.u8()
+        if count is None:
+            return None
+        if count > MAX_NAMES:
+            raise ProtocolError(f"request names {count} secrets (at most {MAX_NAMES})")
+        names: list[str] = []
+        for _ in range(count):
+            name = _read_name(reader)
+            if name is None:
+                return None
+            if name in names:
+                raise ProtocolError("request names a secret twice")
+            names.append(name)
+        if reader.remaining:
+            raise ProtocolError("unexpected bytes after the request")
+        return SecretRequest(RequestKind.EXTENSION, tuple(names))
+
+    def _responding(self) -> SecretRequest:
+        if self._state is not ServerState.REQUEST_RECEIVED or self._request is None:
+            raise ProtocolError("no complete request to respond to")
+        self._state = ServerState.DONE
+        return self._request
+
+    def grant(self, secrets: Sequence[tuple[str, bytes]]) -> bytes:
+        """The bytes that release `secrets` (name, value) in the client's protocol.
+
+        A Gramine client takes exactly one secret; an extension client exactly the names it asked for (or
+        at least one when it asked for all). The caller decides what is granted; this checks the shape.
+        """
+        request = self._responding()
+        if not secrets or len(secrets) > MAX_NAMES:
+            raise ProtocolError("a grant carries 1..32 secrets")
+        for name, value in secrets:
+            check_secret_name(name)
+            if not 1 <= len(value) <= MAX_SECRET_BYTES:
+                raise ProtocolError(f"secret {name!r} size outside 1..{MAX_SECRET_BYTES} bytes")
+        names = [name for name, _ in secrets]
+        if len(set(names)) != len(names):
+            raise ProtocolError("a grant names a secret twice")
+        if request.kind is RequestKind.GRAMINE:
+            if len(secrets) != 1:
+                raise ProtocolError("a Gramine client receives exactly one secret")
+            value = secrets[0][1]
+            return GRAMINE_RESPONSE_PREFIX + _U32.pack(len(value)) + value
+        if request.names and tuple(names) != request.names:
+            raise ProtocolError("a grant must carry exactly the requested secrets, in order")
+        out = bytearray(EXT_RESPONSE_MAGIC)
+        out += bytes((_STATUS_GRANTED, len(secrets)))
+        for name, value in secrets:
+            out += _encode_name(name) + _U32.pack(len(value)) + value
+        return bytes(out)
+
+    def refuse(self, reason: str) -> bytes:
+        """The refusal bytes: none for a Gramine client (just close), a short reason for an extension one.
+
+        Also valid before a complete request arrived (returns b"", the caller closes)."""
+        if self._state is ServerState.AWAIT_REQUEST:
+            self._state = ServerState.DONE
+            return b""
+        request = self._responding()
+        if request.kind is RequestKind.GRAMINE:
+            return b""
+        text = "".join(c if " " <= c <= "~" else "?" for c in reason)[:MAX_REASON_BYTES]
+        raw = text.encode("ascii")
+        return EXT_RESPONSE_MAGIC + bytes((_STATUS_REFUSED, len(raw))) + raw
+
+
+# --------------------------------------------------------------------------------------------------
+# Client side
+
+
+class ClientState(enum.Enum):
+    IDLE = "idle"
+    AWAIT_RESPONSE = "await-response"
+    DONE = "done"
+
+
+class ClientConnection:
+    """The enclave's half. `gramine=True` speaks Gramine's request (one secret, returned as `default`);
+    otherwise the extension asks for `names` (empty: every granted secret)."""
+
+    def __init__(
+        self,
+        names: Sequence[str] = (),
+        *,
+        gramine: bool = False,
+        max_secret_bytes: int = MAX_SECRET_BYTES,
+    ) -> None:
+        names = tuple(names)
+        if gramine and names not in ((), (DEFAULT_SECRET_NAME,)):
+            raise ProtocolError("the Gramine protocol can only ask for the default secret")
+        if len(names) > MAX_NAMES:
+            raise ProtocolError(f"at most {MAX_NAMES} secret names per request")
+        for name in names:
+            check_secret_name(name)
+        if len(set(names)) != len(names):
+            raise ProtocolError("a secret name is requested twice")
+        if not 1 <= max_secret_bytes <= MAX_SECRET_BYTES:
+            raise ProtocolError(f"max_secret_bytes must be in 1..{MAX_SECRET_BYTES}")
+        self._names = names
+        self._gramine = gramine
+        self._max_secret = max_secret_bytes
+        self._buffer = bytearray()
+        self._state = ClientState.IDLE
+
+    @property
+    def state(self) -> ClientState:
+        return self._state
+
+    def request_bytes(self) -> bytes:
+        if self._state is not ClientState.IDLE:
+            raise ProtocolError("the request was already sent")
+        self._state = ClientState.AWAIT_RESPONSE
+        if self._gramine:
+            return GRAMINE_REQUEST
+        return EXT_REQUEST_MAGIC + bytes((len(self._names),)) + b"".join(map(_encode_name, self._names))
+
+    def receive_data(self, data: bytes) -> Granted | Refused | None:
+        """Feed bytes from the server; returns the outcome once the response is complete."""
+        if not data:
+            return None
+        if self._state is not ClientState.AWAIT_RESPONSE:
+            self._state = ClientState.DONE
+            raise ProtocolError("unexpected bytes from the server")
+        self._buffer += data
+        try:
+            outcome = self._parse_gramine() if self._gramine else self._parse_extension()
+        except ProtocolError:
+            self._state = ClientState.DONE
+            raise
+        if outcome is not None:
+            self._state = ClientState.DONE
+        return outcome
+
+    def end_of_data(self) -> Refused | None:
+        """The server closed. Before any byte that is a refusal (Gramine's way); mid-response an error."""
+        if self._state is ClientState.IDLE:
+            raise ProtocolError("connection closed before the request was sent")
+        if self._state is ClientState.DONE:
+            return None
+        self._state = ClientState.DONE
+        if not self._buffer:
+            return Refused("")
+        raise ProtocolError("connection closed in the middle of the response")
+
+    def _parse_gramine(self) -> Granted | None:
+        buf = self._buffer
+        if not _is_prefix(buf, GRAMINE_RESPONSE_PREFIX):
+            raise ProtocolError("not a Gramine secret-provisioning response")
+        reader = _Reader(buf)
+        if reader.take(len(GRAMINE_RESPONSE_PREFIX)) is None:
+            return None
+        size = reader.u32()
+        if size is None:
+            return None
+        if not 1 <= size <= self._max_secret:
+            raise ProtocolError(f"secret size {size} outside 1..{self._max_secret} bytes")
+        value = reader.take(size)
+        if value is None:
+            return None
+        if reader.remaining:
+            raise ProtocolError("unexpected bytes after the response")
+        return Granted({DEFAULT_SECRET_NAME: value})
+
+    def _parse_extension(self) -> Granted | Refused | None:  # noqa: PLR0911, PLR0912 (one field per step)
+        buf = self._buffer
+        if not _is_prefix(buf, EXT_RESPONSE_MAGIC):
+            raise ProtocolError("not a confserve secret-provisioning response")
+        reader = _Reader(buf)
+        if reader.take(len(EXT_RESPONSE_MAGIC)) is None:
+            return None
+        status = reader.u8()
+        if status is None:
+            return None
+        if status == _STATUS_REFUSED:
+            return self._parse_refusal(reader)
+        if status != _STATUS_GRANTED:
+            raise ProtocolError(f"unknown response status {status}")
+        count = reader.u8()
+        if count is None:
+            return None
+        if not 1 <= count <= MAX_NAMES:
+            raise ProtocolError(f"response carries {count} secrets (1..{MAX_NAMES})")
+        secrets: dict[str, bytes] = {}
+        for _ in range(count):
+            name = _read_name(reader)
+            if name is None:
+                return None
+            if name in secrets:
+                raise ProtocolError("response names a secret twice")
+            size = reader.u32()
+            if size is None:
+                return None
+            if not 1 <= size <= self._max_secret:
+                raise ProtocolError(f"secret size {size} outside 1..{self._max_secret} bytes")
+            value = reader.take(size)
+            if value is None:
+                return None
+            secrets[name] = value
+        if reader.remaining:
+            raise ProtocolError("unexpected bytes after the response")
+        if self._names and tuple(secrets) != self._names:
+            raise ProtocolError("response does not carry exactly the requested secrets")
+        return Granted(secrets)
+
+    @staticmethod
+    def _parse_refusal(reader: _Reader) -> Refused | None:
+        length = reader.u8()
+        if length is None:
+            return None
+        raw = reader.take(length)
+        if raw is None:
+            return None
+        if reader.remaining:
+            raise ProtocolError("unexpected bytes after the response")
+        if not all(0x20 <= c <= 0x7E for c in raw):
+            raise ProtocolError("refusal reason is not printable ASCII")
+        return Refused(raw.decode("ascii"))
