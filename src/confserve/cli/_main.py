@@ -7,7 +7,9 @@ import click
 from confserve import __version__
 from confserve.cli._attest import attest, sim_platform
 from confserve.cli._measure import measure_group
+from confserve.cli._model import model_group
 from confserve.cli._pf import pf_group
+from confserve.cli._serve import serve
 from confserve.cli._tls import tls_group
 
 
@@ -18,7 +20,9 @@ def main() -> None:
 
 
 main.add_command(pf_group, "pf")
+main.add_command(model_group, "model")
 main.add_command(tls_group, "tls")
 main.add_command(sim_platform)
 main.add_command(attest)
 main.add_command(measure_group, "measure")
+main.add_command(serve)
