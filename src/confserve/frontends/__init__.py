@@ -1,6 +1,7 @@
 """Network front ends (gRPC and REST). Each only converts formats, calls the shared DataPlane and maps
 `confserve.errors.Status` to its transport's codes in exactly one table."""
 
+from confserve.frontends._server import ModelServer, ServerSettings
 from confserve.frontends._tls import TlsConfig
 
-__all__ = ["TlsConfig"]
+__all__ = ["ModelServer", "ServerSettings", "TlsConfig"]

@@ -1,0 +1,92 @@
+"""The whole model server: one model store and DataPlane, served by gRPC and (optionally) REST.
+
+Start-up order follows TF Serving: the configured models are polled and loaded once before the ports open,
+so the first request already finds them; then a background thread keeps polling the base paths every
+`file_system_poll_wait_seconds` and refreshes the gRPC health status after each poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from confserve.frontends._tls import TlsConfig
+from confserve.frontends.grpc import GrpcServer, GrpcSettings
+from confserve.frontends.rest import RestServer, RestSettings
+from confserve.serving import (
+    DataPlane,
+    FileOpener,
+    ManagerSettings,
+    ModelConfig,
+    ModelManager,
+    ModelStore,
+    SavedModelLoader,
+)
+
+__all__ = ["ModelServer", "ServerSettings"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    grpc: GrpcSettings = field(default_factory=GrpcSettings)
+    rest: RestSettings | None = field(default_factory=RestSettings)  # None: no REST port (TF Serving: 0)
+    # TF Serving's --file_system_poll_wait_seconds default (1); a negative value polls only at start-up.
+    file_system_poll_wait_seconds: float = 1.0
+    manager: ManagerSettings = field(default_factory=ManagerSettings)
+
+
+class ModelServer:
+    """Owns the store, its polling thread and both front ends."""
+
+    def __init__(
+        self,
+        models: Sequence[ModelConfig],
+        opener: FileOpener,
+        tls: TlsConfig | None,
+        settings: ServerSettings | None = None,
+        *,
+        allow_insecure: bool = False,
+    ) -> None:
+        self.settings = settings or ServerSettings()
+        manager: ModelManager[Any] = ModelManager(SavedModelLoader(opener), settings=self.settings.manager)
+        self.store = ModelStore(models, opener, manager)
+        self.dataplane = DataPlane(manager)
+        self.grpc = GrpcServer(self.dataplane, tls, self.settings.grpc, allow_insecure=allow_insecure)
+        self.rest = (
+            None
+            if self.settings.rest is None
+            else RestServer(self.dataplane, tls, self.settings.rest, allow_insecure=allow_insecure)
+        )
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.store.poll_once()
+        self.grpc.refresh_health()
+        self.grpc.start()
+        if self.rest is not None:
+            self.rest.start()
+        if self.settings.file_system_poll_wait_seconds >= 0:
+            self._poller = threading.Thread(target=self._poll_forever, name="model-poller", daemon=True)
+            self._poller.start()
+
+    def _poll_forever(self) -> None:
+        while not self._stop.wait(self.settings.file_system_poll_wait_seconds):
+            try:
+                self.store.poll_once()
+            except Exception:
+                _log.exception("model store poll failed")
+            self.grpc.refresh_health()
+
+    def stop(self, grace_seconds: float | None = 5.0) -> None:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join()
+        if self.rest is not None:
+            self.rest.stop()
+        self.grpc.stop(grace_seconds)

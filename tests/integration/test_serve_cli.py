@@ -1,0 +1,139 @@
+"""`confserve serve` as a real process: start, answer over TLS, stop cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+import trustme
+from click.testing import CliRunner
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from confserve.cli import main
+from confserve.frontends import TlsConfig
+from confserve.pf import WrapKey, encrypt_bytes, encrypt_tree
+from confserve.tfs_config import SSLConfig, format_text
+from tests.unit.serving.models import model_tree
+
+LINE = re.compile(r"serving gRPC on port (\d+), REST on port (\w+)")
+
+
+def ssl_cfg(tls: TlsConfig) -> bytes:
+    config = SSLConfig(server_cert=tls.cert_chain_pem.decode(), server_key=tls.private_key_pem.decode())
+    return format_text(config).encode()
+
+
+def run_server(args: list[str], cwd: Path) -> tuple[subprocess.Popen[str], int]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from confserve.cli import main; main()",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            *args,
+        ],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()  # blocks until the server is up (or the process died)
+    match = LINE.search(line)
+    if match is None:
+        process.kill()
+        _, err = process.communicate()
+        raise AssertionError(f"server did not start: {line!r} {err[-2000:]}")
+    return process, int(match.group(1))
+
+
+def predict_version(port: int, ca: trustme.CA) -> int:
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.bytes())
+    with grpc.secure_channel(f"localhost:{port}", credentials) as channel:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "clf"
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones((1, 4), np.float32)))
+        return int(
+            prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            .Predict(request, timeout=30)
+            .model_spec.version.value
+        )
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    assert process.returncode == 0
+
+
+def test_serve_encrypted_model_and_encrypted_ssl_config(
+    tmp_path: Path, server_tls: TlsConfig, ca: trustme.CA
+) -> None:
+    key = WrapKey.generate()
+    key.save(tmp_path / "wrap-key")
+    encrypt_tree(model_tree() / "clf" / "1", tmp_path / "models" / "clf" / "4", key, bind_root="models/clf/4")
+    (tmp_path / "ssl.cfg").write_bytes(encrypt_bytes(ssl_cfg(server_tls), key, bound_path="ssl.cfg"))
+    process, port = run_server(
+        [
+            "--model_name=clf",
+            "--model_base_path=models/clf",
+            "--port=0",
+            "--no_rest",
+            "--ssl_config_file=ssl.cfg",
+            "--wrap_key=wrap-key",
+            "--file_system_poll_wait_seconds=-1",
+        ],
+        tmp_path,
+    )
+    try:
+        assert predict_version(port, ca) == 4
+    finally:
+        stop(process)
+
+
+def test_serve_with_config_file_and_plain_tls(tmp_path: Path, server_tls: TlsConfig, ca: trustme.CA) -> None:
+    (tmp_path / "ssl.cfg").write_bytes(ssl_cfg(server_tls))
+    (tmp_path / "models.config").write_text(
+        f'model_config_list {{ config {{ name: "clf" base_path: "{model_tree() / "clf"}" }} }}'
+    )
+    process, port = run_server(
+        ["--model_config_file=models.config", "--port=0", "--rest_api_port=0", "--ssl_config_file=ssl.cfg"],
+        tmp_path,
+    )
+    try:
+        assert predict_version(port, ca) == 2
+    finally:
+        stop(process)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "give --model_config_file, or --model_name and --model_base_path"),
+        (["--model_name=m", "--model_base_path=/x"], "give --ssl_config_file, or --insecure"),
+        (["--model_config_file=c", "--model_name=m"], "either --model_config_file or"),
+        (["--model_config_file=c", "--insecure"], "invalid ModelServerConfig text"),
+        (["--model_name=m", "--model_base_path=/x", "--ssl_config_file=c"], "not a valid SSLConfig"),
+        (["--model_name=m", "--model_base_path=/x", "--ssl_config_file=empty.cfg"], "must set server_cert"),
+        (["--model_name=m", "--model_base_path=/x", "--ssl_config_file=p.cfg"], "give --wrap_key"),
+    ],
+)
+def test_serve_usage_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("c").write_text("not { a config")
+    Path("empty.cfg").write_text("")
+    Path("p.cfg").write_bytes(encrypt_bytes(b"x", WrapKey.generate(), bound_path="p.cfg"))
+    result = CliRunner().invoke(main, ["serve", *args])
+    assert result.exit_code == 1, result.output
+    assert message in result.output
