@@ -9,6 +9,7 @@ from confserve.cli._attest import attest, sim_platform
 from confserve.cli._measure import measure_group
 from confserve.cli._model import model_group
 from confserve.cli._pf import pf_group
+from confserve.cli._secret_prov import secret_prov_group
 from confserve.cli._serve import serve
 from confserve.cli._tls import tls_group
 
@@ -26,3 +27,4 @@ main.add_command(sim_platform)
 main.add_command(attest)
 main.add_command(measure_group, "measure")
 main.add_command(serve)
+main.add_command(secret_prov_group, "secret-prov")

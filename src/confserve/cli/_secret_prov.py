@@ -1,0 +1,411 @@
+"""`confserve secret-prov`: the attested key-release service, its owner setup and a diagnostic client.
+
+    confserve secret-prov init DIR [--hostname NAME ...]
+    confserve secret-prov serve --listen HOST:PORT --cert CERT --key KEY (--ra-config FILE | --policy FILE)
+        --secret NAME=FILE ... [--audit-log FILE] [--metrics-listen HOST:PORT]
+        [--sim-platform DIR] [--allow-simulated] [--collateral FILE | --pccs-url URL]
+    confserve secret-prov request --servers LIST --ca CA.pem [--sim-platform DIR --signing-key KEY]
+        [--name NAME ...] [--out DIR]
+    confserve secret-prov audit-verify FILE [--expected-head HEX]
+
+The diagnostic client's simulated identity is the measured description of this command: the installed
+confserve package, the entry point `REQUEST_ENTRY_POINT` and no measured arguments, signed by
+`--signing-key`. `confserve measure --signing-key KEY --entry-point "confserve secret-prov request"`
+prints the same identity, so an owner can approve it for testing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Final
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from confserve.attestation import (
+    Attester,
+    EnclaveIdentity,
+    RaTlsFormat,
+    SimPlatform,
+    SimulatedAttester,
+    TrustConfig,
+    detect_attester,
+    find_package_root,
+    measure_simulated,
+    mr_signer_from_pem,
+)
+from confserve.attestation._measure import format_identity
+from confserve.cli._common import fail, reports_errors
+from confserve.pf import WrapKey
+from confserve.provisioning import (
+    ClientSettings,
+    RefusedError,
+    SecretProvisioningClient,
+    SecretProvisioningServer,
+    ServerLimits,
+    ServerSettings,
+    collateral_from_file,
+    collateral_from_pccs,
+    collateral_from_sim_platform,
+    load_certificate_chain,
+    load_private_key,
+    parse_secret_spec,
+    policy_from_file,
+    secrets_from_files,
+    trust_for_sim_platform,
+    verify_audit_log,
+)
+
+REQUEST_ENTRY_POINT: Final = "confserve secret-prov request"
+REQUEST_MEASURED_ARGS: Final[dict[str, str]] = {}
+_CA_VALIDITY: Final = datetime.timedelta(days=3650)
+_SERVER_VALIDITY: Final = datetime.timedelta(days=825)  # the CA/Browser Forum's former maximum
+
+
+def _host_port(value: str, option: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 0xFFFF:
+        raise click.UsageError(f"{option} expects HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+@click.group("secret-prov")
+def secret_prov_group() -> None:
+    """Attested secret provisioning (Gramine-compatible key release)."""
+
+
+# -- init -----------------------------------------------------------------------------------------
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _san(names: tuple[str, ...]) -> x509.SubjectAlternativeName:
+    entries: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            entries.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            entries.append(x509.DNSName(name))
+    return x509.SubjectAlternativeName(entries)
+
+
+def make_service_pki(hostnames: tuple[str, ...], now: datetime.datetime) -> tuple[bytes, bytes, bytes]:
+    """(ca.crt PEM, server.crt PEM, server.key PEM): a P-256 CA and a server certificate for `hostnames`."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "confserve"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "confserve secret provisioning CA"),
+        ]
+    )
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + _CA_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + _SERVER_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(_san(hostnames), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return ca.public_bytes(pem), server.public_bytes(pem), key_pem
+
+
+@secret_prov_group.command("init")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option(
+    "--hostname",
+    "hostnames",
+    multiple=True,
+    metavar="NAME",
+    help="DNS name or IP address clients use for the service (repeat; default localhost and 127.0.0.1).",
+)
+@reports_errors
+def init_command(directory: str, hostnames: tuple[str, ...]) -> None:
+    """Create DIR/ca.crt, DIR/server.crt, DIR/server.key (0600) and DIR/wrap_key (0600).
+
+    The CA's private key is not kept: to rotate, run init again and give clients the new ca.crt.
+    """
+    names = hostnames or ("localhost", "127.0.0.1")
+    target = Path(directory)
+    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    files = ("ca.crt", "server.crt", "server.key", "wrap_key")
+    existing = [name for name in files if (target / name).exists()]
+    if existing:
+        fail(f"{target} already holds {', '.join(existing)}; not replacing (move them away first)")
+    ca_pem, cert_pem, key_pem = make_service_pki(names, datetime.datetime.now(datetime.UTC))
+    _write_new(target / "ca.crt", ca_pem, 0o644)
+    _write_new(target / "server.crt", cert_pem, 0o644)
+    _write_new(target / "server.key", key_pem, 0o600)
+    wrap_key = WrapKey.generate()
+    wrap_key.save(target / "wrap_key")
+    click.echo(f"wrote {target}/ca.crt, server.crt, server.key (0600), wrap_key (0600)")
+    click.echo(f"server certificate names: {', '.join(names)}")
+    click.echo(f"wrap key fingerprint: {wrap_key.fingerprint()}")
+
+
+# -- serve ----------------------------------------------------------------------------------------
+
+
+@secret_prov_group.command("serve")
+@click.option("--listen", default="0.0.0.0:4433", show_default=True, metavar="HOST:PORT")
+@click.option(
+    "--cert", "cert_path", required=True, type=click.Path(dir_okay=False), help="Server chain (PEM)."
+)
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False), help="Server key (PEM).")
+@click.option("--ra-config", type=click.Path(dir_okay=False), help="Reference ra_config.json allow list.")
+@click.option("--policy", type=click.Path(dir_okay=False), help="Policy file (.toml native or .json).")
+@click.option("--secret", "secret_specs", multiple=True, metavar="NAME=FILE", help="A secret (repeat).")
+@click.option("--audit-log", type=click.Path(dir_okay=False), help="Hash-chained JSON-lines audit log.")
+@click.option("--metrics-listen", metavar="HOST:PORT", help="Prometheus /metrics and /healthz.")
+@click.option("--sim-platform", type=click.Path(file_okay=False), help="Trust this simulated platform.")
+@click.option("--allow-simulated", is_flag=True, help="ra_config.json: accept simulated evidence.")
+@click.option("--collateral", type=click.Path(dir_okay=False), help="Collateral JSON (dcap-qvl form).")
+@click.option("--pccs-url", help="Fetch collateral from this PCCS (API v4).")
+@click.option("--handshake-timeout", type=click.FloatRange(min=0.001), default=10.0, show_default=True)
+@click.option("--read-timeout", type=click.FloatRange(min=0.001), default=10.0, show_default=True)
+@click.option("--max-connections", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--rate-limit", type=float, default=20.0, show_default=True, help="Per address, per second.")
+@click.option("--rate-burst", type=click.IntRange(min=1), default=100, show_default=True)
+@reports_errors
+def serve_command(
+    listen: str,
+    cert_path: str,
+    key_path: str,
+    ra_config: str | None,
+    policy: str | None,
+    secret_specs: tuple[str, ...],
+    audit_log: str | None,
+    metrics_listen: str | None,
+    sim_platform: str | None,
+    allow_simulated: bool,
+    collateral: str | None,
+    pccs_url: str | None,
+    handshake_timeout: float,
+    read_timeout: float,
+    max_connections: int,
+    rate_limit: float,
+    rate_burst: int,
+) -> None:
+    """Release secrets to enclaves whose RA-TLS evidence the policy approves. SIGHUP reloads the policy,
+    the secrets and the collateral; SIGTERM or SIGINT stops."""
+    if (ra_config is None) == (policy is None):
+        raise click.UsageError("give exactly one of --ra-config and --policy")
+    if not secret_specs:
+        raise click.UsageError("at least one --secret NAME=FILE is required")
+    if collateral and pccs_url:
+        raise click.UsageError("give at most one of --collateral and --pccs-url")
+    if allow_simulated and sim_platform is None:
+        raise click.UsageError("--allow-simulated needs --sim-platform (the simulated root to trust)")
+    host, port = _host_port(listen, "--listen")
+    metrics = _host_port(metrics_listen, "--metrics-listen") if metrics_listen else None
+    trust = trust_for_sim_platform(Path(sim_platform)) if sim_platform else TrustConfig.intel()
+    if collateral is not None:
+        collateral_loader = collateral_from_file(Path(collateral))
+    elif sim_platform is not None:
+        collateral_loader = collateral_from_sim_platform(Path(sim_platform))
+    elif pccs_url is not None:
+        collateral_loader = collateral_from_pccs(pccs_url)
+    else:
+        raise click.UsageError("verifying real quotes needs --collateral FILE or --pccs-url URL")
+    policy_path = Path(ra_config or policy or "")
+    settings = ServerSettings(
+        certificate_chain=tuple(load_certificate_chain(cert_path)),
+        private_key=load_private_key(key_path),
+        policy=policy_from_file(
+            policy_path, ra_config=ra_config is not None, allow_simulated=allow_simulated
+        ),
+        secrets=secrets_from_files(tuple(parse_secret_spec(spec) for spec in secret_specs)),
+        collateral=collateral_loader,
+        trust=trust,
+        listen_host=host,
+        listen_port=port,
+        audit_log=Path(audit_log) if audit_log else None,
+        metrics_host=metrics[0] if metrics else None,
+        metrics_port=metrics[1] if metrics else 0,
+        limits=ServerLimits(
+            handshake_timeout_seconds=handshake_timeout,
+            read_timeout_seconds=read_timeout,
+            max_connections=max_connections,
+            rate_limit_per_second=rate_limit,
+            rate_limit_burst=rate_burst,
+        ),
+    )
+    server = SecretProvisioningServer(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGHUP, lambda *_: server.reload())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server.start()
+    bound_host, bound_port = server.address
+    click.echo(f"listening on {bound_host}:{bound_port}")
+    if server.metrics_address is not None:
+        click.echo(f"metrics on http://{server.metrics_address[0]}:{server.metrics_address[1]}/metrics")
+    if trust.is_simulated:
+        click.echo("WARNING: trusting a SIMULATED platform: its quotes prove nothing about hardware")
+    sys.stdout.flush()
+    try:
+        while not stop.wait(3600):
+            pass
+    finally:
+        server.stop()
+        click.echo("stopped")
+
+
+# -- request --------------------------------------------------------------------------------------
+
+
+def request_identity(signing_key_pem: bytes, isv_prod_id: int, isv_svn: int) -> EnclaveIdentity:
+    """The simulated identity `secret-prov request` presents (see the module docstring); computed exactly
+    as `confserve measure --signing-key KEY --entry-point "confserve secret-prov request"` does."""
+    return EnclaveIdentity(
+        mr_enclave=measure_simulated(find_package_root(), REQUEST_ENTRY_POINT, REQUEST_MEASURED_ARGS),
+        mr_signer=mr_signer_from_pem(signing_key_pem),
+        isv_prod_id=isv_prod_id,
+        isv_svn=isv_svn,
+    )
+
+
+def _write_secret(directory: Path, name: str, value: bytes) -> None:
+    fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        view = memoryview(value)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+_FORMATS: Final = {fmt.value: fmt for fmt in RaTlsFormat}
+
+
+@secret_prov_group.command("request")
+@click.option("--servers", required=True, metavar="LIST", help="host:port list (separators , ; space).")
+@click.option("--ca", "ca_path", required=True, type=click.Path(dir_okay=False), help="CA of the service.")
+@click.option("--sim-platform", type=click.Path(file_okay=False), help="Run as a simulated enclave.")
+@click.option("--signing-key", type=click.Path(dir_okay=False), help="Simulated enclave signing key (PEM).")
+@click.option("--isv-prod-id", type=click.IntRange(0, 0xFFFF), default=0, show_default=True)
+@click.option("--isv-svn", type=click.IntRange(0, 0xFFFF), default=0, show_default=True)
+@click.option("--name", "names", multiple=True, help="Secret to fetch (repeat; default: all granted).")
+@click.option("--gramine", is_flag=True, help="Speak Gramine's own request (one secret, 'default').")
+@click.option(
+    "--ratls-format",
+    type=click.Choice(sorted(_FORMATS)),
+    default=RaTlsFormat.TCG_DICE.value,
+    show_default=True,
+)
+@click.option("--deadline", type=click.FloatRange(min=0.001), default=30.0, show_default=True)
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False), help="Write each secret to DIR/NAME (0600)."
+)
+@reports_errors
+def request_command(
+    servers: str,
+    ca_path: str,
+    sim_platform: str | None,
+    signing_key: str | None,
+    isv_prod_id: int,
+    isv_svn: int,
+    names: tuple[str, ...],
+    gramine: bool,
+    ratls_format: str,
+    deadline: float,
+    out_dir: str | None,
+) -> None:
+    """Fetch secrets as an enclave and print their names and sizes (values only go to --out)."""
+    attester: Attester
+    if sim_platform is not None:
+        if signing_key is None:
+            raise click.UsageError("--sim-platform needs --signing-key (the simulated enclave's signer)")
+        identity = request_identity(Path(signing_key).read_bytes(), isv_prod_id, isv_svn)
+        click.echo("simulated enclave identity:")
+        click.echo(format_identity(identity), nl=False)
+        attester = detect_attester(SimulatedAttester(SimPlatform.load(Path(sim_platform)), identity))
+    else:
+        attester = detect_attester()
+    settings = ClientSettings.from_files(
+        servers, ca_path, ratls_format=_FORMATS[ratls_format], deadline_seconds=deadline
+    )
+    client = SecretProvisioningClient(settings, attester)
+    try:
+        secrets = client.request(names, gramine=gramine)
+    except RefusedError as exc:
+        click.echo(f"verdict: refused ({exc})")
+        sys.exit(1)
+    click.echo(f"verdict: released {len(secrets)} secret(s)")
+    for name, value in secrets.items():
+        click.echo(f"  {name}: {len(value)} bytes")
+    if out_dir is not None:
+        target = Path(out_dir)
+        target.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for name, value in secrets.items():
+            _write_secret(target, name, value)
+        click.echo(f"written to {target}/ (mode 0600)")
+
+
+# -- audit-verify ---------------------------------------------------------------------------------
+
+
+@secret_prov_group.command("audit-verify")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--expected-head", help="A head recorded earlier: also detects entries cut off the end.")
+@reports_errors
+def audit_verify_command(path: str, expected_head: str | None) -> None:
+    """Check the audit log's hash chain; exit 1 and name the first broken entry if it is not intact."""
+    result = verify_audit_log(path, expected_head=expected_head)
+    if result.ok:
+        click.echo(f"ok: {result.entries} entries, head {result.head}")
+        return
+    click.echo(
+        f"broken at line {result.first_bad_line}: {result.reason} ({result.entries} good entries before)"
+    )
+    sys.exit(1)
