@@ -163,13 +163,15 @@ def test_health_reports_not_serving_while_a_model_is_unavailable(
     assert response.status == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def test_unexpected_error_becomes_internal_without_detail(server_tls: TlsConfig, ca: trustme.CA) -> None:
+def test_unexpected_error_becomes_internal_without_detail(
+    server_tls: TlsConfig, ca: trustme.CA, caplog: pytest.LogCaptureFixture
+) -> None:
     class Exploding:
         def is_ready(self) -> bool:
             return True
 
         def predict(self, request: Any) -> Any:
-            raise RuntimeError("tensor value 42.5 leaked")
+            raise RuntimeError(f"tensor value {6 * 7.25} leaked")
 
     server = GrpcServer(Exploding(), server_tls, SETTINGS)  # type: ignore[arg-type]
     server.start()
@@ -186,6 +188,8 @@ def test_unexpected_error_becomes_internal_without_detail(server_tls: TlsConfig,
         server.stop(0)
     assert info.value.code() == grpc.StatusCode.INTERNAL
     assert info.value.details() == "internal error"
+    assert "unexpected RuntimeError" in caplog.text
+    assert "43.5" not in caplog.text
 
 
 def test_client_with_wrong_ca_is_rejected(server: GrpcServer) -> None:

@@ -24,6 +24,7 @@ from confserve.serving import (
     ModelManager,
     ModelStore,
     SavedModelLoader,
+    log_unexpected,
 )
 
 __all__ = ["ModelServer", "ServerSettings"]
@@ -79,8 +80,8 @@ class ModelServer:
         while not self._stop.wait(self.settings.file_system_poll_wait_seconds):
             try:
                 self.store.poll_once()
-            except Exception:
-                _log.exception("model store poll failed")
+            except Exception as exc:
+                log_unexpected(_log, "model store poll", exc)
             self.grpc.refresh_health()
 
     def stop(self, grace_seconds: float | None = 5.0) -> None:

@@ -27,6 +27,7 @@ from confserve.serving._errors import (
     PermissionDeniedError,
     ResourceExhaustedError,
     ServingError,
+    log_unexpected,
 )
 from confserve.serving._manager import (
     TRANSITIONS,
@@ -80,6 +81,7 @@ __all__ = [
     "VersionPolicy",
     "VersionStatus",
     "dtype_name",
+    "log_unexpected",
     "model_configs_from_proto",
     "parse_model_server_config",
     "select_versions",

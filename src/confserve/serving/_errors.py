@@ -6,6 +6,9 @@ tensor values or model bytes. Where TF Serving has a fixed message for the same 
 
 from __future__ import annotations
 
+import logging
+import traceback
+
 from confserve.errors import ConfserveError, Status
 
 __all__ = [
@@ -17,6 +20,7 @@ __all__ = [
     "PermissionDeniedError",
     "ResourceExhaustedError",
     "ServingError",
+    "log_unexpected",
 ]
 
 
@@ -70,3 +74,10 @@ class LoadError(ServingError):
     """A model version could not be loaded. The message is safe to show in GetModelStatus."""
 
     status = Status.INTERNAL
+
+
+def log_unexpected(logger: logging.Logger, what: str, exc: BaseException) -> None:
+    """Log an unexpected exception by type and stack only: its message may quote tensor values (e.g. a
+    TensorFlow assertion) or secrets, so it never reaches the log."""
+    stack = "".join(traceback.format_tb(exc.__traceback__))
+    logger.error("%s: unexpected %s\n%s", what, exc.__class__.__name__, stack.rstrip())

@@ -35,6 +35,7 @@ from confserve.serving._errors import (
     ModelUnavailableError,
     NotFoundError,
     ServingError,
+    log_unexpected,
 )
 from confserve.serving._source import AspiredVersions
 
@@ -273,7 +274,7 @@ class ModelManager(Generic[S]):
             _log.warning("model %s version %d: load failed: %s", name, record.version, error)
         except Exception as exc:
             error = f"internal error while loading ({exc.__class__.__name__})"
-            _log.exception("model %s version %d: load failed", name, record.version)
+            log_unexpected(_log, f"model {name} version {record.version}: load", exc)
         with self._lock:
             record.in_progress = False
             record.error = error
@@ -291,8 +292,8 @@ class ModelManager(Generic[S]):
         try:
             if servable is not None:
                 self._loader.unload(servable)
-        except Exception:
-            _log.exception("model %s version %d: unload failed", name, record.version)
+        except Exception as exc:
+            log_unexpected(_log, f"model {name} version {record.version}: unload", exc)
         with self._lock:
             record.servable = None
             record.move(State.END)

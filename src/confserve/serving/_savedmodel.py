@@ -21,7 +21,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from confserve.serving._errors import LoadError, NotFoundError
+from confserve.serving._errors import (
+    InvalidInputError,
+    LoadError,
+    NotFoundError,
+    ResourceExhaustedError,
+    ServingError,
+)
 from confserve.serving._opener import FileOpener
 
 __all__ = ["SavedModelLoader", "SavedModelServable"]
@@ -29,6 +35,12 @@ __all__ = ["SavedModelLoader", "SavedModelServable"]
 _log = logging.getLogger(__name__)
 _SAVED_MODEL_PB = "saved_model.pb"
 _SERVE_TAG = "serve"
+# TensorFlow error classes whose status we keep; every other one is INTERNAL.
+_OP_ERRORS: dict[str, type[ServingError]] = {
+    "InvalidArgumentError": InvalidInputError,
+    "OutOfRangeError": InvalidInputError,
+    "ResourceExhaustedError": ResourceExhaustedError,
+}
 
 
 def _tf() -> Any:
@@ -53,9 +65,16 @@ class SavedModelServable:
         function = self._loaded.signatures.get(signature_name)
         if function is None:  # e.g. "__saved_model_init_op": listed in metadata, not callable
             raise NotFoundError(f'Serving signature key "{signature_name}" not found.')
-        feeds = {key: tf.constant(value) for key, value in inputs.items()}
-        outputs = function(**feeds)
-        return {key: np.asarray(outputs[key].numpy()) for key in output_keys}
+        try:
+            feeds = {key: tf.constant(value) for key, value in inputs.items()}
+            outputs = function(**feeds)
+            return {key: np.asarray(outputs[key].numpy()) for key in output_keys}
+        except tf.errors.OpError as exc:
+            # TensorFlow's message can quote tensor values (assertions, lookups): report only its class.
+            kind = exc.__class__.__name__
+            _log.warning("model %s version %d: %s failed: %s", self.model, self.version, signature_name, kind)
+            error = _OP_ERRORS.get(kind, ServingError)
+            raise error(f"model execution failed ({kind})") from None
 
 
 class SavedModelLoader:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Generic, TypeVar
 
 from confserve.serving._config import ModelConfig
+from confserve.serving._errors import log_unexpected
 from confserve.serving._manager import ModelManager
 from confserve.serving._opener import FileOpener
 from confserve.serving._source import FileSystemSource
@@ -41,7 +42,7 @@ class ModelStore(Generic[S]):
         while True:
             try:
                 self.poll_once()
-            except Exception:
-                _log.exception("model store poll failed")
+            except Exception as exc:
+                log_unexpected(_log, "model store poll", exc)
             if poll_wait_seconds < 0 or stop.wait(poll_wait_seconds):
                 return

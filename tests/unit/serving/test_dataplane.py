@@ -409,3 +409,39 @@ def test_reload_config_refused(dataplane: Any) -> None:
         dataplane.reload_config,
         model_management_pb2.ReloadConfigRequest(),
     )
+
+
+def test_model_runtime_error_is_reported_without_tensorflow_text(
+    dataplane: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Broadcasting [2] against [3] fails inside TensorFlow ("Incompatible shapes: ...").
+    request = predict_request(text=np.array([b"a", b"b"], dtype=object), n=np.array([1, 2, 3], np.int32))
+    request.model_spec.signature_name = "strings"
+    error = expect_error(
+        Status.INVALID_ARGUMENT,
+        r"model execution failed \(InvalidArgumentError\)",
+        dataplane.predict,
+        request,
+    )
+    assert "Incompatible" not in str(error)
+    assert "Incompatible" not in caplog.text
+    assert "InvalidArgumentError" in caplog.text
+    # The server keeps serving.
+    assert dataplane.predict(predict_request()).model_spec.version.value == 2
+
+
+def test_log_unexpected_keeps_stack_drops_message(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from confserve.serving import log_unexpected
+
+    def inner() -> None:
+        raise ValueError(f"secret {123 * 1000 + 456}")
+
+    try:
+        inner()
+    except ValueError as exc:
+        log_unexpected(logging.getLogger("t"), "doing x", exc)
+    assert "doing x: unexpected ValueError" in caplog.text
+    assert "inner" in caplog.text
+    assert "123456" not in caplog.text

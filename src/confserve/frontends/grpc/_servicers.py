@@ -12,7 +12,7 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 
 from confserve.errors import ConfserveError
 from confserve.frontends.grpc._status import GRPC_CODES
-from confserve.serving import DataPlane
+from confserve.serving import DataPlane, log_unexpected
 
 __all__ = ["ModelServicer", "PredictionServicer"]
 
@@ -24,7 +24,7 @@ Resp = TypeVar("Resp")
 def _abort(context: Any, error: BaseException) -> NoReturn:
     if isinstance(error, ConfserveError):
         context.abort(GRPC_CODES[error.status], str(error))
-    _log.exception("unexpected error while handling a request", exc_info=error)
+    log_unexpected(_log, "gRPC request", error)
     context.abort(grpc.StatusCode.INTERNAL, "internal error")
     raise AssertionError("unreachable")  # pragma: no cover  (context.abort raises)
 

@@ -32,7 +32,7 @@ from confserve.frontends.rest._json import (
 )
 from confserve.frontends.rest._routes import Route, parse_route
 from confserve.frontends.rest._status import HTTP_STATUS
-from confserve.serving import DataPlane, InvalidInputError
+from confserve.serving import DataPlane, InvalidInputError, log_unexpected
 
 __all__ = ["RestApi", "RestResponse"]
 
@@ -63,8 +63,8 @@ class RestApi:
             return RestResponse(200, dumps(self._dispatch(route, body)))
         except ConfserveError as exc:
             return error_response(HTTP_STATUS[exc.status], str(exc))
-        except Exception:
-            _log.exception("unexpected error while handling a REST request")
+        except Exception as exc:
+            log_unexpected(_log, "REST request", exc)
             return error_response(500, "internal error")
 
     def _dispatch(self, route: Route, body: bytes) -> dict[str, Any]:

@@ -131,9 +131,9 @@ class RestServer:
             self.port = int(runner.addresses[0][1])
         except BaseException as exc:
             self._startup_error = exc
-            self._ready.set()
             self._loop.run_until_complete(runner.cleanup())
             self._loop.close()
+            self._ready.set()  # only now: start() raises and the thread is finished with the loop
             return
         self._ready.set()
         try:
