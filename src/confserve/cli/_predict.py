@@ -1,0 +1,141 @@
+"""`confserve predict`: send one inference to a TF Serving endpoint (confserve or TF Serving itself)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from confserve.cli._common import reports_errors
+from confserve.client import ClientError, ClientTls, PredictClient
+from confserve.client._display import as_json, describe
+from confserve.client._inputs import inputs_from_image, inputs_from_json, inputs_from_npy, random_inputs
+
+
+def _split_input(value: str) -> tuple[str | None, str]:
+    name, sep, path = value.partition("=")
+    return (name, path) if sep and name and not Path(value).exists() else (None, value)
+
+
+def client_tls_options(func: Any) -> Any:
+    """--tls-bundle / --ca / --cert / --key / --server-name / --plaintext, shared with other commands."""
+    for option in reversed(
+        [
+            click.option(
+                "--tls-bundle", type=click.Path(file_okay=False, exists=True), help="Client bundle dir."
+            ),
+            click.option("--ca", type=click.Path(dir_okay=False, exists=True), help="CA certificate (PEM)."),
+            click.option("--cert", type=click.Path(dir_okay=False, exists=True), help="Client certificate."),
+            click.option("--key", type=click.Path(dir_okay=False, exists=True), help="Client private key."),
+            click.option(
+                "--server-name", help="Name the server's certificate must carry (default: TARGET host)."
+            ),
+            click.option("--plaintext", is_flag=True, help="No TLS at all (only for a local test server)."),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def client_tls(
+    tls_bundle: str | None,
+    ca: str | None,
+    cert: str | None,
+    key: str | None,
+    server_name: str | None,
+    plaintext: bool,
+) -> ClientTls | None:
+    if plaintext:
+        if tls_bundle or ca or cert or key:
+            raise ClientError("--plaintext cannot be combined with TLS options")
+        return None
+    if tls_bundle:
+        if ca or cert or key:
+            raise ClientError("give either --tls-bundle or --ca/--cert/--key, not both")
+        return ClientTls.from_bundle(tls_bundle, server_name=server_name)
+    if not ca:
+        raise ClientError(
+            "give --tls-bundle DIR (or --ca FILE), or --plaintext for an unencrypted test server"
+        )
+    return ClientTls(
+        Path(ca).read_bytes(), Path(cert) if cert else None, Path(key) if key else None, server_name
+    )
+
+
+@click.command("predict")
+@click.argument("target")
+@click.option("--model", "-m", "model", required=True, help="Model name.")
+@click.option("--protocol", type=click.Choice(["grpc", "rest"]), default="grpc", show_default=True)
+@client_tls_options
+@click.option("--signature", "signature_name", default="", help="Signature name [serving_default].")
+@click.option("--model-version", "version", type=int, help="Model version [the latest served].")
+@click.option("--label", help="Version label.")
+@click.option("--input", "-i", "npy_inputs", multiple=True, help="[NAME=]FILE.npy (repeatable).")
+@click.option(
+    "--json-input", type=click.Path(dir_okay=False, exists=True), help="TF Serving JSON request body."
+)
+@click.option("--image", type=click.Path(dir_okay=False, exists=True), help="Image file for an image input.")
+@click.option("--image-scale", type=float, default=1 / 255, show_default=True, help="Pixel value multiplier.")
+@click.option("--invert", is_flag=True, help="Invert the image (dark ink on white paper -> bright ink).")
+@click.option("--random", "use_random", is_flag=True, help="Random data of the signature's input shapes.")
+@click.option(
+    "--batch", type=click.IntRange(1, 4096), default=1, show_default=True, help="Batch size for --random."
+)
+@click.option("--output", "outputs", multiple=True, help="Only these outputs (repeatable).")
+@click.option("--top-k", type=click.IntRange(1, 100), default=5, show_default=True)
+@click.option("--json", "as_json_output", is_flag=True, help="Machine-readable output.")
+@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True, help="Seconds.")
+@reports_errors
+def predict(
+    target: str,
+    model: str,
+    protocol: str,
+    tls_bundle: str | None,
+    ca: str | None,
+    cert: str | None,
+    key: str | None,
+    server_name: str | None,
+    plaintext: bool,
+    signature_name: str,
+    version: int | None,
+    label: str | None,
+    npy_inputs: tuple[str, ...],
+    json_input: str | None,
+    image: str | None,
+    image_scale: float,
+    invert: bool,
+    use_random: bool,
+    batch: int,
+    outputs: tuple[str, ...],
+    top_k: int,
+    as_json_output: bool,
+    timeout: float,
+) -> None:
+    """Send one Predict request to TARGET (HOST:PORT) and print the result."""
+    kinds = sum(bool(k) for k in (npy_inputs, json_input, image, use_random))
+    if kinds != 1:
+        raise ClientError("give exactly one input: --input, --json-input, --image or --random")
+    tls = client_tls(tls_bundle, ca, cert, key, server_name, plaintext)
+    with PredictClient(target, protocol=protocol, tls=tls, timeout_seconds=timeout) as client:  # type: ignore[arg-type]
+        signature = client.signature(model, signature_name, version)
+        if npy_inputs:
+            inputs = inputs_from_npy(signature, dict(_split_input(v) for v in npy_inputs))
+        elif json_input:
+            inputs = inputs_from_json(signature, json_input)
+        elif image:
+            inputs = inputs_from_image(signature, image, scale=image_scale, invert=invert)
+        else:
+            inputs = random_inputs(signature, batch=batch)
+        result = client.predict(
+            model, inputs, signature_name=signature_name, version=version, label=label, outputs=outputs
+        )
+    if as_json_output:
+        click.echo(json.dumps({"model": model, "signature": signature.name, "outputs": as_json(result)}))
+        return
+    click.echo(
+        f"model {model!r}, signature {signature.name!r}, over {protocol}{'' if tls else ' (plaintext)'}"
+    )
+    for line in describe(result, top_k=top_k):
+        click.echo(line)

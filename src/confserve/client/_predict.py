@@ -1,0 +1,378 @@
+"""A TF Serving client over gRPC or REST, with TLS from a client bundle.
+
+It speaks TF Serving's public API only, so it works against confserve and against a real
+tensorflow_model_server alike. TensorFlow is imported lazily (for TensorProto conversion).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import socket
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from confserve.client._errors import ClientError, RemoteError
+from confserve.client._tls import ClientTls
+
+__all__ = ["PredictClient", "Signature", "TensorSpec"]
+
+Protocol_ = Literal["grpc", "rest"]
+DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024  # the server's default limit (GrpcSettings)
+
+
+def _tf() -> Any:
+    import os  # noqa: PLC0415
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf  # noqa: PLC0415
+
+    return tf
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    dtype: str  # numpy dtype name, or "string" for DT_STRING
+    shape: tuple[int, ...] | None  # -1 for an unknown dimension; None for unknown rank
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    name: str
+    method: str
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+
+
+def _spec_from_enum(dtype_enum: int, dims: list[int] | None) -> TensorSpec:
+    tf = _tf()
+    dtype = tf.dtypes.as_dtype(dtype_enum)
+    name = "string" if dtype == tf.string else np.dtype(dtype.as_numpy_dtype).name
+    return TensorSpec(name, None if dims is None else tuple(dims))
+
+
+class _Transport(Protocol):
+    def signature(self, model: str, signature_name: str, version: int | None) -> Signature: ...
+
+    def predict(
+        self,
+        model: str,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        signature_name: str,
+        version: int | None,
+        label: str | None,
+        outputs: tuple[str, ...],
+    ) -> dict[str, npt.NDArray[Any]]: ...
+
+    def close(self) -> None: ...
+
+
+class _Grpc:
+    def __init__(self, target: str, tls: ClientTls | None, timeout: float, max_message_bytes: int) -> None:
+        import grpc  # noqa: PLC0415
+        from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: PLC0415
+
+        self._grpc = grpc
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        if tls is None:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=tls.ca_pem, private_key=tls.key_pem(), certificate_chain=tls.cert_pem()
+            )
+            if tls.server_name:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
+                options.append(("grpc.default_authority", tls.server_name))
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._timeout = timeout
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self._timeout)
+        except self._grpc.RpcError as e:
+            raise RemoteError(e.code().name, e.details() or "") from None
+
+    def signature(self, model: str, signature_name: str, version: int | None) -> Signature:
+        from tensorflow_serving.apis import get_model_metadata_pb2  # noqa: PLC0415
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        request.model_spec.name = model
+        if version is not None:
+            request.model_spec.version.value = version
+        request.metadata_field.append("signature_def")
+        response = self._call(self._stub.GetModelMetadata, request)
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(sig_map)
+        name = signature_name or "serving_default"
+        if name not in sig_map.signature_def:
+            raise ClientError(
+                f"model {model!r} has no signature {name!r} (has: {', '.join(sorted(sig_map.signature_def))})"
+            )
+        sig = sig_map.signature_def[name]
+
+        def specs(infos: Any) -> dict[str, TensorSpec]:
+            return {
+                alias: _spec_from_enum(
+                    info.dtype,
+                    None if info.tensor_shape.unknown_rank else [d.size for d in info.tensor_shape.dim],
+                )
+                for alias, info in sorted(infos.items())
+            }
+
+        return Signature(name, sig.method_name, specs(sig.inputs), specs(sig.outputs))
+
+    def predict(
+        self,
+        model: str,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        signature_name: str,
+        version: int | None,
+        label: str | None,
+        outputs: tuple[str, ...],
+    ) -> dict[str, npt.NDArray[Any]]:
+        from tensorflow_serving.apis import predict_pb2  # noqa: PLC0415
+
+        tf = _tf()
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model
+        request.model_spec.signature_name = signature_name
+        if version is not None:
+            request.model_spec.version.value = version
+        if label is not None:
+            request.model_spec.version_label = label
+        for alias, array in inputs.items():
+            request.inputs[alias].CopyFrom(tf.make_tensor_proto(array))
+        request.output_filter.extend(outputs)
+        response = self._call(self._stub.Predict, request)
+        return {alias: tf.make_ndarray(proto) for alias, proto in sorted(response.outputs.items())}
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class _HttpsConnection(http.client.HTTPSConnection):
+    """HTTPS with the certificate checked against `server_name` instead of the dialled host."""
+
+    def __init__(
+        self, host: str, port: int, *, context: ssl.SSLContext, server_name: str, timeout: float
+    ) -> None:
+        super().__init__(host, port, context=context, timeout=timeout)
+        self._server_name = server_name
+        self._context = context
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self._server_name)
+
+
+def _json_array(value: Any, spec: TensorSpec) -> npt.NDArray[Any]:
+    if spec.dtype == "string":
+
+        def decode(v: Any) -> Any:
+            if isinstance(v, dict) and set(v) == {"b64"}:
+                return base64.b64decode(v["b64"])
+            if isinstance(v, list):
+                return [decode(x) for x in v]
+            return str(v).encode()
+
+        return np.array(decode(value), dtype=object)
+    return np.asarray(value, dtype=spec.dtype)
+
+
+def _json_value(array: npt.NDArray[Any]) -> Any:
+    if array.dtype == object or array.dtype.kind == "S":
+
+        def encode(v: Any) -> Any:
+            if isinstance(v, list):
+                return [encode(x) for x in v]
+            data = v if isinstance(v, bytes) else str(v).encode()
+            return {"b64": base64.b64encode(data).decode()}
+
+        return encode(array.tolist())
+    return array.tolist()
+
+
+class _Rest:
+    def __init__(self, target: str, tls: ClientTls | None, timeout: float) -> None:
+        host, _, port = target.rpartition(":")
+        if not host or not port.isdigit():
+            raise ClientError(f"REST target must be HOST:PORT, not {target!r}")
+        self._host, self._port, self._tls, self._timeout = host.strip("[]"), int(port), tls, timeout
+        self._context = tls.ssl_context() if tls else None
+        self._signatures: dict[tuple[str, str, int | None], Signature] = {}
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        conn: http.client.HTTPConnection
+        if self._tls is not None and self._context is not None:
+            conn = _HttpsConnection(
+                self._host,
+                self._port,
+                context=self._context,
+                server_name=self._tls.server_name or self._host,
+                timeout=self._timeout,
+            )
+        else:
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+        try:
+            payload = None if body is None else json.dumps(body).encode()
+            conn.request(method, path, body=payload, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            data = response.read()
+        except ssl.SSLError as e:
+            raise ClientError(f"TLS with {self._host}:{self._port} failed: {e.reason or e}") from None
+        except OSError as e:
+            raise ClientError(f"cannot reach {self._host}:{self._port}: {e.strerror or e}") from None
+        finally:
+            conn.close()
+        try:
+            parsed = json.loads(data) if data else {}
+        except ValueError:
+            raise ClientError(
+                f"server answered HTTP {response.status} with a body that is not JSON"
+            ) from None
+        if response.status != 200:
+            message = parsed.get("error", "") if isinstance(parsed, dict) else ""
+            raise RemoteError(f"HTTP {response.status}", str(message))
+        return parsed
+
+    @staticmethod
+    def _path(model: str, version: int | None, label: str | None) -> str:
+        path = f"/v1/models/{model}"
+        if version is not None:
+            path += f"/versions/{version}"
+        elif label is not None:
+            path += f"/labels/{label}"
+        return path
+
+    def signature(self, model: str, signature_name: str, version: int | None) -> Signature:
+        key = (model, signature_name, version)
+        if key not in self._signatures:
+            self._signatures[key] = self._fetch_signature(model, signature_name, version)
+        return self._signatures[key]
+
+    def _fetch_signature(self, model: str, signature_name: str, version: int | None) -> Signature:
+        _tf()
+        from tensorflow.core.framework import types_pb2  # noqa: PLC0415
+
+        meta = self._request("GET", self._path(model, version, None) + "/metadata")
+        try:
+            sigs = meta["metadata"]["signature_def"]["signature_def"]
+            name = signature_name or "serving_default"
+            if name not in sigs:
+                raise ClientError(
+                    f"model {model!r} has no signature {name!r} (has: {', '.join(sorted(sigs))})"
+                )
+            sig = sigs[name]
+
+            def specs(infos: dict[str, Any]) -> dict[str, TensorSpec]:
+                out = {}
+                for alias, info in sorted(infos.items()):
+                    shape = info.get("tensor_shape", {})
+                    dims = (
+                        None if shape.get("unknown_rank") else [int(d["size"]) for d in shape.get("dim", [])]
+                    )
+                    out[alias] = _spec_from_enum(types_pb2.DataType.Value(info["dtype"]), dims)
+                return out
+
+            return Signature(
+                name, sig.get("method_name", ""), specs(sig.get("inputs", {})), specs(sig.get("outputs", {}))
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ClientError(f"unexpected model metadata from the server ({type(e).__name__})") from None
+
+    def predict(
+        self,
+        model: str,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        signature_name: str,
+        version: int | None,
+        label: str | None,
+        outputs: tuple[str, ...],
+    ) -> dict[str, npt.NDArray[Any]]:
+        body: dict[str, Any] = {"inputs": {alias: _json_value(a) for alias, a in inputs.items()}}
+        if signature_name:
+            body["signature_name"] = signature_name
+        result = self._request("POST", self._path(model, version, label) + ":predict", body)
+        # Columnar answers are {"outputs": {alias: value}}, or the bare value when there is one output.
+        sig = self.signature(model, signature_name, version)
+        raw = result.get("outputs") if isinstance(result, dict) else None
+        if not (isinstance(raw, dict) and raw and set(raw) <= set(sig.outputs)):
+            if len(sig.outputs) != 1:
+                raise ClientError("server's REST answer does not name the signature's outputs")
+            raw = {next(iter(sig.outputs)): raw}
+        if outputs:  # TF Serving's REST API has no output filter: select here
+            missing = set(outputs) - set(raw)
+            if missing:
+                raise ClientError(f"signature {sig.name!r} has no output {sorted(missing)[0]!r}")
+            raw = {alias: raw[alias] for alias in outputs}
+        try:
+            return {alias: _json_array(value, sig.outputs[alias]) for alias, value in sorted(raw.items())}
+        except KeyError as e:
+            raise ClientError(
+                f"server returned an output {e.args[0]!r} the signature does not have"
+            ) from None
+        except (TypeError, ValueError) as e:
+            raise ClientError(f"server returned an output that does not fit its signature: {e}") from None
+
+    def close(self) -> None:
+        pass
+
+
+class PredictClient:
+    """`PredictClient("host:8500", tls=ClientTls.from_bundle("client"))`, then `signature()`/`predict()`."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        protocol: Protocol_ = "grpc",
+        tls: ClientTls | None,
+        timeout_seconds: float = 30.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.protocol = protocol
+        self._transport: _Transport
+        if protocol == "grpc":
+            self._transport = _Grpc(target, tls, timeout_seconds, max_message_bytes)
+        elif protocol == "rest":
+            self._transport = _Rest(target, tls, timeout_seconds)
+        else:
+            raise ClientError(f"unknown protocol {protocol!r} (grpc or rest)")
+        self._signatures: dict[tuple[str, str, int | None], Signature] = {}
+
+    def signature(self, model: str, signature_name: str = "", version: int | None = None) -> Signature:
+        key = (model, signature_name, version)
+        if key not in self._signatures:
+            self._signatures[key] = self._transport.signature(model, signature_name, version)
+        return self._signatures[key]
+
+    def predict(
+        self,
+        model: str,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        *,
+        signature_name: str = "",
+        version: int | None = None,
+        label: str | None = None,
+        outputs: tuple[str, ...] = (),
+    ) -> dict[str, npt.NDArray[Any]]:
+        return self._transport.predict(model, inputs, signature_name, version, label, outputs)
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def __enter__(self) -> PredictClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

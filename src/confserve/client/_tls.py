@@ -1,0 +1,64 @@
+"""Client-side TLS: a client bundle (ca.crt, client.crt, client.key) as written by `confserve tls`."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from confserve.client._errors import ClientError
+
+__all__ = ["ClientTls"]
+
+
+@dataclass(frozen=True, repr=False)
+class ClientTls:
+    """Root CA to trust, optional client certificate for mutual TLS, optional server-name override
+    (the name the server's certificate must carry when it differs from the address dialled, e.g. the
+    reference's grpc.tf-serving.service.com behind a load balancer)."""
+
+    ca_pem: bytes
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ClientError("a client certificate needs its key, and a key its certificate")
+
+    @classmethod
+    def from_bundle(cls, bundle: str | os.PathLike[str], *, server_name: str | None = None) -> ClientTls:
+        """Read `bundle/ca.crt` and, when present, `bundle/client.crt` + `bundle/client.key`."""
+        root = Path(bundle)
+        try:
+            ca = (root / "ca.crt").read_bytes()
+        except OSError as e:
+            raise ClientError(
+                f"cannot read the client bundle's CA certificate {root / 'ca.crt'}: {e.strerror}"
+            ) from None
+        cert, key = root / "client.crt", root / "client.key"
+        if cert.exists() != key.exists():
+            raise ClientError(f"client bundle {root} has only one of client.crt and client.key")
+        return cls(ca, cert if cert.exists() else None, key if key.exists() else None, server_name)
+
+    @property
+    def mutual(self) -> bool:
+        return self.cert_file is not None
+
+    def cert_pem(self) -> bytes | None:
+        return self.cert_file.read_bytes() if self.cert_file else None
+
+    def key_pem(self) -> bytes | None:
+        return self.key_file.read_bytes() if self.key_file else None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A verifying client context (TLS 1.2+), with the client certificate loaded for mutual TLS."""
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=self.ca_pem.decode("ascii"))
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.cert_file is not None and self.key_file is not None:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+    def __repr__(self) -> str:
+        return f"ClientTls(mutual={self.mutual}, server_name={self.server_name!r})"
