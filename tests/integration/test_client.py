@@ -243,3 +243,56 @@ def test_cli_errors(servers: dict[str, int], bundles: dict[str, Path], tmp_path:
     )
     assert result.exit_code == 1
     assert "pickled" in result.output
+
+
+def test_load_generator(servers: dict[str, int], bundles: dict[str, Path]) -> None:
+    from confserve.client._loadgen import LoadSpec, run_load
+
+    seen: list[int] = []
+    spec = LoadSpec(
+        target=f"localhost:{servers['grpc']}",
+        model="clf",
+        inputs={"x": X},
+        tls=ClientTls.from_bundle(bundles["oneway"]),
+        concurrency=3,
+        processes=2,
+        requests=40,
+    )
+    result = run_load(spec, progress=lambda done, total: seen.append(done))
+    assert result.requests == 40
+    assert result.errors == 0
+    assert result.examples_per_second == pytest.approx(2 * result.throughput_rps)
+    assert 0 < result.p50_ms <= result.p90_ms <= result.p99_ms <= result.max_ms
+    assert seen
+    assert seen[-1] == 40
+    bad = run_load(
+        LoadSpec(**{**spec.__dict__, "model": "nope", "requests": 5, "processes": 1, "concurrency": 1})
+    )
+    assert bad.requests == 0
+    assert bad.errors == 5
+    assert "NOT_FOUND" in (bad.first_error or "")
+
+
+def test_bench_client_cli(servers: dict[str, int], bundles: dict[str, Path]) -> None:
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench-client",
+            f"localhost:{servers['rest']}",
+            "-m",
+            "clf",
+            "--protocol",
+            "rest",
+            "--tls-bundle",
+            str(bundles["oneway"]),
+            "-n",
+            "10",
+            "-c",
+            "2",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert data["requests"] == 10
+    assert data["errors"] == 0

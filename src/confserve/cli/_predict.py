@@ -139,3 +139,96 @@ def predict(
     )
     for line in describe(result, top_k=top_k):
         click.echo(line)
+
+
+@click.command("bench-client")
+@click.argument("target")
+@click.option("--model", "-m", "model", required=True, help="Model name.")
+@click.option("--protocol", type=click.Choice(["grpc", "rest"]), default="grpc", show_default=True)
+@client_tls_options
+@click.option("--signature", "signature_name", default="", help="Signature name [serving_default].")
+@click.option(
+    "--batch", type=click.IntRange(1, 4096), default=1, show_default=True, help="Examples per request."
+)
+@click.option("--concurrency", "-c", type=click.IntRange(1, 1024), default=1, show_default=True)
+@click.option(
+    "--processes", "-p", type=click.IntRange(1, 64), default=1, show_default=True, help="Worker processes."
+)
+@click.option("--requests", "-n", "n_requests", type=click.IntRange(1), help="Requests to send [100].")
+@click.option("--duration", type=click.FloatRange(0.1), help="Seconds to run (instead of --requests).")
+@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True)
+@click.option("--json", "as_json_output", is_flag=True, help="Machine-readable result.")
+@reports_errors
+def bench_client(
+    target: str,
+    model: str,
+    protocol: str,
+    tls_bundle: str | None,
+    ca: str | None,
+    cert: str | None,
+    key: str | None,
+    server_name: str | None,
+    plaintext: bool,
+    signature_name: str,
+    batch: int,
+    concurrency: int,
+    processes: int,
+    n_requests: int | None,
+    duration: float | None,
+    timeout: float,
+    as_json_output: bool,
+) -> None:
+    """Load-test TARGET with random inputs of the model's signature; print latency percentiles and
+    throughput (the reference's resnet_client_grpc.py -batch -cnum -loop)."""
+    from confserve.client._loadgen import LoadSpec, run_load  # noqa: PLC0415
+
+    if n_requests is not None and duration is not None:
+        raise ClientError("give --requests or --duration, not both")
+    tls = client_tls(tls_bundle, ca, cert, key, server_name, plaintext)
+    with PredictClient(target, protocol=protocol, tls=tls, timeout_seconds=timeout) as client:  # type: ignore[arg-type]
+        inputs = random_inputs(client.signature(model, signature_name), batch=batch, seed=0)
+    spec = LoadSpec(
+        target=target,
+        model=model,
+        inputs=inputs,
+        protocol=protocol,  # type: ignore[arg-type]
+        tls=tls,
+        signature_name=signature_name,
+        concurrency=concurrency,
+        processes=processes,
+        requests=(n_requests or 100) if duration is None else None,
+        duration_seconds=duration,
+        timeout_seconds=timeout,
+    )
+    click.echo(f"starting {processes} worker process(es), {concurrency} in flight ...", err=True)
+    result = run_load(spec, progress=_progress_printer())
+    click.echo("", err=True)
+    if as_json_output:
+        click.echo(json.dumps(result.to_json()))
+        return
+    click.echo(
+        f"{result.requests} requests in {result.seconds:.2f} s, {result.errors} errors: "
+        f"{result.throughput_rps:.1f} req/s, {result.examples_per_second:.1f} examples/s"
+    )
+    click.echo(
+        f"latency ms: p50 {result.p50_ms:.2f}  p90 {result.p90_ms:.2f}  p99 {result.p99_ms:.2f}  "
+        f"max {result.max_ms:.2f}"
+    )
+    if result.first_error:
+        click.echo(f"first error: {result.first_error}")
+
+
+def _progress_printer() -> Any:
+    state = {"last": -1}
+
+    def show(done: int, total: int | None) -> None:
+        if done == state["last"]:
+            return
+        state["last"] = done
+        if total:
+            filled = int(30 * done / total)
+            click.echo(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total}", err=True, nl=False)
+        else:
+            click.echo(f"\r{done} requests", err=True, nl=False)
+
+    return show
