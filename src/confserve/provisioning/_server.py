@@ -30,6 +30,7 @@ own audit log.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import contextlib
 import datetime
 import http.server
@@ -659,6 +660,8 @@ class SecretProvisioningServer:
         except OSError as exc:
             raise ConfigError(f"cannot listen on {host}:{port} for metrics: {exc.strerror}") from None
         self._http_thread = threading.Thread(
-            target=self._http.serve_forever, name="secret-prov-metrics", daemon=True
+            target=functools.partial(self._http.serve_forever, poll_interval=0.1),
+            name="secret-prov-metrics",
+            daemon=True,
         )
         self._http_thread.start()
