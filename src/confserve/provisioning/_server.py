@@ -30,9 +30,9 @@ own audit log.
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import contextlib
 import datetime
+import functools
 import http.server
 import logging
 import socket
