@@ -10,6 +10,7 @@ from confserve.cli._measure import measure_group
 from confserve.cli._model import model_group
 from confserve.cli._pf import pf_group
 from confserve.cli._predict import bench_client, predict
+from confserve.cli._render import render_group
 from confserve.cli._secret_prov import secret_prov_group
 from confserve.cli._serve import serve
 from confserve.cli._tls import tls_group
@@ -24,6 +25,7 @@ def main() -> None:
 main.add_command(pf_group, "pf")
 main.add_command(predict)
 main.add_command(bench_client)
+main.add_command(render_group, "render")
 main.add_command(model_group, "model")
 main.add_command(tls_group, "tls")
 main.add_command(sim_platform)
