@@ -69,10 +69,14 @@ def predict_version(port: int, ca: trustme.CA) -> int:
         )
 
 
-def stop(process: subprocess.Popen[str]) -> None:
+def stop(process: subprocess.Popen[str], cwd: Path) -> None:
     process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=60)
-    assert process.returncode == 0
+    try:
+        process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+    assert process.returncode == 0, (cwd / "stderr.log").read_text()[-3000:]
 
 
 def test_serve_encrypted_model_and_encrypted_ssl_config(
@@ -97,7 +101,7 @@ def test_serve_encrypted_model_and_encrypted_ssl_config(
     try:
         assert predict_version(port, ca) == 4
     finally:
-        stop(process)
+        stop(process, tmp_path)
 
 
 def test_serve_with_config_file_and_plain_tls(tmp_path: Path, server_tls: TlsConfig, ca: trustme.CA) -> None:
@@ -112,7 +116,7 @@ def test_serve_with_config_file_and_plain_tls(tmp_path: Path, server_tls: TlsCon
     try:
         assert predict_version(port, ca) == 2
     finally:
-        stop(process)
+        stop(process, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -137,3 +141,39 @@ def test_serve_usage_errors(
     result = CliRunner().invoke(main, ["serve", *args])
     assert result.exit_code == 1, result.output
     assert message in result.output
+
+
+def test_serve_in_process_until_signalled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server_tls: TlsConfig
+) -> None:
+    """The command's run/stop path in this process: the stop event is already set when it waits."""
+    import threading
+
+    from confserve.cli import _serve
+
+    handlers: list[object] = []
+    monkeypatch.setattr(_serve.signal, "signal", lambda signum, handler: handlers.append(handler))
+
+    class SetEvent(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            return True
+
+    monkeypatch.setattr(_serve.threading, "Event", SetEvent)
+    monkeypatch.chdir(tmp_path)
+    Path("ssl.cfg").write_bytes(ssl_cfg(server_tls))
+    result = CliRunner().invoke(
+        main,
+        [
+            "serve",
+            "--host=127.0.0.1",
+            "--model_name=clf",
+            f"--model_base_path={model_tree() / 'clf'}",
+            "--port=0",
+            "--rest_api_port=0",
+            "--ssl_config_file=ssl.cfg",
+            "--file_system_poll_wait_seconds=-1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert LINE.search(result.output)
+    assert len(handlers) == 2

@@ -102,3 +102,37 @@ def test_read_failure_is_reported_without_detail(models_root: Path) -> None:
     with pytest.raises(LoadError) as info:
         SavedModelLoader(opener).load("clf", 1, "/mem/clf/1")
     assert str(info.value) == "cannot read model file fingerprint.pb (ValueError)"
+
+
+def test_assets_are_read_during_load_only(tmp_path: Path) -> None:
+    """A vocabulary asset (lookup table) works after the ram:// copy is gone."""
+    import tensorflow as tf
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("zero\none\ntwo\n")
+
+    class Lookup(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            initializer = tf.lookup.TextFileInitializer(
+                str(vocab),
+                tf.string,
+                tf.lookup.TextFileIndex.WHOLE_LINE,
+                tf.int64,
+                tf.lookup.TextFileIndex.LINE_NUMBER,
+            )
+            self.table = tf.lookup.StaticHashTable(initializer, default_value=-1)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="words")])
+        def serve(self, words: object) -> dict[str, object]:
+            return {"ids": self.table.lookup(words)}
+
+    module = Lookup()
+    tf.saved_model.save(module, str(tmp_path / "m" / "1"), signatures={"serving_default": module.serve})
+    vocab.unlink()  # only the SavedModel's own assets/ copy remains
+    opener = MemoryOpener(tmp_path / "m" / "1", "/mem/m/1")
+    assert any(rel.startswith("assets/") for rel in opener.files)
+    servable = SavedModelLoader(opener).load("m", 1, "/mem/m/1")
+    assert ram_entries() == []
+    words = np.array([b"two", b"zero", b"nine"], dtype=object)
+    assert servable.run("serving_default", {"words": words}, ["ids"])["ids"].tolist() == [2, 0, -1]

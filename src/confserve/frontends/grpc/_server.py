@@ -53,10 +53,10 @@ class GrpcServer:
             ("grpc.max_send_message_length", self._settings.max_message_bytes),
             ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
         ]
-        self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self._settings.max_workers, thread_name_prefix="grpc"),
-            options=options,
+        self._pool = futures.ThreadPoolExecutor(
+            max_workers=self._settings.max_workers, thread_name_prefix="grpc"
         )
+        self._server = grpc.server(self._pool, options=options)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionServicer(dataplane), self._server
         )
@@ -96,3 +96,4 @@ class GrpcServer:
 
     def stop(self, grace_seconds: float | None = None) -> None:
         self._server.stop(grace_seconds).wait()
+        self._pool.shutdown(wait=False, cancel_futures=True)
