@@ -21,7 +21,6 @@ import ipaddress
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Final
 
@@ -280,24 +279,25 @@ def serve_command(
         ),
     )
     server = SecretProvisioningServer(settings)
-    stop = threading.Event()
-    signal.signal(signal.SIGHUP, lambda *_: server.reload())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    server.start()
-    bound_host, bound_port = server.address
-    click.echo(f"listening on {bound_host}:{bound_port}")
-    if server.metrics_address is not None:
-        click.echo(f"metrics on http://{server.metrics_address[0]}:{server.metrics_address[1]}/metrics")
-    if trust.is_simulated:
-        click.echo("WARNING: trusting a SIMULATED platform: its quotes prove nothing about hardware")
-    sys.stdout.flush()
+    # Signals are blocked in every thread (the server's threads inherit the mask) and taken synchronously
+    # here with sigwait: a signal delivered to a worker thread could otherwise leave the main thread asleep.
+    signals = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     try:
-        while not stop.wait(3600):
-            pass
+        server.start()
+        bound_host, bound_port = server.address
+        click.echo(f"listening on {bound_host}:{bound_port}")
+        if server.metrics_address is not None:
+            click.echo(f"metrics on http://{server.metrics_address[0]}:{server.metrics_address[1]}/metrics")
+        if trust.is_simulated:
+            click.echo("WARNING: trusting a SIMULATED platform: its quotes prove nothing about hardware")
+        sys.stdout.flush()
+        while signal.sigwait(signals) == signal.SIGHUP:
+            server.reload()
     finally:
         server.stop()
-        click.echo("stopped")
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+    click.echo("stopped")
 
 
 # -- request --------------------------------------------------------------------------------------
