@@ -47,6 +47,7 @@ from confserve.provisioning import (
     ClientSettings,
     ConfigError,
     ProtocolError,
+    ProvisioningError,
     RefusedError,
     SecretProvisioningClient,
     SecretProvisioningServer,
@@ -756,3 +757,93 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         event.wait(0.01)
+
+
+# -- edges -------------------------------------------------------------------------------------------
+
+
+def test_client_sending_a_chain_is_refused(
+    pki: Pki, platform: SimPlatform, server: SecretProvisioningServer, audit: Path
+) -> None:
+    cert, key = ratls(platform)
+    extra, _ = ratls(platform)
+    sock = socket.create_connection(("127.0.0.1", server.address[1]), timeout=5)
+    ctx = client_context(pki.ca_certs, cert, key)
+    ctx.add_extra_chain_cert(extra)
+    channel = TlsChannel(sock, ctx, server_side=False, server_hostname="localhost")
+    deadline = time.monotonic() + 8
+    channel.handshake(deadline)
+    channel.sendall(GRAMINE_REQUEST, deadline)
+    assert channel.recv(deadline) == b""
+    sock.close()
+    entry = audit_entries(audit)[-1]
+    assert entry["category"] == "certificate"
+    assert "2 certificates" in entry["reason"]
+
+
+def test_unexpected_verifier_error_fails_closed(pki: Pki, platform: SimPlatform, audit: Path) -> None:
+    class Broken:
+        def get(self, quote: bytes, now: int) -> Collateral:
+            raise RuntimeError("collateral backend exploded")
+
+    settings = dataclasses.replace(settings_for(pki, platform, audit), collateral=Broken)
+    with running(settings) as srv, pytest.raises(RefusedError, match="attestation failed"):
+        client_for(pki, srv, SimulatedAttester(platform, GOOD)).request()
+    assert audit_entries(audit)[-1]["category"] == "internal"
+
+
+def test_server_chain_with_intermediate(pki: Pki, platform: SimPlatform) -> None:
+    child = pki.ca.create_child_ca()
+    issued = child.issue_cert("localhost")
+    chain = tuple(x509.load_pem_x509_certificates(b"".join(b.bytes() for b in issued.cert_chain_pems)))
+    assert len(chain) == 2
+    key = serialization.load_pem_private_key(issued.private_key_pem.bytes(), None)
+    settings = dataclasses.replace(
+        settings_for(pki, platform, None), certificate_chain=chain, private_key=key
+    )
+    with running(settings) as srv:
+        good_client_works(pki, srv, platform)
+
+
+def test_client_cancel_and_attester_failure(
+    pki: Pki, platform: SimPlatform, server: SecretProvisioningServer
+) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        settings = ClientSettings(
+            servers=(ServerAddress("127.0.0.1", closed.getsockname()[1]),), ca_certificates=pki.ca_certs
+        )
+        with pytest.raises(UnavailableError, match="cancelled"):
+            SecretProvisioningClient(settings, SimulatedAttester(platform, GOOD), cancel=cancel).request()
+
+    class NoQuotes:
+        simulated = True
+
+        def quote(self, report_data: bytes) -> bytes:
+            from confserve.attestation import AttestationError
+
+            raise AttestationError("quoting enclave unavailable")
+
+    with pytest.raises(ProvisioningError, match="cannot create the RA-TLS certificate"):
+        client_for(pki, server, NoQuotes()).request()
+
+
+def test_server_lifecycle_errors(pki: Pki, platform: SimPlatform) -> None:
+    server = SecretProvisioningServer(settings_for(pki, platform, None))
+    with pytest.raises(ProvisioningError, match="not started"):
+        _ = server.address
+    assert server.metrics_address is None
+    with server:
+        port = server.address[1]
+        taken = dataclasses.replace(settings_for(pki, platform, None), listen_port=port)
+        with pytest.raises(ConfigError, match="cannot listen"):
+            SecretProvisioningServer(taken).start()
+        busy_metrics = dataclasses.replace(
+            settings_for(pki, platform, None), metrics_host="127.0.0.1", metrics_port=port
+        )
+        other = SecretProvisioningServer(busy_metrics)
+        with pytest.raises(ConfigError, match="for metrics"):
+            other.start()
+        other.stop()

@@ -1,0 +1,117 @@
+"""Server settings, limits and the loaders for policy, secrets, collateral and trust (no sockets)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from confserve.attestation import SimPlatform, TrustConfig
+from confserve.provisioning import (
+    ConfigError,
+    SecretProvisioningServer,
+    SecretStore,
+    ServerLimits,
+    ServerSettings,
+    collateral_from_file,
+    collateral_from_pccs,
+    collateral_from_sim_platform,
+    policy_from_file,
+    secrets_from_files,
+    trust_for_sim_platform,
+)
+from confserve.provisioning._tls import client_context, server_context
+
+NOW = int(time.time())
+
+
+@pytest.fixture(scope="module")
+def plat_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("plat") / "p"
+    SimPlatform.init(path, now=NOW)
+    return path
+
+
+def test_limits_and_settings_validation() -> None:
+    with pytest.raises(ConfigError):
+        ServerLimits(handshake_timeout_seconds=0)
+    with pytest.raises(ConfigError):
+        ServerLimits(max_connections=0)
+    ca = trustme.CA()
+    issued = ca.issue_cert("localhost")
+    chain = tuple(x509.load_pem_x509_certificates(issued.cert_chain_pems[0].bytes()))
+    key = serialization.load_pem_private_key(issued.private_key_pem.bytes(), None)
+    common = {
+        "private_key": key,
+        "policy": lambda: None,
+        "secrets": lambda: SecretStore({}),
+        "collateral": lambda: None,
+        "trust": TrustConfig.intel(),
+    }
+    with pytest.raises(ConfigError, match="ports"):
+        ServerSettings(certificate_chain=chain, listen_port=70000, **common)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="empty"):
+        ServerSettings(certificate_chain=(), **common)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="holds no certificate"):
+        server_context((), key)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="holds no certificate"):
+        client_context((), chain[0], key)  # type: ignore[arg-type]
+    other_key = serialization.load_pem_private_key(ca.issue_cert("x").private_key_pem.bytes(), None)
+    with pytest.raises(ConfigError, match="does not match"):
+        server_context(chain, other_key)  # type: ignore[arg-type]
+
+
+def test_policy_loaders(tmp_path: Path) -> None:
+    ra = tmp_path / "ra_config.json"
+    ra.write_text(
+        '{"verify_mr_enclave":"on","verify_mr_signer":"off","verify_isv_prod_id":"off","verify_isv_svn":"off",'
+        '"mrs":[{"mr_enclave":"'
+        + "11" * 32
+        + '","mr_signer":"'
+        + "22" * 32
+        + '","isv_prod_id":"0","isv_svn":"0"}]}'
+    )
+    policy = policy_from_file(ra, ra_config=True, allow_simulated=True)()
+    assert policy.allow_simulated
+    assert policy.rules[0].secrets == ("default",)
+    assert policy_from_file(ra, ra_config=False)().allow_simulated is False
+    with pytest.raises(ConfigError, match="cannot read"):
+        policy_from_file(tmp_path / "missing.json", ra_config=True)()
+
+
+def test_secret_collateral_and_trust_loaders(tmp_path: Path, plat_dir: Path) -> None:
+    secret = tmp_path / "k"
+    secret.write_bytes(b"k" * 16)
+    os.chmod(secret, 0o600)
+    assert secrets_from_files((("default", secret),))().names() == {"default"}
+    source = collateral_from_sim_platform(plat_dir)()
+    assert source.get(b"", NOW).next_update > NOW
+    assert collateral_from_file(plat_dir / "collateral.json")().get(b"", NOW).next_update > NOW
+    assert trust_for_sim_platform(plat_dir).is_simulated
+    with pytest.raises(ConfigError, match="cannot load the simulated platform"):
+        collateral_from_sim_platform(tmp_path / "none")()
+    with pytest.raises(ConfigError, match="cannot load the simulated platform"):
+        trust_for_sim_platform(tmp_path / "none")
+    assert collateral_from_pccs("https://pccs.invalid/sgx/certification/v4/")() is not None
+
+
+def test_server_refuses_bad_configuration(tmp_path: Path, plat_dir: Path) -> None:
+    ca = trustme.CA()
+    issued = ca.issue_cert("localhost")
+    chain = tuple(x509.load_pem_x509_certificates(issued.cert_chain_pems[0].bytes()))
+    key = serialization.load_pem_private_key(issued.private_key_pem.bytes(), None)
+    settings = ServerSettings(
+        certificate_chain=chain,
+        private_key=key,  # type: ignore[arg-type]
+        policy=policy_from_file(tmp_path / "missing.toml", ra_config=False),
+        secrets=lambda: SecretStore({}),
+        collateral=collateral_from_sim_platform(plat_dir),
+        trust=trust_for_sim_platform(plat_dir),
+    )
+    with pytest.raises(ConfigError, match="cannot read policy file"):
+        SecretProvisioningServer(settings)
