@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import json
+import logging
 import socket
 import threading
 import time
@@ -497,11 +498,15 @@ def test_malformed_requests_refused_and_server_stays_up(
     payload: bytes,
     close: bool,
     reason: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    received = raw_session(server.address, ratls(platform), payload, pki, close_after_send=close)
+    with caplog.at_level(logging.INFO, logger="confserve.provisioning"):
+        received = raw_session(server.address, ratls(platform), payload, pki, close_after_send=close)
     assert_no_secret(received)
     entry = audit_entries(audit)[-1]
     assert entry["category"] == "protocol"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # handled, not an unexpected error
+    assert any("refused" in r.getMessage() for r in caplog.records)
     assert reason in entry["reason"]
     assert entry["identity"]["mr_enclave"] == MR_ENCLAVE.hex()  # attested, but the request was bad
     good_client_works(pki, server, platform)

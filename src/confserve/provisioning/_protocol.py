@@ -319,8 +319,8 @@ class ServerConnection:
     def refuse(self, reason: str) -> bytes:
         """The refusal bytes: none for a Gramine client (just close), a short reason for an extension one.
 
-        Also valid before a complete request arrived (returns b"", the caller closes)."""
-        if self._state is ServerState.AWAIT_REQUEST:
+        Also valid when no complete request arrived, or a malformed one (returns b"", the caller closes)."""
+        if self._request is None:  # no complete request (none yet, or a malformed one): just close
             self._state = ServerState.DONE
             return b""
         request = self._responding()

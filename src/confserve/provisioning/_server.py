@@ -459,7 +459,8 @@ class SecretProvisioningServer:
     def _serve(self, sock: socket.socket, peer: str) -> None:
         limits = self._limits
         started = time.monotonic()
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with contextlib.suppress(OSError):  # the peer may already be gone
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         channel = TlsChannel(sock, self._context, server_side=True)
         try:
             channel.handshake(started + limits.handshake_timeout_seconds)
