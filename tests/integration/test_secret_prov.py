@@ -852,3 +852,23 @@ def test_server_lifecycle_errors(pki: Pki, platform: SimPlatform) -> None:
         with pytest.raises(ConfigError, match="for metrics"):
             other.start()
         other.stop()
+
+
+def test_intel_trust_refuses_simulated_quotes(
+    pki: Pki, platform: SimPlatform, audit: Path, testvectors: Path
+) -> None:
+    """Without a simulated platform the server trusts Intel's root only (real collateral from the vectors)."""
+    from confserve.provisioning import collateral_from_file
+
+    settings = dataclasses.replace(
+        settings_for(pki, platform, audit),
+        trust=TrustConfig.intel(),
+        collateral=collateral_from_file(testvectors / "dcap" / "sgx_quote_collateral.json"),
+    )
+    with running(settings) as srv:
+        received = raw_session(srv.address, ratls(platform), GRAMINE_REQUEST, pki)
+    assert received == b""
+    entry = audit_entries(audit)[-1]
+    assert entry["category"] == "attestation"
+    assert entry["identity"] is None
+    assert "trusted root" in entry["reason"], entry["reason"]
