@@ -44,7 +44,13 @@ from confserve.provisioning._errors import (
     TlsError,
     UnavailableError,
 )
-from confserve.provisioning._protocol import DEFAULT_SECRET_NAME, ClientConnection, Granted, check_secret_name
+from confserve.provisioning._protocol import (
+    DEFAULT_SECRET_NAME,
+    ClientConnection,
+    Granted,
+    Refused,
+    check_secret_name,
+)
 from confserve.provisioning._tls import TlsChannel, check_hostname, client_context, load_ca_certificates
 
 __all__ = [
@@ -250,7 +256,7 @@ class SecretProvisioningClient:
             protocol = ClientConnection(names, gramine=gramine)
             channel.sendall(protocol.request_bytes(), io_deadline)
             io_deadline = min(deadline, self._monotonic() + s.io_timeout_seconds)
-            outcome: Granted | object = None
+            outcome: Granted | Refused | None = None
             while outcome is None:
                 data = channel.recv(io_deadline)
                 outcome = protocol.receive_data(data) if data else protocol.end_of_data()
@@ -259,7 +265,7 @@ class SecretProvisioningClient:
             sock.close()
         if isinstance(outcome, Granted):
             return dict(outcome.secrets)
-        reason = getattr(outcome, "reason", "") or "connection closed without a response"
+        reason = outcome.reason or "connection closed without a response"
         raise RefusedError(f"{server} refused: {reason}")
 
     def provision_key(
