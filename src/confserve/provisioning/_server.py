@@ -52,7 +52,6 @@ from confserve.attestation import (
     Collateral,
     CollateralSource,
     Decision,
-    FileCollateralSource,
     PccsCollateralSource,
     Policy,
     SimPlatform,
@@ -201,7 +200,6 @@ def collateral_from_file(path: Path) -> CollateralLoader:
     """A collateral JSON file, read once per (re)load and checked then."""
 
     def load() -> CollateralSource:
-        FileCollateralSource(path)  # documents the format
         return StaticCollateralSource(Collateral.from_file(path))
 
     return load
