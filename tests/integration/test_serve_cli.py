@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -22,6 +23,15 @@ from confserve.pf import WrapKey, encrypt_bytes, encrypt_tree
 from confserve.tfs_config import SSLConfig, format_text
 from tests.unit.serving.models import model_tree
 
+
+@pytest.fixture(autouse=True)
+def keep_runner_signals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process runs must not block SIGINT/SIGTERM in the test runner itself."""
+    from confserve.cli import _serve
+
+    monkeypatch.setattr(_serve, "pthread_sigmask", lambda how, signals: set())
+
+
 LINE = re.compile(r"serving gRPC on port (\d+), REST on port (\w+)")
 
 
@@ -31,28 +41,23 @@ def ssl_cfg(tls: TlsConfig) -> bytes:
 
 
 def run_server(args: list[str], cwd: Path) -> tuple[subprocess.Popen[str], int]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from confserve.cli import main; main()",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            *args,
-        ],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    command = [sys.executable, "-c", "from confserve.cli import main; main()", "serve", "--host", "127.0.0.1"]
+    with (cwd / "stderr.log").open("w") as stderr:
+        process = subprocess.Popen(
+            [*command, *args],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # a hung shutdown dumps its threads on SIGABRT
+        )
     assert process.stdout is not None
     line = process.stdout.readline()  # blocks until the server is up (or the process died)
     match = LINE.search(line)
     if match is None:
         process.kill()
-        _, err = process.communicate()
-        raise AssertionError(f"server did not start: {line!r} {err[-2000:]}")
+        process.communicate()
+        raise AssertionError(f"server did not start: {line!r} {(cwd / 'stderr.log').read_text()[-2000:]}")
     return process, int(match.group(1))
 
 
@@ -74,7 +79,7 @@ def stop(process: subprocess.Popen[str], cwd: Path) -> None:
     try:
         process.communicate(timeout=60)
     except subprocess.TimeoutExpired:
-        process.kill()
+        process.send_signal(signal.SIGABRT)
         process.communicate()
     assert process.returncode == 0, (cwd / "stderr.log").read_text()[-3000:]
 
@@ -146,19 +151,12 @@ def test_serve_usage_errors(
 def test_serve_in_process_until_signalled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server_tls: TlsConfig
 ) -> None:
-    """The command's run/stop path in this process: the stop event is already set when it waits."""
-    import threading
-
+    """The command's run/stop path in this process, with SIGTERM already pending when it waits."""
     from confserve.cli import _serve
 
-    handlers: list[object] = []
-    monkeypatch.setattr(_serve.signal, "signal", lambda signum, handler: handlers.append(handler))
-
-    class SetEvent(threading.Event):
-        def wait(self, timeout: float | None = None) -> bool:
-            return True
-
-    monkeypatch.setattr(_serve.threading, "Event", SetEvent)
+    masked: list[set[int]] = []
+    monkeypatch.setattr(_serve, "pthread_sigmask", lambda how, signals: masked.append(set(signals)))
+    monkeypatch.setattr(_serve, "sigwait", lambda signals: signal.SIGTERM)
     monkeypatch.chdir(tmp_path)
     Path("ssl.cfg").write_bytes(ssl_cfg(server_tls))
     result = CliRunner().invoke(
@@ -176,4 +174,4 @@ def test_serve_in_process_until_signalled(
     )
     assert result.exit_code == 0, result.output
     assert LINE.search(result.output)
-    assert len(handlers) == 2
+    assert masked == [{signal.SIGINT, signal.SIGTERM}]

@@ -7,7 +7,6 @@ Only parsing and wiring live here; the server is `confserve.frontends.ModelServe
 from __future__ import annotations
 
 import signal
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,10 @@ import click
 
 from confserve.cli._common import fail, reports_errors
 
-EXIT_OK = 0
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+# Module attributes so a test can run the command in-process without touching the test runner's signals.
+pthread_sigmask = signal.pthread_sigmask
+sigwait = signal.sigwait
 
 
 def _names(name: str) -> tuple[str, str]:
@@ -83,6 +85,10 @@ def serve(
     insecure: bool,
 ) -> None:
     """Serve TensorFlow SavedModels over TF Serving's gRPC and REST APIs."""
+    # Block SIGINT/SIGTERM before any thread exists (TensorFlow and gRPC start many; they inherit the mask)
+    # and take them with sigwait below. A Python handler would only run once the main thread wakes up,
+    # which a signal delivered to one of those other threads does not do: the server would never stop.
+    pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     from confserve import pf  # noqa: PLC0415
     from confserve.frontends import ModelServer, ServerSettings  # noqa: PLC0415
     from confserve.frontends.grpc import GrpcSettings  # noqa: PLC0415
@@ -112,11 +118,8 @@ def serve(
         grpc=GrpcSettings(address=f"{host}:{port}"), rest=rest, file_system_poll_wait_seconds=poll_seconds
     )
     server = ModelServer(models, opener, tls, settings, allow_insecure=insecure)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     server.start()
     rest_port = "off" if server.rest is None else str(server.rest.port)
     click.echo(f"confserve: serving gRPC on port {server.grpc.port}, REST on port {rest_port}", err=False)
-    stop.wait()
+    sigwait(_STOP_SIGNALS)
     server.stop()
