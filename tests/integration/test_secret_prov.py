@@ -315,6 +315,9 @@ def test_fetch_wrap_key_and_provision_key(
 
     client.provision_key(FakeKeys())
     assert installed == {"default": WRAP_KEY}
+    client.provision_key(FakeKeys(), key_name="pf_key", gramine=True)
+    assert installed == {"default": WRAP_KEY, "pf_key": WRAP_KEY}
+    assert fetch_wrap_key(settings, SimulatedAttester(platform, GOOD), gramine=True).raw() == WRAP_KEY
     with pytest.raises(ProtocolError, match="16 bytes"):
         client.provision_key(FakeKeys(), secret_name="tls-key")
     with pytest.raises(ProtocolError, match="16-byte"):

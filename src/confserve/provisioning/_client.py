@@ -274,14 +274,16 @@ class SecretProvisioningClient:
         *,
         key_name: str | None = None,
         secret_name: str = DEFAULT_SECRET_NAME,
+        gramine: bool = False,
     ) -> None:
         """SECRET_PROVISION_SET_KEY: fetch `secret_name` (16 bytes) and install it as `key_name` (default:
-        the settings' set_key)."""
+        the settings' set_key). `gramine=True` asks with Gramine's own request (for a Gramine server,
+        which knows only its one secret)."""
         name = key_name or self._settings.set_key
         if name is None or not _KEY_NAME_RE.fullmatch(name):
             raise ConfigError("no valid key name to install (SECRET_PROVISION_SET_KEY)")
         check_secret_name(secret_name)
-        key = self.request([secret_name])[secret_name]
+        key = self.request([secret_name], gramine=gramine)[secret_name]
         if len(key) != KEY_SIZE:
             raise ProtocolError(f"a key for /dev/attestation/keys must be {KEY_SIZE} bytes")
         (installer or DevAttestationKeys()).install(name, key)
@@ -294,9 +296,12 @@ def request_secrets(
     return SecretProvisioningClient(settings, attester).request(names, gramine=gramine)
 
 
-def fetch_wrap_key(settings: ClientSettings, attester: Attester, name: str = DEFAULT_SECRET_NAME) -> WrapKey:
-    """The model server's call: the protected-files wrap key released to this enclave (16 bytes)."""
-    value = request_secrets(settings, attester, [name])[name]
+def fetch_wrap_key(
+    settings: ClientSettings, attester: Attester, name: str = DEFAULT_SECRET_NAME, *, gramine: bool = False
+) -> WrapKey:
+    """The model server's call: the protected-files wrap key released to this enclave (16 bytes).
+    `gramine=True` speaks Gramine's own request (then `name` must be `default`)."""
+    value = request_secrets(settings, attester, [name], gramine=gramine)[name]
     if len(value) != KEY_SIZE:
         raise ProtocolError(f"secret {name!r} is not a 16-byte wrap key")
     return WrapKey(value)
