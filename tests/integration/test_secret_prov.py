@@ -875,3 +875,22 @@ def test_intel_trust_refuses_simulated_quotes(
     assert entry["category"] == "attestation"
     assert entry["identity"] is None
     assert "trusted root" in entry["reason"], entry["reason"]
+
+
+def test_a_bug_in_a_session_is_contained(
+    pki: Pki, platform: SimPlatform, server: SecretProvisioningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = server._audit_and_reply
+    calls = [0]
+
+    def broken(*args: Any) -> bytes:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("bug")
+        return original(*args)
+
+    monkeypatch.setattr(server, "_audit_and_reply", broken)
+    received = raw_session(server.address, ratls(platform), GRAMINE_REQUEST, pki)
+    assert received == b""  # nothing released, connection closed
+    good_client_works(pki, server, platform)
+    _wait_for(lambda: _metric(server, "confserve_secret_prov_active_connections", "") == 0)
