@@ -7,12 +7,26 @@ from pathlib import Path
 import click
 
 from confserve.cli._common import reports_errors
-from confserve.cluster import NginxConfig, find_stream_module, render_nginx
+from confserve.cluster import (
+    OVERLAYS,
+    VARIANTS,
+    GramineConfig,
+    K8sSettings,
+    Measurement,
+    NginxConfig,
+    find_stream_module,
+    render_gramine_manifest,
+    render_k8s_deployment,
+    render_nginx,
+    write_files,
+)
+from confserve.cluster._gramine import Variant
+from confserve.cluster._k8s import Overlay
 
 
 @click.group("render")
 def render_group() -> None:
-    """Render configuration for the load balancer (and, later, Kubernetes and Gramine)."""
+    """Render configuration: the load balancer, Gramine-SGX manifests, Kubernetes deployments."""
 
 
 @render_group.command("nginx")
@@ -55,8 +69,219 @@ def render_nginx_cmd(
             stream_module=module,
         )
     )
+    _emit(text, out)
+
+
+def _emit(text: str, out: Path | None) -> None:
     if out is None:
         click.echo(text, nl=False)
     else:
         out.write_text(text)
         click.echo(f"wrote {out}", err=True)
+
+
+_SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _parse_size(value: str) -> int:
+    number, suffix = (value[:-1], value[-1].upper()) if value[-1:].isalpha() else (value, "")
+    if suffix not in _SIZE_SUFFIXES or not number.isdigit():
+        raise click.BadParameter(f"{value!r} is not a size such as 123456789, 500M or 2G")
+    return int(number) * _SIZE_SUFFIXES[suffix]
+
+
+def _tree_bytes(root: Path) -> int:
+    if not root.is_dir():
+        raise click.UsageError(f"{root} is not a directory: give --model-dir or --model-size")
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+@render_group.command("gramine")
+@click.option("--variant", type=click.Choice(VARIANTS), default="confserve", show_default=True)
+@click.option("--model-name", required=True, help="The model's name (TF Serving --model_name).")
+@click.option(
+    "--model-bind-root",
+    required=True,
+    help="The --out (or --bind-root) given to `confserve model encrypt`, e.g. models/digits.",
+)
+@click.option(
+    "--model-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Model tree to size the enclave from [default: the bind root, if it is a directory here].",
+)
+@click.option("--model-size", help="Model size instead of --model-dir (bytes, or 500M, 2G).")
+@click.option(
+    "--ssl-config-bound-path", default="ssl.cfg", show_default=True, help="`confserve tls --bound-path`."
+)
+@click.option(
+    "--secret-prov-servers",
+    default=GramineConfig.secret_prov_servers,
+    show_default=True,
+    help="Key servers, HOST:PORT list (measured).",
+)
+@click.option(
+    "--secret-prov-ca",
+    default=GramineConfig.secret_prov_ca,
+    show_default=True,
+    help="Path of the key service's CA inside the image (a trusted file).",
+)
+@click.option("--grpc-port", type=int, default=8500, show_default=True)
+@click.option("--rest-port", type=int, default=8501, show_default=True, help="confserve variant only.")
+@click.option("--grpc-threads", type=int, default=16, show_default=True)
+@click.option("--rest-threads", type=int, default=8, show_default=True)
+@click.option("--intra-op-threads", type=int, default=2, show_default=True)
+@click.option("--inter-op-threads", type=int, default=2, show_default=True)
+@click.option("--batch-threads", type=int, default=0, show_default=True, help=">0: TF Serving batching.")
+@click.option(
+    "--poll-seconds", type=int, default=5, show_default=True, help="--file_system_poll_wait_seconds"
+)
+@click.option("--isv-prod-id", type=int, default=1, show_default=True)
+@click.option("--isv-svn", type=int, default=1, show_default=True)
+@click.option("--edmm", is_flag=True, help="SGX2 EDMM: add enclave pages on demand.")
+@click.option("--arch-libdir", default="/lib/x86_64-linux-gnu", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout.")
+@reports_errors
+def render_gramine_cmd(
+    variant: Variant,
+    model_name: str,
+    model_bind_root: str,
+    model_dir: Path | None,
+    model_size: str | None,
+    ssl_config_bound_path: str,
+    secret_prov_servers: str,
+    secret_prov_ca: str,
+    grpc_port: int,
+    rest_port: int,
+    grpc_threads: int,
+    rest_threads: int,
+    intra_op_threads: int,
+    inter_op_threads: int,
+    batch_threads: int,
+    poll_seconds: int,
+    isv_prod_id: int,
+    isv_svn: int,
+    edmm: bool,
+    arch_libdir: str,
+    out: Path | None,
+) -> None:
+    """Gramine manifest template: confserve's server or tensorflow_model_server, arguments fixed."""
+    if model_size is not None and model_dir is not None:
+        raise click.UsageError("give --model-dir or --model-size, not both")
+    size = _parse_size(model_size) if model_size else _tree_bytes(model_dir or Path(model_bind_root))
+    config = GramineConfig(
+        variant=variant,
+        model_name=model_name,
+        model_bind_root=model_bind_root,
+        model_bytes=size,
+        ssl_config_bound_path=ssl_config_bound_path,
+        secret_prov_servers=secret_prov_servers,
+        secret_prov_ca=secret_prov_ca,
+        grpc_port=grpc_port,
+        rest_port=rest_port,
+        grpc_threads=grpc_threads,
+        rest_threads=rest_threads,
+        intra_op_threads=intra_op_threads,
+        inter_op_threads=inter_op_threads,
+        batch_threads=batch_threads,
+        file_system_poll_wait_seconds=poll_seconds,
+        isv_prod_id=isv_prod_id,
+        isv_svn=isv_svn,
+        edmm=edmm,
+        arch_libdir=arch_libdir,
+    )
+    _emit(render_gramine_manifest(config), out)
+
+
+def _measurements(
+    mr_enclave: tuple[str, ...],
+    measure_json: tuple[Path, ...],
+    mr_signer: str | None,
+    prod: int | None,
+    svn: int | None,
+) -> list[Measurement]:
+    found = [Measurement(mr_enclave=m) for m in mr_enclave]
+    found += [Measurement.from_json(p.read_text(encoding="utf-8")) for p in measure_json]
+    if mr_signer is not None or prod is not None or svn is not None:
+        found.append(Measurement(mr_signer=mr_signer, isv_prod_id=prod, min_isv_svn=svn))
+    return found
+
+
+@render_group.command("k8s")
+@click.option("--overlay", type=click.Choice(OVERLAYS), required=True)
+@click.option(
+    "--tree",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=Path("deploy/kubernetes"),
+    show_default=True,
+    help="The kustomize tree of the confserve repository.",
+)
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Directory to write."
+)
+@click.option("--image", help="Model-server image, NAME[:TAG][@sha256:DIGEST] (pin by digest).")
+@click.option("--secret-prov-image", help="Key-service image (with --with-secret-prov).")
+@click.option("--replicas", type=int, default=2, show_default=True, help="Initial and minimum replicas.")
+@click.option("--max-replicas", type=int, default=8, show_default=True, help="Autoscaler maximum.")
+@click.option("--model-name", default="digits", show_default=True)
+@click.option("--model-bind-root", help="`confserve model encrypt --out` [default: models/MODEL_NAME].")
+@click.option("--epc", default="4Gi", show_default=True, help="sgx: the enclave size of the manifest.")
+@click.option(
+    "--secret-prov-host", default="attestation.service.com", show_default=True, help="Key server DNS."
+)
+@click.option("--secret-prov-cidr", help="Key server address range, for the NetworkPolicy.")
+@click.option("--pccs-cidr", help="sgx: PCCS address range, for the NetworkPolicy.")
+@click.option("--mr-enclave", multiple=True, help="Allow this MRENCLAVE (repeatable).")
+@click.option(
+    "--measurement",
+    "measure_json",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="`confserve measure --json` output: allow its MRENCLAVE (repeatable).",
+)
+@click.option("--mr-signer", help="Allow this signer ... ")
+@click.option("--isv-prod-id", type=int, help="... with this product ID ...")
+@click.option("--min-isv-svn", type=int, help="... and at least this SVN.")
+@click.option("--with-secret-prov", is_flag=True, help="Also deploy the key service in this cluster.")
+@reports_errors
+def render_k8s_cmd(
+    overlay: Overlay,
+    tree: Path,
+    out: Path,
+    image: str | None,
+    secret_prov_image: str | None,
+    replicas: int,
+    max_replicas: int,
+    model_name: str,
+    model_bind_root: str | None,
+    epc: str,
+    secret_prov_host: str,
+    secret_prov_cidr: str | None,
+    pccs_cidr: str | None,
+    mr_enclave: tuple[str, ...],
+    measure_json: tuple[Path, ...],
+    mr_signer: str | None,
+    isv_prod_id: int | None,
+    min_isv_svn: int | None,
+    with_secret_prov: bool,
+) -> None:
+    """A kustomization on top of deploy/kubernetes: images, replicas, model, measurements (policy)."""
+    settings = K8sSettings(
+        overlay=overlay,
+        tree=tree,
+        out=out,
+        server_image=image,
+        secret_prov_image=secret_prov_image,
+        replicas=replicas,
+        max_replicas=max_replicas,
+        model_name=model_name,
+        model_bind_root=model_bind_root,
+        epc=epc,
+        secret_prov_host=secret_prov_host,
+        secret_prov_cidr=secret_prov_cidr,
+        pccs_cidr=pccs_cidr,
+        measurements=_measurements(mr_enclave, measure_json, mr_signer, isv_prod_id, min_isv_svn),
+        with_secret_prov=with_secret_prov,
+    )
+    for path in write_files(out, render_k8s_deployment(settings)):
+        click.echo(f"wrote {path}", err=True)
+    click.echo(f"apply with: kubectl apply -k {out}", err=True)
