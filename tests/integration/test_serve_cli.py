@@ -29,7 +29,7 @@ def keep_runner_signals(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process runs must not block SIGINT/SIGTERM in the test runner itself."""
     from confserve.cli import _serve
 
-    monkeypatch.setattr(_serve, "pthread_sigmask", lambda how, signals: set())
+    monkeypatch.setattr(_serve, "install_stop_handlers", lambda stop: None)
 
 
 LINE = re.compile(r"serving gRPC on port (\d+), REST on port (\w+)")
@@ -115,7 +115,13 @@ def test_serve_with_config_file_and_plain_tls(tmp_path: Path, server_tls: TlsCon
         f'model_config_list {{ config {{ name: "clf" base_path: "{model_tree() / "clf"}" }} }}'
     )
     process, port = run_server(
-        ["--model_config_file=models.config", "--port=0", "--rest_api_port=0", "--ssl_config_file=ssl.cfg"],
+        [
+            "--model_config_file=models.config",
+            "--port=0",
+            "--rest_api_port=0",
+            "--ssl_config_file=ssl.cfg",
+            "--allow_plaintext",
+        ],
         tmp_path,
     )
     try:
@@ -131,9 +137,53 @@ def test_serve_with_config_file_and_plain_tls(tmp_path: Path, server_tls: TlsCon
         (["--model_name=m", "--model_base_path=/x"], "give --ssl_config_file, or --insecure"),
         (["--model_config_file=c", "--model_name=m"], "either --model_config_file or"),
         (["--model_config_file=c", "--insecure"], "invalid ModelServerConfig text"),
-        (["--model_name=m", "--model_base_path=/x", "--ssl_config_file=c"], "not a valid SSLConfig"),
-        (["--model_name=m", "--model_base_path=/x", "--ssl_config_file=empty.cfg"], "must set server_cert"),
-        (["--model_name=m", "--model_base_path=/x", "--ssl_config_file=p.cfg"], "give --wrap_key"),
+        (
+            ["--model_name=m", "--model_base_path=/x", "--ssl_config_file=c", "--allow_plaintext"],
+            "not a valid SSLConfig",
+        ),
+        (
+            ["--model_name=m", "--model_base_path=/x", "--ssl_config_file=empty.cfg", "--allow_plaintext"],
+            "must set server_cert",
+        ),
+        (
+            ["--model_name=m", "--model_base_path=/x", "--ssl_config_file=p.cfg", "--allow_plaintext"],
+            "give --secret_provision_servers",
+        ),
+        (["--model_name=m", "--model_base_path=/x", "--ssl_config_file=c"], "no key source"),
+        (
+            ["--model_name=m", "--model_base_path=/x", "--ssl_config_file=empty.cfg", "--wrap_key=c"],
+            "16 raw bytes",
+        ),
+        (
+            [
+                "--model_name=m",
+                "--model_base_path=/x",
+                "--ssl_config_file=c",
+                "--secret_provision_servers=a:1",
+            ],
+            "--secret_provision_ca_chain_path is required",
+        ),
+        (
+            [
+                "--model_name=m",
+                "--model_base_path=/x",
+                "--ssl_config_file=c",
+                "--secret_provision_servers=a:1",
+                "--wrap_key=c",
+            ],
+            "not both",
+        ),
+        (
+            [
+                "--model_name=m",
+                "--model_base_path=/x",
+                "--ssl_config_file=c",
+                "--secret_provision_servers=a:1",
+                "--secret_provision_ca_chain_path=c",
+                "--attestation=simulated",
+            ],
+            "needs --sim_platform",
+        ),
     ],
 )
 def test_serve_usage_errors(
@@ -154,9 +204,8 @@ def test_serve_in_process_until_signalled(
     """The command's run/stop path in this process, with SIGTERM already pending when it waits."""
     from confserve.cli import _serve
 
-    masked: list[set[int]] = []
-    monkeypatch.setattr(_serve, "pthread_sigmask", lambda how, signals: masked.append(set(signals)))
-    monkeypatch.setattr(_serve, "sigwait", lambda signals: signal.SIGTERM)
+    waited: list[object] = []
+    monkeypatch.setattr(_serve, "wait_for_stop", waited.append)  # as if SIGTERM arrived once serving
     monkeypatch.chdir(tmp_path)
     Path("ssl.cfg").write_bytes(ssl_cfg(server_tls))
     result = CliRunner().invoke(
@@ -170,8 +219,9 @@ def test_serve_in_process_until_signalled(
             "--rest_api_port=0",
             "--ssl_config_file=ssl.cfg",
             "--file_system_poll_wait_seconds=-1",
+            "--allow_plaintext",
         ],
     )
     assert result.exit_code == 0, result.output
     assert LINE.search(result.output)
-    assert masked == [{signal.SIGINT, signal.SIGTERM}]
+    assert len(waited) == 1

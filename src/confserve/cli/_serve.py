@@ -1,12 +1,22 @@
 """`confserve serve`: the model server, with TF Serving's flag names (dashes accepted too).
 
-Only parsing and wiring live here; the server is `confserve.frontends.ModelServer`. Heavy imports
-(TensorFlow, gRPC, aiohttp) happen when the command runs, not when the CLI starts.
+Only parsing and wiring live here; the server is `confserve.frontends.ModelServer`, the enclave side
+(attestation, key release) is `confserve.frontends._enclave`. Heavy imports (TensorFlow, gRPC, aiohttp)
+happen when the command runs, not when the CLI starts.
+
+Start sequence: attest and obtain the wrap key from the secret-provisioning service (retrying until
+the deadline; nothing listens meanwhile, so every probe says "not ready") -> decrypt ssl.cfg in memory ->
+load the encrypted models into memory -> open the gRPC and REST ports -> ready. Without a key nothing is
+served; plaintext models and configs are refused unless --allow_plaintext (development) says otherwise.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,27 +24,48 @@ import click
 
 from confserve.cli._common import fail, reports_errors
 
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-# Module attributes so a test can run the command in-process without touching the test runner's signals.
-pthread_sigmask = signal.pthread_sigmask
-sigwait = signal.sigwait
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_WAKE_SECONDS = 0.2  # how soon the main thread notices a stop signal
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    """SIGINT/SIGTERM set `stop`. (A module attribute, so in-process tests can leave the runner's alone.)
+
+    Why no signal mask: numpy's BLAS and TensorFlow start threads before and after this runs, and the
+    kernel may deliver a signal to any of them. Python's C-level handler records it wherever it lands and
+    the main thread runs the Python handler at its next bytecode, which `wait_for_stop` guarantees by
+    never blocking for longer than `_WAKE_SECONDS`.
+    """
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, lambda *_: stop.set())
+
+
+def wait_for_stop(stop: threading.Event) -> None:
+    while not stop.wait(_WAKE_SECONDS):
+        pass
 
 
 def _names(name: str) -> tuple[str, str]:
     return f"--{name}", f"--{name.replace('_', '-')}"
 
 
-def _read_tls(path: str, wrap_key: Any, bound_path: str | None) -> Any:
+def _read_tls(path: str, wrap_key: Any, bound_path: str | None, allow_plaintext: bool) -> Any:
     from confserve import pf  # noqa: PLC0415
     from confserve.frontends import TlsConfig  # noqa: PLC0415
     from confserve.tfs_config import SSLConfig, parse_text  # noqa: PLC0415
 
     if pf.is_protected(path):
         if wrap_key is None:
-            fail(f"{path} is a protected file: give --wrap_key")
+            fail(
+                f"{path} is a protected file: give --secret_provision_servers (or --wrap_key in development)"
+            )
         data = bytes(pf.read_protected(path, wrap_key, bound_path=bound_path or pf.normalize_path(path)))
-    else:
+    elif allow_plaintext:
         data = Path(path).read_bytes()
+    else:
+        fail(
+            f"{path} is not encrypted: the host could read the server's TLS key (--allow_plaintext to permit)"
+        )
     config = parse_text(SSLConfig, data, what="--ssl_config_file")
     if not config.server_cert or not config.server_key:
         fail("--ssl_config_file must set server_cert and server_key (PEM contents)")
@@ -43,6 +74,24 @@ def _read_tls(path: str, wrap_key: Any, bound_path: str | None) -> Any:
         private_key_pem=config.server_key.encode(),
         client_ca_pem=config.custom_ca.encode() if config.client_verify else None,
     )
+
+
+def _spki(tls: Any) -> bytes:
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+    cert = x509.load_pem_x509_certificates(tls.cert_chain_pem)[0]
+    return cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _model_identity(
+    model_config_file: str | None, model_name: str | None, model_base_path: str | None
+) -> str:
+    if model_config_file is not None:
+        return "config-sha256:" + hashlib.sha256(Path(model_config_file).read_bytes()).hexdigest()
+    return f"{model_name}={model_base_path}"
 
 
 @click.command("serve")
@@ -60,17 +109,62 @@ def _read_tls(path: str, wrap_key: Any, bound_path: str | None) -> Any:
     *_names("ssl_config_bound_path"), "ssl_config_bound_path", help="Binding of a protected ssl.cfg."
 )
 @click.option(
+    *_names("file_system_poll_wait_seconds"), "poll_seconds", default=1.0, show_default=True, type=float
+)
+@click.option(
+    *_names("secret_provision_servers"),
+    "servers",
+    envvar="SECRET_PROVISION_SERVERS",
+    help="Secret-provisioning servers (HOST:PORT, separated by , ; or space): attest and get the wrap key.",
+)
+@click.option(
+    *_names("secret_provision_ca_chain_path"),
+    "provisioning_ca",
+    envvar="SECRET_PROVISION_CA_CHAIN_PATH",
+    type=click.Path(dir_okay=False, exists=True),
+    help="CA certificate(s) of the secret-provisioning service.",
+)
+@click.option(*_names("secret_provision_secret_name"), "secret_name", default="default", show_default=True)
+@click.option(
+    *_names("secret_provision_deadline_seconds"),
+    "deadline_seconds",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Give up on key release after this long.",
+)
+@click.option(
+    "--attestation",
+    type=click.Choice(["auto", "gramine", "simulated"]),
+    default="auto",
+    show_default=True,
+    help="auto: Gramine's /dev/attestation when present, else simulation.",
+)
+@click.option(*_names("sim_platform"), "sim_platform", type=click.Path(file_okay=False, exists=True))
+@click.option(*_names("signing_key"), "signing_key", type=click.Path(dir_okay=False, exists=True))
+@click.option(*_names("isv_prod_id"), "isv_prod_id", default=0, type=click.IntRange(0, 0xFFFF))
+@click.option(*_names("isv_svn"), "isv_svn", default=0, type=click.IntRange(0, 0xFFFF))
+@click.option(
+    *_names("print_measurement"),
+    "print_measurement",
+    is_flag=True,
+    help="Print this replica's identity; exit.",
+)
+@click.option(
     *_names("wrap_key"),
     "wrap_key_path",
     type=click.Path(dir_okay=False, exists=True),
-    help="Models (and ssl.cfg) are Gramine protected files under this key.",
+    help="Development: take the wrap key from a file instead of attested provisioning.",
 )
 @click.option(
-    *_names("file_system_poll_wait_seconds"), "poll_seconds", default=1.0, show_default=True, type=float
+    *_names("allow_plaintext"),
+    "allow_plaintext",
+    is_flag=True,
+    help="Development: accept unencrypted models/ssl.cfg.",
 )
-@click.option("--insecure", is_flag=True, help="Allow serving without TLS (development only).")
+@click.option("--insecure", is_flag=True, help="Development: allow serving without TLS.")
 @reports_errors
-def serve(
+def serve(  # noqa: PLR0912 - the start sequence reads best in one place
     model_config_file: str | None,
     model_name: str | None,
     model_base_path: str | None,
@@ -80,26 +174,34 @@ def serve(
     no_rest: bool,
     ssl_config_file: str | None,
     ssl_config_bound_path: str | None,
-    wrap_key_path: str | None,
     poll_seconds: float,
+    servers: str | None,
+    provisioning_ca: str | None,
+    secret_name: str,
+    deadline_seconds: float,
+    attestation: str,
+    sim_platform: str | None,
+    signing_key: str | None,
+    isv_prod_id: int,
+    isv_svn: int,
+    print_measurement: bool,
+    wrap_key_path: str | None,
+    allow_plaintext: bool,
     insecure: bool,
 ) -> None:
     """Serve TensorFlow SavedModels over TF Serving's gRPC and REST APIs."""
-    # Block SIGINT/SIGTERM before any thread exists (TensorFlow and gRPC start many; they inherit the mask)
-    # and take them with sigwait below. A Python handler would only run once the main thread wakes up,
-    # which a signal delivered to one of those other threads does not do: the server would never stop.
-    pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    stop = threading.Event()
+    install_stop_handlers(stop)
     from confserve import pf  # noqa: PLC0415
-    from confserve.frontends import ModelServer, ServerSettings  # noqa: PLC0415
-    from confserve.frontends.grpc import GrpcSettings  # noqa: PLC0415
-    from confserve.frontends.rest import RestSettings  # noqa: PLC0415
-    from confserve.serving import (  # noqa: PLC0415
-        ModelConfig,
-        PlainOpener,
-        ProtectedOpener,
-        parse_model_server_config,
+    from confserve.frontends._enclave import (  # noqa: PLC0415
+        EnclaveRuntime,
+        EnclaveSettings,
+        file_sha256,
+        serve_measured_args,
     )
+    from confserve.serving import ModelConfig, parse_model_server_config  # noqa: PLC0415
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if model_config_file is not None:
         if model_name or model_base_path:
             fail("give either --model_config_file or --model_name/--model_base_path")
@@ -110,16 +212,109 @@ def serve(
         fail("give --model_config_file, or --model_name and --model_base_path")
     if ssl_config_file is None and not insecure:
         fail("give --ssl_config_file, or --insecure to serve without TLS")
-    wrap_key = None if wrap_key_path is None else pf.WrapKey.load(wrap_key_path)
-    tls = None if ssl_config_file is None else _read_tls(ssl_config_file, wrap_key, ssl_config_bound_path)
+    if servers and wrap_key_path:
+        fail("give --secret_provision_servers or --wrap_key, not both")
+
+    runtime = None
+    if servers or print_measurement:
+        if not provisioning_ca:
+            fail("--secret_provision_ca_chain_path is required with secret provisioning")
+        assert provisioning_ca is not None
+        measured = serve_measured_args(
+            models=_model_identity(model_config_file, model_name, model_base_path),
+            ssl_config_file=ssl_config_file,
+            ssl_config_bound_path=ssl_config_bound_path,
+            provisioning_ca_sha256=file_sha256(provisioning_ca),
+            secret_name=secret_name,
+            insecure=insecure,
+            allow_plaintext_models=allow_plaintext,
+        )
+        runtime = EnclaveRuntime(
+            EnclaveSettings(
+                servers=servers or "",
+                ca_chain=Path(provisioning_ca),
+                secret_name=secret_name,
+                attestation=attestation,  # type: ignore[arg-type]
+                sim_platform=Path(sim_platform) if sim_platform else None,
+                signing_key=Path(signing_key) if signing_key else None,
+                isv_prod_id=isv_prod_id,
+                isv_svn=isv_svn,
+                deadline_seconds=deadline_seconds,
+            ),
+            measured,
+        )
+        if print_measurement:
+            if runtime.identity is None:
+                fail("under Gramine the identity comes from the SIGSTRUCT: use confserve measure --sigstruct")
+            assert runtime.identity is not None
+            ident = runtime.identity
+            click.echo(
+                json.dumps(
+                    {
+                        "mr_enclave": ident.mr_enclave.hex(),
+                        "mr_signer": ident.mr_signer.hex(),
+                        "isv_prod_id": ident.isv_prod_id,
+                        "isv_svn": ident.isv_svn,
+                        "measured_args": measured,
+                    }
+                )
+            )
+            return
+
+    if runtime is not None:
+        wrap_key: pf.WrapKey | None = runtime.obtain_wrap_key(stop)
+    elif wrap_key_path is not None:
+        logging.getLogger("confserve.serve").warning(
+            "development mode: wrap key from %s, no attestation", wrap_key_path
+        )
+        wrap_key = pf.WrapKey.load(wrap_key_path)
+    elif allow_plaintext:
+        wrap_key = None
+    else:
+        fail("no key source: give --secret_provision_servers (development: --wrap_key or --allow_plaintext)")
+    if stop.is_set():
+        return
+    _run_server(models, wrap_key, runtime, host, port, rest_api_port, no_rest, ssl_config_file,
+                ssl_config_bound_path, poll_seconds, allow_plaintext, insecure, stop)  # fmt: skip
+
+
+def _run_server(
+    models: Any,
+    wrap_key: Any,
+    runtime: Any,
+    host: str,
+    port: int,
+    rest_api_port: int,
+    no_rest: bool,
+    ssl_config_file: str | None,
+    ssl_config_bound_path: str | None,
+    poll_seconds: float,
+    allow_plaintext: bool,
+    insecure: bool,
+    stop: threading.Event,
+) -> None:
+    from confserve.frontends import ModelServer, ServerSettings  # noqa: PLC0415
+    from confserve.frontends.grpc import GrpcSettings  # noqa: PLC0415
+    from confserve.frontends.rest import RestSettings  # noqa: PLC0415
+    from confserve.serving import PlainOpener, ProtectedOpener  # noqa: PLC0415
+
+    tls = (
+        None
+        if ssl_config_file is None
+        else _read_tls(ssl_config_file, wrap_key, ssl_config_bound_path, allow_plaintext)
+    )
     opener = PlainOpener() if wrap_key is None else ProtectedOpener(wrap_key)
+    evidence = None
+    if runtime is not None and tls is not None:
+        spki = _spki(tls)
+        evidence = lambda nonce: runtime.evidence(nonce, spki)  # noqa: E731
     rest = None if no_rest or rest_api_port == 0 else RestSettings(host=host, port=rest_api_port)
     settings = ServerSettings(
         grpc=GrpcSettings(address=f"{host}:{port}"), rest=rest, file_system_poll_wait_seconds=poll_seconds
     )
-    server = ModelServer(models, opener, tls, settings, allow_insecure=insecure)
+    server = ModelServer(models, opener, tls, settings, allow_insecure=insecure, evidence=evidence)
     server.start()
     rest_port = "off" if server.rest is None else str(server.rest.port)
     click.echo(f"confserve: serving gRPC on port {server.grpc.port}, REST on port {rest_port}", err=False)
-    sigwait(_STOP_SIGNALS)
+    wait_for_stop(stop)
     server.stop()

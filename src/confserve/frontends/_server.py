@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from confserve.frontends._ops import EvidenceProvider, OpsEndpoints
 from confserve.frontends._tls import TlsConfig
 from confserve.frontends.grpc import GrpcServer, GrpcSettings
 from confserve.frontends.rest import RestServer, RestSettings
@@ -52,16 +53,26 @@ class ModelServer:
         settings: ServerSettings | None = None,
         *,
         allow_insecure: bool = False,
+        evidence: EvidenceProvider | None = None,
     ) -> None:
         self.settings = settings or ServerSettings()
         manager: ModelManager[Any] = ModelManager(SavedModelLoader(opener), settings=self.settings.manager)
         self.store = ModelStore(models, opener, manager)
         self.dataplane = DataPlane(manager)
-        self.grpc = GrpcServer(self.dataplane, tls, self.settings.grpc, allow_insecure=allow_insecure)
+        self.ops = OpsEndpoints(self.dataplane, evidence)
+        self.grpc = GrpcServer(
+            self.dataplane,
+            tls,
+            self.settings.grpc,
+            allow_insecure=allow_insecure,
+            evidence=self.ops.evidence_json,
+        )
         self.rest = (
             None
             if self.settings.rest is None
-            else RestServer(self.dataplane, tls, self.settings.rest, allow_insecure=allow_insecure)
+            else RestServer(
+                self.dataplane, tls, self.settings.rest, allow_insecure=allow_insecure, ops=self.ops
+            )
         )
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None

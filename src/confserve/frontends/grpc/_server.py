@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -15,6 +16,24 @@ from confserve.frontends.grpc._servicers import ModelServicer, PredictionService
 from confserve.serving import DataPlane
 
 __all__ = ["GrpcServer", "GrpcSettings"]
+
+# The evidence RPC speaks JSON bytes (confserve.attestation._evidence), so it needs no generated code.
+_EVIDENCE_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.UNIMPLEMENTED}
+
+
+def _evidence_handler(evidence: Callable[[bytes], tuple[int, bytes]]) -> grpc.GenericRpcHandler:
+    def get_evidence(request: bytes, context: grpc.ServicerContext) -> bytes:
+        status, body = evidence(request)
+        if status != 200:
+            context.abort(
+                _EVIDENCE_CODES.get(status, grpc.StatusCode.UNAVAILABLE), body.decode(errors="replace")
+            )
+        return body
+
+    return grpc.method_handlers_generic_handler(
+        "confserve.Attestation", {"GetEvidence": grpc.unary_unary_rpc_method_handler(get_evidence)}
+    )
+
 
 _log = logging.getLogger(__name__)
 _SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
@@ -43,6 +62,7 @@ class GrpcServer:
         settings: GrpcSettings | None = None,
         *,
         allow_insecure: bool = False,
+        evidence: Callable[[bytes], tuple[int, bytes]] | None = None,
     ) -> None:
         if tls is None and not allow_insecure:
             raise ValueError("gRPC without TLS must be requested with allow_insecure=True")
@@ -61,6 +81,8 @@ class GrpcServer:
             PredictionServicer(dataplane), self._server
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(dataplane), self._server)
+        if evidence is not None:
+            self._server.add_generic_rpc_handlers((_evidence_handler(evidence),))
         self._health: health.HealthServicer | None = None
         if self._settings.enable_health_service:
             self._health = health.HealthServicer()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -51,11 +51,22 @@ def error_response(status: int, message: str) -> RestResponse:
     return RestResponse(status, dumps({"error": message}))
 
 
+class ExtraEndpoints(Protocol):
+    """Endpoints served beside TF Serving's (confserve's /v1/confserve/...): None means "not mine"."""
+
+    def handle(self, method: str, path: str, body: bytes) -> RestResponse | None: ...
+
+
 class RestApi:
-    def __init__(self, dataplane: DataPlane) -> None:
+    """TF Serving's REST API; `ops` (confserve's /v1/confserve/ endpoints) is asked first when given."""
+
+    def __init__(self, dataplane: DataPlane, ops: ExtraEndpoints | None = None) -> None:
         self._dataplane = dataplane
+        self._ops = ops
 
     def handle(self, method: str, path: str, body: bytes) -> RestResponse:
+        if self._ops is not None and (own := self._ops.handle(method, path, body)) is not None:
+            return own
         try:
             route = parse_route(method, path)
             if route is None:

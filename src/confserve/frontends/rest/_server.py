@@ -26,7 +26,7 @@ from aiohttp import web
 
 from confserve.errors import Status
 from confserve.frontends._tls import TlsConfig
-from confserve.frontends.rest._api import RestApi, RestResponse, error_response
+from confserve.frontends.rest._api import ExtraEndpoints, RestApi, RestResponse, error_response
 from confserve.frontends.rest._status import HTTP_STATUS
 from confserve.serving import DataPlane
 
@@ -82,11 +82,12 @@ class RestServer:
         settings: RestSettings | None = None,
         *,
         allow_insecure: bool = False,
+        ops: ExtraEndpoints | None = None,
     ) -> None:
         if tls is None and not allow_insecure:
             raise ValueError("REST without TLS must be requested with allow_insecure=True")
         self._settings = settings or RestSettings()
-        self._api = RestApi(dataplane)
+        self._api = RestApi(dataplane, ops)
         self._ssl = None if tls is None else server_ssl_context(tls)
         self._pool = futures.ThreadPoolExecutor(self._settings.num_threads, thread_name_prefix="rest")
         self._loop = asyncio.new_event_loop()
