@@ -19,6 +19,19 @@ def _split_input(value: str) -> tuple[str | None, str]:
     return (name, path) if sep and name and not Path(value).exists() else (None, value)
 
 
+def attestation_check(policy_file: str, sim_platform: str | None, collateral_file: str | None) -> Any:
+    """The client's trust for --attest: the policy, Intel's root or a simulated platform's, collateral."""
+    from confserve.attestation import Collateral, SimPlatform, TrustConfig, load_policy_file  # noqa: PLC0415
+    from confserve.client._attest import AttestationCheck  # noqa: PLC0415
+
+    policy = load_policy_file(Path(policy_file))
+    collateral = Collateral.from_file(collateral_file) if collateral_file else None
+    if sim_platform is None:
+        return AttestationCheck(policy, TrustConfig.intel(), collateral)
+    platform = SimPlatform.load(sim_platform)
+    return AttestationCheck(policy, TrustConfig.simulated(platform.root_ca_der), collateral)
+
+
 def client_tls_options(func: Any) -> Any:
     """--tls-bundle / --ca / --cert / --key / --server-name / --plaintext, shared with other commands."""
     for option in reversed(
@@ -87,6 +100,22 @@ def client_tls(
 @click.option("--top-k", type=click.IntRange(1, 100), default=5, show_default=True)
 @click.option("--json", "as_json_output", is_flag=True, help="Machine-readable output.")
 @click.option("--timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True, help="Seconds.")
+@click.option(
+    "--attest",
+    "attest_policy",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Policy file: before sending data, check the server is an enclave this policy approves.",
+)
+@click.option(
+    "--attest-sim-platform",
+    type=click.Path(file_okay=False, exists=True),
+    help="Trust this simulated platform's root for --attest (default: Intel's root only).",
+)
+@click.option(
+    "--attest-collateral",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Collateral for --attest when the server sends none.",
+)
 @reports_errors
 def predict(
     target: str,
@@ -112,6 +141,9 @@ def predict(
     top_k: int,
     as_json_output: bool,
     timeout: float,
+    attest_policy: str | None,
+    attest_sim_platform: str | None,
+    attest_collateral: str | None,
 ) -> None:
     """Send one Predict request to TARGET (HOST:PORT) and print the result."""
     kinds = sum(bool(k) for k in (npy_inputs, json_input, image, use_random))
@@ -119,6 +151,17 @@ def predict(
         raise ClientError("give exactly one input: --input, --json-input, --image or --random")
     tls = client_tls(tls_bundle, ca, cert, key, server_name, plaintext)
     with PredictClient(target, protocol=protocol, tls=tls, timeout_seconds=timeout) as client:  # type: ignore[arg-type]
+        if attest_policy is not None:
+            attested = client.attest(attestation_check(attest_policy, attest_sim_platform, attest_collateral))
+            ident = attested.evidence.identity
+            click.echo(
+                f"attested: {'simulated ' if attested.evidence.simulated else ''}enclave mr_enclave "
+                f"{ident.mr_enclave.hex()} ({attested.evidence.tcb_status}), accepted by rule "
+                f"{attested.decision.rule!r}",
+                err=as_json_output,
+            )
+        elif attest_sim_platform or attest_collateral:
+            raise ClientError("--attest-sim-platform and --attest-collateral go with --attest POLICY")
         signature = client.signature(model, signature_name, version)
         if npy_inputs:
             inputs = inputs_from_npy(signature, dict(_split_input(v) for v in npy_inputs))

@@ -18,6 +18,7 @@ from typing import Any, Final, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from confserve.client._attest import AttestationCheck, AttestedServer, attest_server
 from confserve.client._errors import ClientError, RemoteError
 from confserve.client._tls import ClientTls
 
@@ -69,6 +70,8 @@ class _Transport(Protocol):
         label: str | None,
         outputs: tuple[str, ...],
     ) -> dict[str, npt.NDArray[Any]]: ...
+
+    def evidence(self, request: bytes) -> bytes: ...
 
     def close(self) -> None: ...
 
@@ -156,6 +159,10 @@ class _Grpc:
         response = self._call(self._stub.Predict, request)
         return {alias: tf.make_ndarray(proto) for alias, proto in sorted(response.outputs.items())}
 
+    def evidence(self, request: bytes) -> bytes:
+        call = self._channel.unary_unary("/confserve.Attestation/GetEvidence")
+        return bytes(self._call(call, request))
+
     def close(self) -> None:
         self._channel.close()
 
@@ -210,6 +217,9 @@ class _Rest:
         self._host, self._port, self._tls, self._timeout = host.strip("[]"), int(port), tls, timeout
         self._context = tls.ssl_context() if tls else None
         self._signatures: dict[tuple[str, str, int | None], Signature] = {}
+
+    def evidence(self, request: bytes) -> bytes:
+        return json.dumps(self._request("POST", "/v1/confserve/evidence", json.loads(request))).encode()
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         conn: http.client.HTTPConnection
@@ -341,6 +351,8 @@ class PredictClient:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.protocol = protocol
+        self._target = target
+        self._tls = tls
         self._transport: _Transport
         if protocol == "grpc":
             self._transport = _Grpc(target, tls, timeout_seconds, max_message_bytes)
@@ -367,6 +379,13 @@ class PredictClient:
         outputs: tuple[str, ...] = (),
     ) -> dict[str, npt.NDArray[Any]]:
         return self._transport.predict(model, inputs, signature_name, version, label, outputs)
+
+    def attest(self, check: AttestationCheck) -> AttestedServer:
+        """Prove the endpoint is an approved enclave before sending data (see confserve.client._attest);
+        raises ClientError unless it is."""
+        if self._tls is None:
+            raise ClientError("attestation needs TLS: the evidence is bound to the server's TLS key")
+        return attest_server(self._target, self._tls, check, self._transport.evidence)
 
     def close(self) -> None:
         self._transport.close()
