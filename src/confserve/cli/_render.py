@@ -17,6 +17,7 @@ from confserve.cluster import (
     find_stream_module,
     render_gramine_manifest,
     render_k8s_deployment,
+    render_k8s_tree,
     render_nginx,
     write_files,
 )
@@ -285,3 +286,18 @@ def render_k8s_cmd(
     for path in write_files(out, render_k8s_deployment(settings)):
         click.echo(f"wrote {path}", err=True)
     click.echo(f"apply with: kubectl apply -k {out}", err=True)
+
+
+@render_group.command("k8s-tree")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("deploy/kubernetes"),
+    show_default=True,
+    help="Where to write the kustomize tree.",
+)
+@reports_errors
+def render_k8s_tree_cmd(out: Path) -> None:
+    """The kustomize tree (base, overlays, secret-prov) that `render k8s` builds on."""
+    for path in write_files(out, render_k8s_tree()):
+        click.echo(f"wrote {path}", err=True)

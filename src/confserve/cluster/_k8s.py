@@ -885,15 +885,19 @@ def _secret_prov_tree() -> dict[str, str]:
     }
 
 
+_TREE_HEADER: Final = (
+    "# Rendered by `confserve render k8s-tree` (cluster/_k8s.py): edit the code, not this file.\n"
+)
+
+
 def render_k8s_tree() -> dict[str, str]:
     """The committed kustomize tree: relative path -> file text."""
-    header = "Rendered by confserve (src/confserve/cluster/_k8s.py); edit the code, not this file."
-    files = {f"base/{name}": to_yaml(build(), comment=header) for name, build in _BASE_FILES.items()}
-    files["base/kustomization.yaml"] = to_yaml(_base(), comment=header)
+    files = {f"base/{name}": to_yaml(build()) for name, build in _BASE_FILES.items()}
+    files["base/kustomization.yaml"] = to_yaml(_base())
     for overlay in OVERLAYS:
         files.update({f"overlays/{overlay}/{n}": t for n, t in _overlay(overlay).items()})
     files.update({f"secret-prov/{n}": t for n, t in _secret_prov_tree().items()})
-    return files
+    return {rel: _TREE_HEADER + text for rel, text in files.items()}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -76,9 +76,17 @@ def built(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
 def test_committed_tree_is_what_the_code_renders() -> None:
     rendered = render_k8s_tree()
     on_disk = {p.relative_to(TREE).as_posix(): p.read_text() for p in TREE.rglob("*") if p.is_file()}
-    assert set(on_disk) == set(rendered), "regenerate: python -c 'from confserve.cluster._k8s import ...'"
+    assert set(on_disk) == set(rendered), "regenerate with: confserve render k8s-tree"
     for rel, text in rendered.items():
         assert on_disk[rel] == text, f"{rel} differs from render_k8s_tree()"
+
+
+def test_render_k8s_tree_command(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["render", "k8s-tree", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "overlays/sgx/kustomization.yaml").read_text() == render_k8s_tree()[
+        "overlays/sgx/kustomization.yaml"
+    ]
 
 
 def test_every_object_validates(built: tuple[str, list[dict[str, Any]]]) -> None:
