@@ -6,6 +6,7 @@ import click
 
 from confserve import __version__
 from confserve.cli._attest import attest, sim_platform
+from confserve.cli._cluster import down, scale, status, up
 from confserve.cli._measure import measure_group
 from confserve.cli._model import model_group
 from confserve.cli._pf import pf_group
@@ -33,3 +34,5 @@ main.add_command(attest)
 main.add_command(measure_group, "measure")
 main.add_command(serve)
 main.add_command(secret_prov_group, "secret-prov")
+for command in (up, down, status, scale):
+    main.add_command(command)

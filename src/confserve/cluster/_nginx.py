@@ -183,7 +183,7 @@ class NginxProcess:
         candidate = config.run_dir / "nginx.conf.new"
         candidate.write_text(render_nginx(config))
         run = str(config.run_dir.resolve())
-        check = subprocess.run(  # noqa: S603 - an argument list, no shell
+        check = subprocess.run(
             [
                 self._nginx,
                 "-t",
@@ -209,7 +209,7 @@ class NginxProcess:
         self.write()
         out = open(log or self.config.run_dir / "nginx.out", "ab")  # noqa: SIM115 - owned by the child
         try:
-            self._proc = subprocess.Popen(self._args("-g", "daemon off;"), stdout=out, stderr=out)  # noqa: S603 - an argument list, no shell
+            self._proc = subprocess.Popen(self._args("-g", "daemon off;"), stdout=out, stderr=out)
         finally:
             out.close()
 

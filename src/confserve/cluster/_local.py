@@ -1,0 +1,416 @@
+"""`confserve up`: the one-machine arrangement of confserve's components, as separate processes.
+
+| component                 | process                          | listens on (loopback)          |
+|---------------------------|----------------------------------|--------------------------------|
+| secret provisioning       | confserve secret-prov serve      | provisioning port, metrics port |
+| model-server replicas (N) | confserve serve (own enclave)    | gRPC and REST port each        |
+| load balancer             | nginx (stream, TLS passthrough)  | gRPC and REST ports            |
+
+Order: workspace (see `_workspace`) -> the replicas' measurement, asked from `confserve serve
+--print_measurement` with the replicas' exact flags -> the provisioning policy that approves exactly
+that identity -> the provisioning service -> the replicas (each attests, gets the key, loads the
+encrypted model, opens its ports) -> nginx -> readiness of every replica -> the check: an attested
+inference through nginx. The state (pids, ports, files) goes to `cluster.json`, so `confserve status`,
+`scale` and `down` can act on a cluster started with `--detach`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from confserve.cluster._nginx import NginxConfig, NginxError, find_nginx, find_stream_module, render_nginx
+from confserve.cluster._workspace import (
+    SERVICE_DOMAIN,
+    TlsMode,
+    Workspace,
+    WorkspaceError,
+    confserve_command,
+    prepare_workspace,
+)
+
+__all__ = ["ClusterState", "LocalCluster", "ReplicaState", "free_port"]
+
+_READY_TIMEOUT_SECONDS: Final = 240.0  # a replica imports TensorFlow, attests and loads (ResNet-50: ~20 s)
+Progress = Callable[[str], None]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ReplicaState:
+    index: int
+    pid: int
+    grpc_port: int
+    rest_port: int
+    log: str
+
+
+@dataclass
+class ClusterState:
+    workspace: str
+    model: str
+    tls: str
+    prov_pid: int
+    prov_port: int
+    metrics_port: int
+    nginx_pid: int
+    lb_grpc_port: int
+    lb_rest_port: int
+    identity: dict[str, Any]
+    replicas: list[ReplicaState] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def load(cls, path: Path) -> ClusterState:
+        try:
+            data = json.loads(path.read_text())
+            replicas = [ReplicaState(**r) for r in data.pop("replicas")]
+            return cls(**data, replicas=replicas)
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise WorkspaceError(f"no running cluster described in {path} ({type(e).__name__})") from None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - someone else's process reused the pid
+        return True
+    try:  # a zombie child counts as dead
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return finished == 0
+
+
+def _spawn(args: list[str], log: Path, cwd: Path, detach: bool) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        return subprocess.Popen(args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=detach)
+
+
+def _stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+class LocalCluster:
+    def __init__(self, ws: Workspace, *, progress: Progress = lambda _: None) -> None:
+        self.ws = ws
+        self.progress = progress
+        self.state: ClusterState | None = None
+
+    # -- the replicas' command line --------------------------------------------------------------------
+    def replica_flags(self, model: str, grpc_port: int, rest_port: int, prov_port: int) -> list[str]:
+        ws = self.ws
+        return [
+            "--host=127.0.0.1",
+            f"--port={grpc_port}",
+            f"--rest_api_port={rest_port}",
+            f"--model_name={model}",
+            f"--model_base_path=models/{model}",
+            "--ssl_config_file=ssl.cfg",
+            f"--secret_provision_servers=localhost:{prov_port}",
+            "--secret_provision_ca_chain_path=provisioning-ca.crt",
+            f"--sim_platform={ws.sim.resolve()}",
+            f"--signing_key={ws.signer.resolve()}",
+        ]
+
+    def measure(self, model: str) -> dict[str, Any]:
+        args = confserve_command("serve", *self.replica_flags(model, 1, 2, 3), "--print_measurement")
+        result = subprocess.run(args, cwd=self.ws.host, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise WorkspaceError(f"measuring the replicas failed: {result.stderr.strip()[-300:]}")
+        identity: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+        return identity
+
+    def write_policy(self, identity: dict[str, Any]) -> None:
+        self.ws.policy.write_text(
+            "# Written by confserve up from the replicas' measurement (serve --print_measurement).\n"
+            "version = 1\n"
+            "allow_simulated = true   # the local cluster runs on a simulated SGX platform\n\n"
+            "[[allow]]\n"
+            'name = "replica"\n'
+            f'mr_enclave = "{identity["mr_enclave"]}"\n'
+            'secrets = ["default"]\n'
+        )
+
+    # -- starting ----------------------------------------------------------------------------------------
+    def up(self, *, replicas: int, model: str, tls: TlsMode, detach: bool) -> ClusterState:
+        if self.ws.state_file.exists():
+            with contextlib.suppress(WorkspaceError):
+                old = ClusterState.load(self.ws.state_file)
+                if _alive(old.prov_pid) or _alive(old.nginx_pid):
+                    raise WorkspaceError(
+                        f"a cluster is already running from {self.ws.root}: confserve down first"
+                    )
+        find_nginx()  # fail before any work when the load balancer cannot run
+        name = prepare_workspace(self.ws, model=model, tls=tls, progress=self.progress)
+        self.progress("measuring the replicas (confserve serve --print_measurement)")
+        identity = self.measure(name)
+        self.write_policy(identity)
+        prov_port, metrics_port = free_port(), free_port()
+        self.progress(f"starting the secret-provisioning service on port {prov_port}")
+        prov = _spawn(
+            confserve_command(
+                "secret-prov",
+                "serve",
+                "--listen",
+                f"127.0.0.1:{prov_port}",
+                "--cert",
+                str(self.ws.secret_prov / "server.crt"),
+                "--key",
+                str(self.ws.secret_prov / "server.key"),
+                "--policy",
+                str(self.ws.policy),
+                "--secret",
+                f"default={self.ws.wrap_key}",
+                "--audit-log",
+                str(self.ws.audit_log),
+                "--sim-platform",
+                str(self.ws.sim),
+                "--metrics-listen",
+                f"127.0.0.1:{metrics_port}",
+            ),
+            self.ws.logs / "secret-prov.log",
+            self.ws.root,
+            detach,
+        )
+        state = ClusterState(
+            workspace=str(self.ws.root),
+            model=name,
+            tls=tls,
+            prov_pid=prov.pid,
+            prov_port=prov_port,
+            metrics_port=metrics_port,
+            nginx_pid=0,
+            lb_grpc_port=free_port(),
+            lb_rest_port=free_port(),
+            identity=identity,
+        )
+        self.state = state
+        self._save()
+        try:
+            self._wait_http(f"http://127.0.0.1:{metrics_port}/healthz", prov, "secret-prov.log")
+            for _ in range(replicas):
+                self.add_replica(detach=detach)
+            self.start_nginx(detach=detach)
+            self.wait_ready()
+        except BaseException:
+            self.down()
+            raise
+        return state
+
+    def _save(self) -> None:
+        assert self.state is not None
+        self.ws.state_file.write_text(self.state.to_json())
+
+    def add_replica(self, *, detach: bool) -> ReplicaState:
+        state = self._require_state()
+        index = max((r.index for r in state.replicas), default=-1) + 1
+        grpc_port, rest_port = free_port(), free_port()
+        log = self.ws.logs / f"replica-{index}.log"
+        self.progress(
+            f"starting replica {index} (gRPC {grpc_port}, REST {rest_port}); it attests, then loads"
+        )
+        proc = _spawn(
+            confserve_command(
+                "serve", *self.replica_flags(state.model, grpc_port, rest_port, state.prov_port)
+            ),
+            log,
+            self.ws.host,
+            detach,
+        )
+        replica = ReplicaState(index, proc.pid, grpc_port, rest_port, str(log))
+        state.replicas.append(replica)
+        self._save()
+        return replica
+
+    def nginx_config(self) -> NginxConfig:
+        state = self._require_state()
+        return NginxConfig(
+            grpc_listen=f"127.0.0.1:{state.lb_grpc_port}",
+            grpc_backends=[f"127.0.0.1:{r.grpc_port}" for r in state.replicas],
+            rest_listen=f"127.0.0.1:{state.lb_rest_port}",
+            rest_backends=[f"127.0.0.1:{r.rest_port}" for r in state.replicas],
+            run_dir=self.ws.root / "nginx",
+            stream_module=find_stream_module(),
+        )
+
+    def _write_nginx(self) -> Path:
+        config = self.nginx_config()
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+        conf = config.run_dir / "nginx.conf"
+        conf.write_text(render_nginx(config))
+        return conf
+
+    def _nginx_args(self, conf: Path, *extra: str) -> list[str]:
+        run = str(conf.parent.resolve())
+        return [find_nginx(), "-p", run, "-c", str(conf.resolve()), "-e", f"{run}/nginx-error.log", *extra]
+
+    def start_nginx(self, *, detach: bool) -> None:
+        state = self._require_state()
+        conf = self._write_nginx()
+        check = subprocess.run(
+            self._nginx_args(conf, "-t", "-q"), capture_output=True, text=True, check=False
+        )
+        if check.returncode != 0:
+            raise NginxError(f"nginx rejected its configuration: {check.stderr.strip()[-300:]}")
+        self.progress(
+            f"starting nginx: gRPC on {state.lb_grpc_port}, REST on {state.lb_rest_port} (TLS passthrough)"
+        )
+        proc = _spawn(
+            self._nginx_args(conf, "-g", "daemon off;"), self.ws.logs / "nginx.log", self.ws.root, detach
+        )
+        state.nginx_pid = proc.pid
+        self._save()
+
+    def reload_nginx(self) -> None:
+        state = self._require_state()
+        conf = self._write_nginx()
+        check = subprocess.run(
+            self._nginx_args(conf, "-t", "-q"), capture_output=True, text=True, check=False
+        )
+        if check.returncode != 0:
+            raise NginxError(f"nginx rejected its configuration: {check.stderr.strip()[-300:]}")
+        os.kill(state.nginx_pid, signal.SIGHUP)  # graceful: old workers finish their connections
+
+    # -- readiness ---------------------------------------------------------------------------------------
+    def _client_context(self) -> ssl.SSLContext:
+        from confserve.client import ClientTls  # noqa: PLC0415
+
+        return ClientTls.from_bundle(self.ws.client, server_name=SERVICE_DOMAIN).ssl_context()
+
+    def replica_ready(self, replica: ReplicaState) -> bool:
+        context = self._client_context()
+        context.check_hostname = False  # the name is checked by real clients; here we only probe
+        try:
+            with urllib.request.urlopen(
+                f"https://127.0.0.1:{replica.rest_port}/v1/confserve/ready", context=context, timeout=2
+            ) as response:
+                return bool(response.status == 200)
+        except (OSError, ValueError):
+            return False
+
+    def _wait_http(self, url: str, proc: subprocess.Popen[bytes], log: str) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise WorkspaceError(f"the secret-provisioning service exited; see {self.ws.logs / log}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback
+                return
+            time.sleep(0.1)
+        raise WorkspaceError(f"the secret-provisioning service did not come up; see {self.ws.logs / log}")
+
+    def wait_ready(
+        self, replicas: list[ReplicaState] | None = None, timeout: float = _READY_TIMEOUT_SECONDS
+    ) -> None:
+        state = self._require_state()
+        pending = list(replicas if replicas is not None else state.replicas)
+        deadline = time.monotonic() + timeout
+        while pending:
+            for replica in list(pending):
+                if not _alive(replica.pid):
+                    raise WorkspaceError(
+                        f"replica {replica.index} exited before it was ready; see {replica.log}"
+                    )
+                if self.replica_ready(replica):
+                    self.progress(f"replica {replica.index} is ready (attested, keyed, model loaded)")
+                    pending.remove(replica)
+            if pending and time.monotonic() > deadline:
+                raise WorkspaceError(
+                    f"replica {pending[0].index} not ready after {timeout:.0f} s; see {pending[0].log}"
+                )
+            if pending:
+                time.sleep(0.25)
+
+    # -- operations --------------------------------------------------------------------------------------
+    def _require_state(self) -> ClusterState:
+        if self.state is None:
+            self.state = ClusterState.load(self.ws.state_file)
+        return self.state
+
+    def scale(self, replicas: int) -> None:
+        state = self._require_state()
+        if replicas < 1:
+            raise WorkspaceError("a cluster needs at least one replica")
+        added = [self.add_replica(detach=True) for _ in range(replicas - len(state.replicas))]
+        if added:
+            self.wait_ready(added)
+        removed = state.replicas[replicas:]
+        state.replicas = state.replicas[:replicas]
+        self._save()
+        self.reload_nginx()  # first take removed replicas out of the balancer...
+        for replica in removed:
+            self.progress(f"stopping replica {replica.index} (draining)")
+            _stop_pid(replica.pid)  # ...then stop them; SIGTERM lets in-flight requests finish
+
+    def status(self) -> dict[str, Any]:
+        state = self._require_state()
+        return {
+            "workspace": state.workspace,
+            "model": state.model,
+            "tls": state.tls,
+            "service_name": SERVICE_DOMAIN,
+            "grpc": f"127.0.0.1:{state.lb_grpc_port}",
+            "rest": f"127.0.0.1:{state.lb_rest_port}",
+            "client_bundle": {
+                "ca": str(self.ws.client / "ca.crt"),
+                "cert": str(self.ws.client / "client.crt") if state.tls == "twoway" else None,
+                "key": str(self.ws.client / "client.key") if state.tls == "twoway" else None,
+            },
+            "secret_provisioning": {"port": state.prov_port, "alive": _alive(state.prov_pid)},
+            "load_balancer": {"pid": state.nginx_pid, "alive": _alive(state.nginx_pid)},
+            "identity": {k: state.identity[k] for k in ("mr_enclave", "mr_signer", "isv_prod_id", "isv_svn")},
+            "replicas": [
+                {
+                    "index": r.index,
+                    "pid": r.pid,
+                    "grpc_port": r.grpc_port,
+                    "rest_port": r.rest_port,
+                    "alive": _alive(r.pid),
+                    "ready": _alive(r.pid) and self.replica_ready(r),
+                    "log": r.log,
+                }
+                for r in state.replicas
+            ],
+        }
+
+    def down(self) -> None:
+        try:
+            state = self._require_state()
+        except WorkspaceError:
+            return
+        if state.nginx_pid:
+            _stop_pid(state.nginx_pid, signal.SIGQUIT)
+        for replica in state.replicas:
+            _stop_pid(replica.pid)
+        _stop_pid(state.prov_pid)
+        with contextlib.suppress(FileNotFoundError):
+            self.ws.state_file.unlink()
+        self.state = None
