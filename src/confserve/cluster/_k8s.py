@@ -161,11 +161,8 @@ def _labels(component: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": APP, "app.kubernetes.io/component": component}
 
 
-def _meta(name: str, component: str, namespace: str | None = None, **extra: object) -> dict[str, object]:
-    meta: dict[str, object] = {"name": name}
-    if namespace is not None:
-        meta["namespace"] = namespace
-    meta["labels"] = _labels(component)
+def _meta(name: str, component: str, **extra: object) -> dict[str, object]:
+    meta: dict[str, object] = {"name": name, "labels": _labels(component)}
     meta.update(extra)
     return meta
 
@@ -369,11 +366,11 @@ def _hpa() -> dict[str, object]:
     }
 
 
-def _pdb(name: str, component: str, namespace: str | None = None) -> dict[str, object]:
+def _pdb(name: str, component: str) -> dict[str, object]:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _meta(name, component, namespace),
+        "metadata": _meta(name, component),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": _labels(component)}},
     }
 

@@ -367,6 +367,22 @@ def test_render_refuses(tmp_path: Path, changes: dict[str, Any], message: str) -
         render_k8s_deployment(settings(tmp_path, **changes))
 
 
+def test_render_sgx_with_the_key_service_and_an_untagged_image(tmp_path: Path) -> None:
+    digest = "sha256:" + "1" * 64
+    s = settings(
+        tmp_path, server_image=f"registry.example.com/confserve-server-sgx@{digest}", with_secret_prov=True
+    )
+    files = render_k8s_deployment(s)
+    assert "secret-prov/simulation-patch.yaml" not in files
+    write(files, s.out)
+    image = find(kustomize(s.out), "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == f"registry.example.com/confserve-server-sgx@{digest}"
+    keys = kustomize(s.out / "secret-prov")
+    args = find(keys, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert any(a.startswith("--pccs-url=") for a in args)
+    assert parse_policy_toml((s.out / "secret-prov/policy.toml").read_bytes()).allow_simulated is False
+
+
 def test_render_needs_the_tree(tmp_path: Path) -> None:
     with pytest.raises(K8sError, match="kustomize tree"):
         render_k8s_deployment(settings(tmp_path, tree=tmp_path))
@@ -483,3 +499,4 @@ def test_yaml_shapes() -> None:
         to_yaml({"x": [[1]]})
     with pytest.raises(K8sError):
         to_yaml({"x": 1.5})
+    assert to_yaml("plain") == "plain\n"
