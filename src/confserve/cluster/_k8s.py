@@ -90,7 +90,10 @@ class K8sError(ConfserveError):
 # YAML: block style, keys in insertion order, strings quoted unless plainly safe.
 
 _PLAIN: Final = re.compile(r"[A-Za-z_/.][A-Za-z0-9_./@=-]*")
-_RESERVED: Final = frozenset({"true", "false", "yes", "no", "on", "off", "null", "y", "n", "~"})
+# YAML 1.1 booleans and null, and the float specials (.inf, .nan), which a plain scalar would turn into.
+_RESERVED: Final = frozenset(
+    {"true", "false", "yes", "no", "on", "off", "null", "y", "n", "~", ".inf", ".nan"}
+)
 
 
 def _scalar(value: object) -> str:
