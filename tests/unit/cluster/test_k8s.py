@@ -21,6 +21,7 @@ from confserve.attestation import parse_policy_toml
 from confserve.cli import main
 from confserve.cluster import K8sError, K8sSettings, Measurement, render_k8s_deployment, render_k8s_tree
 from confserve.cluster._k8s import READY_PATH, to_yaml
+from confserve.frontends._ops import OpsEndpoints
 
 REPO = Path(__file__).resolve().parents[3]
 TREE = REPO / "deploy" / "kubernetes"
@@ -145,6 +146,19 @@ def test_probes_mean_attested_keyed_loaded(overlay: str, simulation: Any, sgx: A
     assert server["startupProbe"]["failureThreshold"] * server["startupProbe"]["periodSeconds"] >= 300
     ports = {p["name"]: p["containerPort"] for p in server["ports"]}
     assert ports == {"grpc": 8500, "rest": 8501}
+
+
+@pytest.mark.parametrize("ready", [True, False])
+def test_readiness_path_is_the_servers(ready: bool) -> None:
+    """The probe's path is the one the model server answers: 200 once ready, 503 before."""
+
+    class Plane:
+        def is_ready(self) -> bool:
+            return ready
+
+    response = OpsEndpoints(Plane()).handle("GET", READY_PATH, b"")  # type: ignore[arg-type]
+    assert response is not None
+    assert response.status == (200 if ready else 503)
 
 
 def test_replicas_spread_and_roll_safely(sgx: list[dict[str, Any]]) -> None:
