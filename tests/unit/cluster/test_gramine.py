@@ -134,6 +134,16 @@ def test_confserve_variant_runs_confserve_serve_under_gramine_attestation() -> N
     assert "file:/usr/local/lib/" in m["sgx"]["trusted_files"]  # stdlib, site-packages (confserve, TF)
 
 
+def test_confserve_serve_accepts_the_fixed_arguments() -> None:
+    """Every flag of the measured argv is one `confserve serve` knows (else the enclave would stop)."""
+    argv = server_argv(config("confserve"))
+    assert argv[5] == "serve"
+    result = CliRunner().invoke(main, [*argv[5:], "--help"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, [*argv[5:], "--no_such_flag", "--help"])
+    assert result.exit_code == 2  # the check above can fail
+
+
 def test_tf_serving_variant_uses_gramine_secret_prov_library() -> None:
     m = manifest(config("tf-serving", secret_prov_servers="keys.example.com:4433"))
     env = m["loader"]["env"]

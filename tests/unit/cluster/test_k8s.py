@@ -214,6 +214,16 @@ def test_simulation_has_no_sgx_and_runs_confserve(simulation: list[dict[str, Any
     assert mounts["/srv/confserve/models"]["readOnly"] is True
 
 
+def test_commands_accept_their_arguments(simulation: list[dict[str, Any]]) -> None:
+    """The server's and the key service's arguments are flags their commands know."""
+    server = find(simulation, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    keys = find(kustomize(TREE / "secret-prov"), "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    for container in (server, keys):
+        assert container["command"] == ["confserve"]
+        result = CliRunner().invoke(main, [*container["args"], "--help"])
+        assert result.exit_code == 0, result.output
+
+
 def test_ingress_passes_tls_through(sgx: list[dict[str, Any]]) -> None:
     ingress = find(sgx, "Ingress")
     assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/ssl-passthrough"] == "true"
