@@ -285,6 +285,10 @@ def render_k8s_cmd(
     )
     for path in write_files(out, render_k8s_deployment(settings)):
         click.echo(f"wrote {path}", err=True)
+    if not with_secret_prov:
+        click.echo(
+            f"key service policy: {out / 'policy.toml'} (confserve secret-prov serve --policy)", err=True
+        )
     click.echo(f"apply with: kubectl apply -k {out}", err=True)
 
 

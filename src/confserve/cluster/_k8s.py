@@ -1032,70 +1032,54 @@ def render_k8s_deployment(settings: K8sSettings) -> dict[str, str]:
     if settings.server_image:
         name = SERVER_SGX_IMAGE if settings.overlay == "sgx" else SERVER_IMAGE
         images.append(_image_entry(name, settings.server_image))
-    patches: list[dict[str, object]] = [
-        {
-            "target": {"kind": "HorizontalPodAutoscaler", "name": SERVER},
-            "patch": json.dumps(
-                [
-                    {"op": "replace", "path": "/spec/minReplicas", "value": settings.replicas},
-                    {"op": "replace", "path": "/spec/maxReplicas", "value": settings.max_replicas},
-                ]
-            ),
-        },
-        {
-            "target": {"kind": "Service", "name": "secret-prov"},
-            "patch": json.dumps(
-                [{"op": "replace", "path": "/spec/externalName", "value": settings.secret_prov_host}]
-            ),
-        },
+    # JSON 6902 patches, one file each (kind, name, file, operations).
+    ops: list[tuple[str, str, str, list[dict[str, object]]]] = [
+        (
+            "HorizontalPodAutoscaler",
+            SERVER,
+            "patch-hpa.yaml",
+            [
+                _replace("/spec/minReplicas", settings.replicas),
+                _replace("/spec/maxReplicas", settings.max_replicas),
+            ],
+        ),
+        (
+            "Service",
+            "secret-prov",
+            "patch-secret-prov-endpoint.yaml",
+            [_replace("/spec/externalName", settings.secret_prov_host)],
+        ),
     ]
     if settings.secret_prov_cidr:
-        patches.append(
-            {
-                "target": {"kind": "NetworkPolicy", "name": SERVER},
-                "patch": json.dumps(
-                    [
-                        {
-                            "op": "replace",
-                            "path": "/spec/egress/1/to/0/ipBlock/cidr",
-                            "value": settings.secret_prov_cidr,
-                        }
-                    ]
-                ),
-            }
+        # egress[1] is the key server's rule (egress[0] is DNS): see _server_network_policy.
+        ops.append(
+            (
+                "NetworkPolicy",
+                SERVER,
+                "patch-networkpolicy.yaml",
+                [_replace("/spec/egress/1/to/0/ipBlock/cidr", settings.secret_prov_cidr)],
+            )
         )
     if settings.pccs_cidr and settings.overlay == "sgx":
-        patches.append(
-            {
-                "target": {"kind": "NetworkPolicy", "name": f"{SERVER}-pccs"},
-                "patch": json.dumps(
-                    [
-                        {
-                            "op": "replace",
-                            "path": "/spec/egress/0/to/0/ipBlock/cidr",
-                            "value": settings.pccs_cidr,
-                        }
-                    ]
-                ),
-            }
+        ops.append(
+            (
+                "NetworkPolicy",
+                f"{SERVER}-pccs",
+                "patch-networkpolicy-pccs.yaml",
+                [_replace("/spec/egress/0/to/0/ipBlock/cidr", settings.pccs_cidr)],
+            )
         )
     if settings.overlay == "sgx":
-        epc_paths = ("requests", "limits")
-        patches.append(
-            {
-                "target": {"kind": "Deployment", "name": SERVER},
-                "patch": json.dumps(
-                    [
-                        {
-                            "op": "replace",
-                            "path": f"/spec/template/spec/containers/0/resources/{kind}/sgx.intel.com~1epc",
-                            "value": settings.epc,
-                        }
-                        for kind in epc_paths
-                    ]
-                ),
-            }
+        epc = "/spec/template/spec/containers/0/resources/{}/sgx.intel.com~1epc"
+        ops.append(
+            (
+                "Deployment",
+                SERVER,
+                "patch-epc.yaml",
+                [_replace(epc.format(kind), settings.epc) for kind in ("requests", "limits")],
+            )
         )
+    patches = [{"path": file, "target": {"kind": kind, "name": name}} for kind, name, file, _ in ops]
     kustomization = _kustomization(
         resources=[_rel(overlay_dir, settings.out)],
         replicas=[{"name": SERVER, "count": settings.replicas}],
@@ -1116,6 +1100,7 @@ def render_k8s_deployment(settings: K8sSettings) -> dict[str, str]:
             kustomization, comment=f"Rendered by `confserve render k8s` ({settings.overlay} overlay)."
         )
     }
+    files.update({file: to_yaml(operations) for _, _, file, operations in ops})
     if settings.with_secret_prov:
         sp = _kustomization(
             resources=[_rel(settings.tree / "secret-prov", settings.out / "secret-prov")],
@@ -1140,6 +1125,10 @@ def render_k8s_deployment(settings: K8sSettings) -> dict[str, str]:
     else:
         files["policy.toml"] = _policy(settings)
     return files
+
+
+def _replace(path: str, value: object) -> dict[str, object]:
+    return {"op": "replace", "path": path, "value": value}
 
 
 def _secret_prov_simulation_patch() -> dict[str, object]:
