@@ -462,6 +462,32 @@ def test_cli_render_k8s(tmp_path: Path) -> None:
     assert find(kustomize(out), "Deployment")["spec"]["replicas"] == 4
 
 
+def test_cli_render_k8s_with_the_key_service(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main,
+        [
+            "render",
+            "k8s",
+            "--overlay",
+            "simulation",
+            "--tree",
+            str(TREE),
+            "--out",
+            str(out),
+            "--mr-enclave",
+            MR_ENCLAVE,
+            "--with-secret-prov",
+            "--secret-prov-image",
+            "confserve-secret-prov:1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "key service policy" not in result.output
+    assert (out / "secret-prov/policy.toml").is_file()
+    assert not (out / "policy.toml").exists()
+
+
 def test_cli_render_k8s_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main, ["render", "k8s", "--overlay", "sgx", "--tree", str(TREE), "--out", str(tmp_path / "o")]
