@@ -128,8 +128,16 @@ def _tree_bytes(root: Path) -> int:
 )
 @click.option("--grpc-port", type=int, default=8500, show_default=True)
 @click.option("--rest-port", type=int, default=8501, show_default=True, help="confserve variant only.")
-@click.option("--grpc-threads", type=int, default=16, show_default=True)
-@click.option("--rest-threads", type=int, default=8, show_default=True)
+@click.option(
+    "--grpc-threads",
+    type=int,
+    default=16,
+    show_default=True,
+    help="gRPC request threads: tf-serving's --grpc_max_threads; confserve's pool (its default) for sizing.",
+)
+@click.option(
+    "--rest-threads", type=int, default=8, show_default=True, help="confserve's REST pool, for sizing."
+)
 @click.option("--intra-op-threads", type=int, default=2, show_default=True)
 @click.option("--inter-op-threads", type=int, default=2, show_default=True)
 @click.option("--batch-threads", type=int, default=0, show_default=True, help=">0: TF Serving batching.")
