@@ -68,9 +68,9 @@ _GRAMINE_HELPER_THREADS: Final = 4
 # process has resident after importing TensorFlow and confserve (measured on the development machine),
 # rounded up. tensorflow_model_server: one binary of a few hundred MiB plus glibc, rounded up.
 _BASELINE_MIB: Final[dict[Variant, int]] = {"confserve": 2048, "tf-serving": 768}
-# Copies of the model held at once while a version loads: confserve reads the ciphertext, keeps the
-# plaintext in TensorFlow's in-memory file system and builds the tensors (3); TF Serving reads through
-# Gramine's decrypting mount and builds the tensors (2).
+# Copies of the model held at once while a version loads: confserve reads each file into memory, hands
+# it to TensorFlow's in-memory file system and builds the tensors (3); TF Serving reads the files and
+# builds the tensors (2). Gramine decrypts block by block, so the mount adds no whole copy.
 _MODEL_COPIES: Final[dict[Variant, int]] = {"confserve": 3, "tf-serving": 2}
 # Threads the runtime starts besides the request and TensorFlow pools (gRPC completion queues, the
 # file-system poller, the provisioning client, TensorFlow housekeeping): an allowance, not a measurement;
@@ -104,9 +104,8 @@ class GramineConfig:
     key_name: str = "default"  # Gramine key of the encrypted mounts = secret the service releases
     grpc_port: int = 8500
     rest_port: int = 8501  # confserve only (TLS); TF Serving's REST is plaintext and stays off
-    grpc_threads: int = (
-        16  # gRPC request threads (confserve's pool default / TF Serving's --grpc_max_threads)
-    )
+    # gRPC request threads: confserve's pool (its default; sizing only) or TF Serving's --grpc_max_threads.
+    grpc_threads: int = 16
     rest_threads: int = 8  # confserve's REST worker pool (its default)
     intra_op_threads: int = 2
     inter_op_threads: int = 2
