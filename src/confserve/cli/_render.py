@@ -238,7 +238,10 @@ def _measurements(
     "--secret-prov-host", default="attestation.service.com", show_default=True, help="Key server DNS."
 )
 @click.option("--secret-prov-cidr", help="Key server address range, for the NetworkPolicy.")
-@click.option("--pccs-cidr", help="sgx: PCCS address range, for the NetworkPolicy.")
+@click.option("--pccs-cidr", help="sgx: PCCS address range, for the NetworkPolicies.")
+@click.option(
+    "--pccs-url", help="sgx, with --with-secret-prov: the PCCS the key service fetches collateral from."
+)
 @click.option("--mr-enclave", multiple=True, help="Allow this MRENCLAVE (repeatable).")
 @click.option(
     "--measurement",
@@ -266,6 +269,7 @@ def render_k8s_cmd(
     secret_prov_host: str,
     secret_prov_cidr: str | None,
     pccs_cidr: str | None,
+    pccs_url: str | None,
     mr_enclave: tuple[str, ...],
     measure_json: tuple[Path, ...],
     mr_signer: str | None,
@@ -288,6 +292,7 @@ def render_k8s_cmd(
         secret_prov_host=secret_prov_host,
         secret_prov_cidr=secret_prov_cidr,
         pccs_cidr=pccs_cidr,
+        pccs_url=pccs_url,
         measurements=_measurements(mr_enclave, measure_json, mr_signer, isv_prod_id, min_isv_svn),
         with_secret_prov=with_secret_prov,
     )

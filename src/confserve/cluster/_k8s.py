@@ -665,6 +665,9 @@ SECRET_PROV_UID: Final = 10002
 _KEYS_DIR: Final = "/run/secret-prov"  # tmpfs: keys copied with mode 0400 (the service refuses symlinks)
 
 
+PLACEHOLDER_PCCS_URL: Final = "https://pccs.example.com:8081/sgx/certification/v4/"
+
+
 def _secret_prov_args(simulated: bool = False) -> list[str]:
     args = [
         "secret-prov",
@@ -679,7 +682,7 @@ def _secret_prov_args(simulated: bool = False) -> list[str]:
     ]
     if simulated:
         return [*args, "--sim-platform=/etc/confserve/sim-platform"]
-    return [*args, "--pccs-url=https://pccs.example.com:8081/sgx/certification/v4/"]
+    return [*args, f"--pccs-url={PLACEHOLDER_PCCS_URL}"]  # the last argument: render k8s --pccs-url
 
 
 def _secret_prov_statefulset() -> dict[str, object]:
@@ -960,6 +963,7 @@ class K8sSettings:
     secret_prov_host: str = DEFAULT_SECRET_PROV_HOST  # the ExternalName target
     secret_prov_cidr: str | None = None  # the key server's addresses, for the NetworkPolicy
     pccs_cidr: str | None = None
+    pccs_url: str | None = None  # sgx with the key service in the cluster: its PCCS (collateral)
     measurements: Sequence[Measurement] = field(default_factory=tuple)
     with_secret_prov: bool = False  # also write secret-prov/ (the key service in this cluster)
 
@@ -986,6 +990,10 @@ def _check(settings: K8sSettings) -> None:
                 ipaddress.ip_network(cidr)
             except ValueError:
                 raise K8sError(f"{cidr!r} is not an address range (CIDR)") from None
+    if settings.pccs_url is not None and not re.fullmatch(
+        r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?/[\x21-\x7e]*", settings.pccs_url
+    ):
+        raise K8sError(f"PCCS URL {settings.pccs_url!r} must be an https:// URL")
     if not settings.measurements:
         raise K8sError("give at least one measurement: the key service refuses every enclave without one")
 
@@ -1021,6 +1029,9 @@ def _rel(target: Path, start: Path) -> str:
     return Path(os.path.relpath(target.resolve(), start.resolve())).as_posix()
 
 
+_PatchOps = list[tuple[str, str, str, list[dict[str, object]]]]  # (kind, name, file, JSON 6902 operations)
+
+
 def render_k8s_deployment(settings: K8sSettings) -> dict[str, str]:
     """A kustomization (relative path -> text) under `settings.out` built on the committed tree."""
     _check(settings)
@@ -1033,7 +1044,7 @@ def render_k8s_deployment(settings: K8sSettings) -> dict[str, str]:
         name = SERVER_SGX_IMAGE if settings.overlay == "sgx" else SERVER_IMAGE
         images.append(_image_entry(name, settings.server_image))
     # JSON 6902 patches, one file each (kind, name, file, operations).
-    ops: list[tuple[str, str, str, list[dict[str, object]]]] = [
+    ops: _PatchOps = [
         (
             "HorizontalPodAutoscaler",
             SERVER,
@@ -1102,28 +1113,60 @@ def render_k8s_deployment(settings: K8sSettings) -> dict[str, str]:
     }
     files.update({file: to_yaml(operations) for _, _, file, operations in ops})
     if settings.with_secret_prov:
-        sp = _kustomization(
-            resources=[_rel(settings.tree / "secret-prov", settings.out / "secret-prov")],
-            configMapGenerator=[
-                {
-                    "name": "secret-prov-policy",
-                    "namespace": SECRET_PROV_NAMESPACE,
-                    "behavior": "replace",
-                    "files": ["policy.toml"],
-                }
-            ],
-        )
-        if settings.secret_prov_image:
-            sp["images"] = [_image_entry(SECRET_PROV_IMAGE, settings.secret_prov_image)]
-        if settings.overlay == "simulation":
-            sp["patches"] = [{"path": "simulation-patch.yaml"}]
-            files["secret-prov/simulation-patch.yaml"] = to_yaml(_secret_prov_simulation_patch())
-        files["secret-prov/kustomization.yaml"] = to_yaml(
-            sp, comment="Rendered by `confserve render k8s`: the key service and its policy."
-        )
-        files["secret-prov/policy.toml"] = _policy(settings)
+        files.update({f"secret-prov/{rel}": text for rel, text in _secret_prov_deployment(settings).items()})
     else:
         files["policy.toml"] = _policy(settings)
+    return files
+
+
+def _secret_prov_deployment(settings: K8sSettings) -> dict[str, str]:
+    """secret-prov/ of a deployment: the key service with this deployment's policy."""
+    sp = _kustomization(
+        resources=[_rel(settings.tree / "secret-prov", settings.out / "secret-prov")],
+        configMapGenerator=[
+            {
+                "name": "secret-prov-policy",
+                "namespace": SECRET_PROV_NAMESPACE,
+                "behavior": "replace",
+                "files": ["policy.toml"],
+            }
+        ],
+    )
+    files = {"policy.toml": _policy(settings)}
+    if settings.secret_prov_image:
+        sp["images"] = [_image_entry(SECRET_PROV_IMAGE, settings.secret_prov_image)]
+    ops: _PatchOps = []
+    if settings.overlay == "simulation":
+        sp["patches"] = [{"path": "simulation-patch.yaml"}]
+        files["simulation-patch.yaml"] = to_yaml(_secret_prov_simulation_patch())
+    else:
+        if settings.pccs_url:
+            last = len(_secret_prov_args()) - 1  # --pccs-url is the last argument
+            path = f"/spec/template/spec/containers/0/args/{last}"
+            ops.append(
+                (
+                    "StatefulSet",
+                    "secret-prov",
+                    "patch-pccs-url.yaml",
+                    [_replace(path, f"--pccs-url={settings.pccs_url}")],
+                )
+            )
+        if settings.pccs_cidr:
+            # egress[1] is the PCCS rule (egress[0] is DNS): see _secret_prov_network_policy.
+            ops.append(
+                (
+                    "NetworkPolicy",
+                    "secret-prov",
+                    "patch-networkpolicy-pccs.yaml",
+                    [_replace("/spec/egress/1/to/0/ipBlock/cidr", settings.pccs_cidr)],
+                )
+            )
+    if ops:
+        sp["patches"] = [{"path": f, "target": {"kind": k, "name": n}} for k, n, f, _ in ops]
+        files.update({f: to_yaml(o) for _, _, f, o in ops})
+    files["kustomization.yaml"] = to_yaml(
+        sp, comment="Rendered by `confserve render k8s`: the key service and its policy."
+    )
     return files
 
 

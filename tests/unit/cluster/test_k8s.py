@@ -380,6 +380,7 @@ def test_render_simulation_with_the_key_service(tmp_path: Path) -> None:
         ({"server_image": "Registry/Image"}, "image"),
         ({"secret_prov_cidr": "10.0.0.300/32"}, "CIDR"),
         ({"pccs_cidr": "nowhere"}, "CIDR"),
+        ({"pccs_url": "http://pccs.example.com/"}, "https"),
         ({"measurements": ()}, "measurement"),
         ({"measurements": (Measurement(mr_signer=MR_SIGNER),)}, "pins mr_enclave"),
         ({"measurements": (Measurement(mr_enclave="xyz"),)}, "64 hex"),
@@ -394,7 +395,11 @@ def test_render_refuses(tmp_path: Path, changes: dict[str, Any], message: str) -
 def test_render_sgx_with_the_key_service_and_an_untagged_image(tmp_path: Path) -> None:
     digest = "sha256:" + "1" * 64
     s = settings(
-        tmp_path, server_image=f"registry.example.com/confserve-server-sgx@{digest}", with_secret_prov=True
+        tmp_path,
+        server_image=f"registry.example.com/confserve-server-sgx@{digest}",
+        with_secret_prov=True,
+        pccs_url="https://pccs.owner.example.com:8081/sgx/certification/v4/",
+        pccs_cidr="203.0.113.9/32",
     )
     files = render_k8s_deployment(s)
     assert "secret-prov/simulation-patch.yaml" not in files
@@ -403,7 +408,11 @@ def test_render_sgx_with_the_key_service_and_an_untagged_image(tmp_path: Path) -
     assert image == f"registry.example.com/confserve-server-sgx@{digest}"
     keys = kustomize(s.out / "secret-prov")
     args = find(keys, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert any(a.startswith("--pccs-url=") for a in args)
+    assert args[-1] == "--pccs-url=https://pccs.owner.example.com:8081/sgx/certification/v4/"
+    assert sum(a.startswith("--pccs-url=") for a in args) == 1
+    egress = find(keys, "NetworkPolicy")["spec"]["egress"][1]
+    assert egress["to"][0]["ipBlock"]["cidr"] == "203.0.113.9/32"
+    validate(keys)
     assert parse_policy_toml((s.out / "secret-prov/policy.toml").read_bytes()).allow_simulated is False
 
 
