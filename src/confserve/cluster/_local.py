@@ -102,6 +102,16 @@ def _alive(pid: int) -> bool:
     return finished == 0
 
 
+def _tail(log: str, lines: int = 3) -> str:
+    """The last lines of a log that are confserve's own (TensorFlow's start-up chatter skipped)."""
+    try:
+        text = Path(log).read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    own = [line for line in text if "confserve" in line or "error" in line.lower()]
+    return " / ".join(own[-lines:]) or "(empty log)"
+
+
 def _spawn(args: list[str], log: Path, cwd: Path, detach: bool) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
@@ -337,7 +347,8 @@ class LocalCluster:
             for replica in list(pending):
                 if not _alive(replica.pid):
                     raise WorkspaceError(
-                        f"replica {replica.index} exited before it was ready; see {replica.log}"
+                        f"replica {replica.index} exited before it was ready ({_tail(replica.log)}); "
+                        f"see {replica.log}"
                     )
                 if self.replica_ready(replica):
                     self.progress(f"replica {replica.index} is ready (attested, keyed, model loaded)")

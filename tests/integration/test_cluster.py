@@ -1,0 +1,176 @@
+"""`confserve up` end to end: the whole confidential cluster on loopback, in both TLS modes; a detached
+cluster scaled up and down and a replica killed, all under load through nginx; a replica running
+modified code never gets the key while the others keep serving."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from confserve.cli import main
+from confserve.client import ClientError, ClientTls, PredictClient
+from confserve.cluster._local import ClusterState, LocalCluster
+from confserve.cluster._workspace import SERVICE_DOMAIN, Workspace, confserve_command
+from confserve.owner._models import load_digits_dataset
+
+pytestmark = pytest.mark.slow
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(confserve_command(*args), capture_output=True, text=True, check=False, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def digits_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One trained digits model for every cluster here (a directory named like the example)."""
+    out = tmp_path_factory.mktemp("model") / "digits"
+    result = run("model", "example", "digits", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+@pytest.mark.parametrize("tls", ["twoway", "oneway"])
+def test_up_once(tmp_path: Path, digits_model: Path, tls: str) -> None:
+    result = run("up", "--workspace", str(tmp_path / "ws"), "--model", str(digits_model), "--tls", tls,
+                 "--replicas", "2", "--once")  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "predicted as" in result.stdout
+    assert "-> PASS" in result.stdout
+    assert result.stdout.count(" got ['default']") == 2  # both replicas' key releases, from the audit log
+    assert "replica 1 is ready" in result.stderr
+    assert not (tmp_path / "ws" / "cluster.json").exists()  # stopped
+    # The audit log's chain is intact.
+    verify = run("secret-prov", "audit-verify", str(tmp_path / "ws" / "owner" / "audit.log"))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+class Load:
+    """Requests through the load balancer on new connections, counting failures (bounded: 10 minutes)."""
+
+    def __init__(self, ws: Workspace, state: ClusterState) -> None:
+        self.tls = ClientTls.from_bundle(ws.client, server_name=SERVICE_DOMAIN)
+        self.target = f"127.0.0.1:{state.lb_grpc_port}"
+        _, _, images, _ = load_digits_dataset()
+        self.image = images[:4]
+        self.ok = 0
+        self.failed: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 600
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                with PredictClient(self.target, tls=self.tls, timeout_seconds=20) as client:
+                    out = client.predict("digits", {"image": self.image})
+                assert out["classes"].shape == (4,)
+                self.ok += 1
+            except ClientError as e:
+                # A client may retry on a new connection; one failed attempt followed by success is fine.
+                try:
+                    with PredictClient(self.target, tls=self.tls, timeout_seconds=20) as client:
+                        client.predict("digits", {"image": self.image})
+                    self.ok += 1
+                except ClientError:
+                    self.failed.append(str(e))
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+    def wait_for(self, n: int) -> None:
+        target = self.ok + n
+        deadline = time.monotonic() + 120
+        while self.ok < target:
+            assert time.monotonic() < deadline, self.failed
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def detached(tmp_path: Path, digits_model: Path) -> Iterator[LocalCluster]:
+    ws = Workspace(tmp_path / "ws")
+    result = run(
+        "up", "--workspace", str(ws.root), "--model", str(digits_model), "--replicas", "1", "--detach"
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    cluster = LocalCluster(ws)
+    yield cluster
+    run("down", "--workspace", str(ws.root))
+
+
+def test_status_scale_kill_under_load(detached: LocalCluster) -> None:
+    ws = detached.ws
+    info = json.loads(run("status", "--workspace", str(ws.root), "--json").stdout)
+    assert info["service_name"] == SERVICE_DOMAIN
+    assert info["grpc"].startswith("127.0.0.1:")
+    assert [r["ready"] for r in info["replicas"]] == [True]
+    assert Path(info["client_bundle"]["cert"]).exists()
+    state = ClusterState.load(ws.state_file)
+    with Load(ws, state) as load:
+        load.wait_for(5)
+        result = CliRunner().invoke(main, ["scale", "3", "--workspace", str(ws.root)])
+        assert result.exit_code == 0, result.output
+        load.wait_for(10)
+        state = ClusterState.load(ws.state_file)
+        assert len(state.replicas) == 3
+        os.kill(state.replicas[0].pid, signal.SIGKILL)  # a replica dies under load
+        load.wait_for(20)
+        result = CliRunner().invoke(main, ["scale", "1", "--workspace", str(ws.root)])
+        assert result.exit_code == 0, result.output
+        load.wait_for(10)
+    # Requests in flight on the killed replica may fail once; each was retried on a new connection.
+    assert load.failed == [], load.failed
+    assert load.ok >= 45
+    counts = json.loads(run("status", "--workspace", str(ws.root), "--json").stdout)
+    assert len(counts["replicas"]) == 1
+
+
+def test_modified_replica_never_gets_the_key(detached: LocalCluster, tmp_path: Path) -> None:
+    ws = detached.ws
+    state = ClusterState.load(ws.state_file)
+    # A copy of confserve with one changed file: the host "patched" the server.
+    import confserve
+
+    package = Path(confserve.__file__).parent
+    shutil.copytree(package, tmp_path / "patched" / "confserve", ignore=shutil.ignore_patterns("__pycache__"))
+    target = tmp_path / "patched" / "confserve" / "serving" / "_dataplane.py"
+    target.write_text(target.read_text() + "\n# exfiltrate tensors here\n")
+    flags = detached.replica_flags(state.model, 0, 0, state.prov_port)
+    flags = [f for f in flags if not f.startswith("--rest_api_port")] + [
+        "--no_rest",
+        "--secret_provision_deadline_seconds=3",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "patched")}
+    command = [sys.executable, "-m", "confserve", "serve", *flags]
+    proc = subprocess.run(
+        command, cwd=ws.host, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 1
+    assert "no key from secret provisioning" in proc.stderr
+    assert "serving gRPC" not in proc.stdout
+    refusals = [json.loads(line) for line in ws.audit_log.read_text().splitlines()]
+    assert refusals[-1]["outcome"] != "released"
+    assert refusals[-1]["identity"]["mr_enclave"] != state.identity["mr_enclave"]
+    # The cluster keeps serving.
+    with PredictClient(
+        f"127.0.0.1:{state.lb_grpc_port}", tls=ClientTls.from_bundle(ws.client, server_name=SERVICE_DOMAIN)
+    ) as c:
+        _, _, images, labels = load_digits_dataset()
+        out = c.predict("digits", {"image": images[:10]})
+    assert np.mean(out["classes"] == labels[:10]) >= 0.9
