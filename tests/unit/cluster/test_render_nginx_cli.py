@@ -1,0 +1,45 @@
+"""`confserve render nginx` keeps working beside the Gramine and Kubernetes renderers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from confserve.cli import main
+
+
+def test_render_nginx_to_stdout_and_file(tmp_path: Path) -> None:
+    args = [
+        "render",
+        "nginx",
+        "--backend",
+        "127.0.0.1:9000",
+        "--backend",
+        "127.0.0.1:9001",
+        "--rest-backend",
+        "127.0.0.1:9100",
+        "--rest-listen",
+        "127.0.0.1:8501",
+        "--run-dir",
+        str(tmp_path),
+        "--stream-module",
+        "none",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "server 127.0.0.1:9001" in result.output
+    assert "load_module" not in result.output
+    out = tmp_path / "nginx.conf"
+    result = CliRunner().invoke(
+        main, [*args[:-2], "--stream-module", "/x/ngx_stream_module.so", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert out.read_text().startswith("# Rendered by confserve")
+    assert "load_module /x/ngx_stream_module.so;" in out.read_text()
+
+
+def test_render_nginx_refuses_a_bad_backend() -> None:
+    result = CliRunner().invoke(main, ["render", "nginx", "--backend", "nowhere", "--stream-module", "none"])
+    assert result.exit_code == 1
+    assert "is not HOST:PORT" in result.output
