@@ -542,6 +542,15 @@ def _simulation_patch(servers: str = f"{SECRET_PROV_ALIAS}:{SECRET_PROV_PORT}") 
     }
 
 
+def _mib(quantity: str) -> int:
+    return int(quantity[:-2]) * (1024 if quantity.endswith("Gi") else 1)
+
+
+def _sgx_memory_limit(epc: str) -> str:
+    """The enclave (should it be paged out of EPC) plus 2 GiB for the untrusted side."""
+    return f"{_mib(epc) + 2048}Mi"
+
+
 def _sgx_patch(epc: str = "4Gi") -> dict[str, object]:
     aesm_mount = {"name": "aesmd-socket", "mountPath": "/var/run/aesmd"}
     return {
@@ -591,6 +600,8 @@ def _sgx_patch(epc: str = "4Gi") -> dict[str, object]:
                             "command": ["gramine-sgx", "/opt/confserve/enclave/confserve"],
                             "resources": {
                                 # Without EDMM the whole enclave is committed in EPC at start: request it.
+                                # Memory: the untrusted side (loader, file buffers); the limit also leaves
+                                # room for enclave pages the kernel pages out of EPC into memory.
                                 "requests": {
                                     "cpu": "2",
                                     "memory": "1Gi",
@@ -598,7 +609,7 @@ def _sgx_patch(epc: str = "4Gi") -> dict[str, object]:
                                     "sgx.intel.com/enclave": "1",
                                 },
                                 "limits": {
-                                    "memory": "2Gi",
+                                    "memory": _sgx_memory_limit(epc),
                                     "sgx.intel.com/epc": epc,
                                     "sgx.intel.com/enclave": "1",
                                 },
@@ -1087,7 +1098,13 @@ def render_k8s_deployment(settings: K8sSettings) -> dict[str, str]:
                 "Deployment",
                 SERVER,
                 "patch-epc.yaml",
-                [_replace(epc.format(kind), settings.epc) for kind in ("requests", "limits")],
+                [
+                    *(_replace(epc.format(kind), settings.epc) for kind in ("requests", "limits")),
+                    _replace(
+                        "/spec/template/spec/containers/0/resources/limits/memory",
+                        _sgx_memory_limit(settings.epc),
+                    ),
+                ],
             )
         )
     patches = [{"path": file, "target": {"kind": kind, "name": name}} for kind, name, file, _ in ops]

@@ -183,6 +183,7 @@ def test_sgx_resources_from_the_device_plugin(sgx: list[dict[str, Any]]) -> None
     for kind in ("requests", "limits"):
         assert server["resources"][kind]["sgx.intel.com/epc"] == "4Gi"
         assert server["resources"][kind]["sgx.intel.com/enclave"] == "1"
+    assert server["resources"]["limits"]["memory"] == "6144Mi"  # room for the 4 GiB enclave, paged out
     aesmd = spec["initContainers"][0]
     assert aesmd["restartPolicy"] == "Always"  # a native sidecar
     assert all(aesmd["resources"]["limits"][r] for r in SGX)
@@ -323,6 +324,7 @@ def test_render_sgx_deployment(tmp_path: Path) -> None:
     assert spec["containers"][0]["image"] == image
     assert spec["initContainers"][0]["image"] == image
     assert spec["containers"][0]["resources"]["limits"]["sgx.intel.com/epc"] == "8Gi"
+    assert spec["containers"][0]["resources"]["limits"]["memory"] == f"{8 * 1024 + 2048}Mi"
     hpa = find(objects, "HorizontalPodAutoscaler")["spec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 12)
     assert find(objects, "Service", "secret-prov")["spec"]["externalName"] == "keys.owner.example.com"
