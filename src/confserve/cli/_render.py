@@ -254,6 +254,9 @@ def _measurements(
 @click.option("--isv-prod-id", type=int, help="... with this product ID ...")
 @click.option("--min-isv-svn", type=int, help="... and at least this SVN.")
 @click.option("--with-secret-prov", is_flag=True, help="Also deploy the key service in this cluster.")
+@click.option(
+    "--mutual-tls", is_flag=True, help="The server requires client certificates: readiness on the gRPC port."
+)
 @reports_errors
 def render_k8s_cmd(
     overlay: Overlay,
@@ -276,6 +279,7 @@ def render_k8s_cmd(
     isv_prod_id: int | None,
     min_isv_svn: int | None,
     with_secret_prov: bool,
+    mutual_tls: bool,
 ) -> None:
     """A kustomization on top of deploy/kubernetes: images, replicas, model, measurements (policy)."""
     settings = K8sSettings(
@@ -295,6 +299,7 @@ def render_k8s_cmd(
         pccs_url=pccs_url,
         measurements=_measurements(mr_enclave, measure_json, mr_signer, isv_prod_id, min_isv_svn),
         with_secret_prov=with_secret_prov,
+        mutual_tls=mutual_tls,
     )
     for path in write_files(out, render_k8s_deployment(settings)):
         click.echo(f"wrote {path}", err=True)

@@ -975,6 +975,9 @@ class K8sSettings:
     secret_prov_cidr: str | None = None  # the key server's addresses, for the NetworkPolicy
     pccs_cidr: str | None = None
     pccs_url: str | None = None  # sgx with the key service in the cluster: its PCCS (collateral)
+    # The server requires client certificates (`confserve tls twoway`): the kubelet has none, so readiness
+    # becomes "the gRPC port is open", which the server does only once attested, keyed and loaded.
+    mutual_tls: bool = False
     measurements: Sequence[Measurement] = field(default_factory=tuple)
     with_secret_prov: bool = False  # also write secret-prov/ (the key service in this cluster)
 
@@ -1105,6 +1108,16 @@ def render_k8s_deployment(settings: K8sSettings) -> dict[str, str]:
                         _sgx_memory_limit(settings.epc),
                     ),
                 ],
+            )
+        )
+    if settings.mutual_tls:
+        probe = {"tcpSocket": {"port": "grpc"}, "periodSeconds": 5, "failureThreshold": 2}
+        ops.append(
+            (
+                "Deployment",
+                SERVER,
+                "patch-readiness.yaml",
+                [_replace("/spec/template/spec/containers/0/readinessProbe", probe)],
             )
         )
     patches = [{"path": file, "target": {"kind": kind, "name": name}} for kind, name, file, _ in ops]

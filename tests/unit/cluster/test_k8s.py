@@ -418,6 +418,16 @@ def test_render_sgx_with_the_key_service_and_an_untagged_image(tmp_path: Path) -
     assert parse_policy_toml((s.out / "secret-prov/policy.toml").read_bytes()).allow_simulated is False
 
 
+def test_render_mutual_tls_readiness(tmp_path: Path) -> None:
+    s = settings(tmp_path, overlay="simulation", mutual_tls=True)
+    write(render_k8s_deployment(s), s.out)
+    objects = kustomize(s.out)
+    validate(objects)
+    server = find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert server["readinessProbe"]["tcpSocket"] == {"port": "grpc"}
+    assert "httpGet" not in server["readinessProbe"]
+
+
 def test_render_needs_the_tree(tmp_path: Path) -> None:
     with pytest.raises(K8sError, match="kustomize tree"):
         render_k8s_deployment(settings(tmp_path, tree=tmp_path))
@@ -464,13 +474,16 @@ def test_cli_render_k8s(tmp_path: Path) -> None:
             "confserve-server-sgx:1",
             "--replicas",
             "4",
+            "--mutual-tls",
         ],
     )
     assert result.exit_code == 0, result.output
     assert f"kubectl apply -k {out}" in result.output
     rules = tomllib.loads((out / "policy.toml").read_text())["allow"]
     assert [r.get("mr_enclave") for r in rules] == ["ef" * 32, MR_ENCLAVE, None]
-    assert find(kustomize(out), "Deployment")["spec"]["replicas"] == 4
+    deployment = find(kustomize(out), "Deployment")
+    assert deployment["spec"]["replicas"] == 4
+    assert "tcpSocket" in deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
 
 
 def test_cli_render_k8s_with_the_key_service(tmp_path: Path) -> None:
