@@ -23,6 +23,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -89,17 +90,23 @@ class ClusterState:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process `pid` runs. A zombie (exited, not yet reaped, e.g. when PID 1 does not reap
+    orphans, as in many containers) counts as dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # pragma: no cover - someone else's process reused the pid
         return True
-    try:  # a zombie child counts as dead
+    with contextlib.suppress(ChildProcessError):  # our own child: reap it if it exited
         finished, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return True
-    return finished == 0
+        if finished:
+            return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _tail(log: str, lines: int = 3) -> str:
@@ -112,10 +119,36 @@ def _tail(log: str, lines: int = 3) -> str:
     return " / ".join(own[-lines:]) or "(empty log)"
 
 
-def _spawn(args: list[str], log: Path, cwd: Path, detach: bool) -> subprocess.Popen[bytes]:
+_DETACH = (
+    "import subprocess, sys\n"
+    "log, cwd, args = sys.argv[1], sys.argv[2], sys.argv[3:]\n"
+    "with open(log, 'ab') as out:\n"
+    "    child = subprocess.Popen(\n"
+    "        args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True\n"
+    "    )\n"
+    "print(child.pid)\n"
+)
+
+
+def _spawn(
+    args: list[str], log: Path, cwd: Path, detach: bool, children: dict[int, subprocess.Popen[bytes]]
+) -> int:
+    """Start a component; returns its pid. Detached components are started through a short-lived
+    intermediate process, so they belong to no process of ours (they outlive `confserve up --detach`, and
+    no Popen object of ours is left to be collected while they run)."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        return subprocess.Popen(args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=detach)
+    if detach:
+        out = subprocess.run(
+            [sys.executable, "-c", _DETACH, str(log), str(cwd), *args],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return int(out.stdout.strip())
+    with log.open("ab") as out_file:
+        proc = subprocess.Popen(args, cwd=cwd, stdout=out_file, stderr=subprocess.STDOUT)
+    children[proc.pid] = proc
+    return proc.pid
 
 
 def _stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
@@ -134,6 +167,17 @@ class LocalCluster:
         self.ws = ws
         self.progress = progress
         self.state: ClusterState | None = None
+        self._children: dict[int, subprocess.Popen[bytes]] = {}  # components started in the foreground
+
+    def _alive(self, pid: int) -> bool:
+        child = self._children.get(pid)
+        return child.poll() is None if child is not None else _alive(pid)
+
+    def _stop(self, pid: int, sig: int = signal.SIGTERM) -> None:
+        _stop_pid(pid, sig)
+        child = self._children.pop(pid, None)
+        if child is not None:
+            child.wait()
 
     # -- the replicas' command line --------------------------------------------------------------------
     def replica_flags(self, model: str, grpc_port: int, rest_port: int, prov_port: int) -> list[str]:
@@ -175,7 +219,7 @@ class LocalCluster:
         if self.ws.state_file.exists():
             with contextlib.suppress(WorkspaceError):
                 old = ClusterState.load(self.ws.state_file)
-                if _alive(old.prov_pid) or _alive(old.nginx_pid):
+                if self._alive(old.prov_pid) or self._alive(old.nginx_pid):
                     raise WorkspaceError(
                         f"a cluster is already running from {self.ws.root}: confserve down first"
                     )
@@ -210,12 +254,13 @@ class LocalCluster:
             self.ws.logs / "secret-prov.log",
             self.ws.root,
             detach,
+            self._children,
         )
         state = ClusterState(
             workspace=str(self.ws.root),
             model=name,
             tls=tls,
-            prov_pid=prov.pid,
+            prov_pid=prov,
             prov_port=prov_port,
             metrics_port=metrics_port,
             nginx_pid=0,
@@ -248,15 +293,16 @@ class LocalCluster:
         self.progress(
             f"starting replica {index} (gRPC {grpc_port}, REST {rest_port}); it attests, then loads"
         )
-        proc = _spawn(
+        pid = _spawn(
             confserve_command(
                 "serve", *self.replica_flags(state.model, grpc_port, rest_port, state.prov_port)
             ),
             log,
             self.ws.host,
             detach,
+            self._children,
         )
-        replica = ReplicaState(index, proc.pid, grpc_port, rest_port, str(log))
+        replica = ReplicaState(index, pid, grpc_port, rest_port, str(log))
         state.replicas.append(replica)
         self._save()
         return replica
@@ -294,10 +340,13 @@ class LocalCluster:
         self.progress(
             f"starting nginx: gRPC on {state.lb_grpc_port}, REST on {state.lb_rest_port} (TLS passthrough)"
         )
-        proc = _spawn(
-            self._nginx_args(conf, "-g", "daemon off;"), self.ws.logs / "nginx.log", self.ws.root, detach
+        state.nginx_pid = _spawn(
+            self._nginx_args(conf, "-g", "daemon off;"),
+            self.ws.logs / "nginx.log",
+            self.ws.root,
+            detach,
+            self._children,
         )
-        state.nginx_pid = proc.pid
         self._save()
 
     def reload_nginx(self) -> None:
@@ -327,10 +376,10 @@ class LocalCluster:
         except (OSError, ValueError):
             return False
 
-    def _wait_http(self, url: str, proc: subprocess.Popen[bytes], log: str) -> None:
+    def _wait_http(self, url: str, pid: int, log: str) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
+            if not self._alive(pid):
                 raise WorkspaceError(f"the secret-provisioning service exited; see {self.ws.logs / log}")
             with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback
                 return
@@ -345,7 +394,7 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         while pending:
             for replica in list(pending):
-                if not _alive(replica.pid):
+                if not self._alive(replica.pid):
                     raise WorkspaceError(
                         f"replica {replica.index} exited before it was ready ({_tail(replica.log)}); "
                         f"see {replica.log}"
@@ -367,9 +416,15 @@ class LocalCluster:
         return self.state
 
     def scale(self, replicas: int) -> None:
+        """Add or remove replicas. Dead replicas are replaced first, so the survivors are what stays."""
         state = self._require_state()
         if replicas < 1:
             raise WorkspaceError("a cluster needs at least one replica")
+        dead = [r for r in state.replicas if not self._alive(r.pid)]
+        for replica in dead:
+            self.progress(f"replica {replica.index} is gone; removing it")
+        state.replicas = [r for r in state.replicas if r not in dead]
+        self._save()
         added = [self.add_replica(detach=True) for _ in range(replicas - len(state.replicas))]
         if added:
             self.wait_ready(added)
@@ -379,7 +434,7 @@ class LocalCluster:
         self.reload_nginx()  # first take removed replicas out of the balancer...
         for replica in removed:
             self.progress(f"stopping replica {replica.index} (draining)")
-            _stop_pid(replica.pid)  # ...then stop them; SIGTERM lets in-flight requests finish
+            self._stop(replica.pid)  # ...then stop them; SIGTERM lets in-flight requests finish
 
     def status(self) -> dict[str, Any]:
         state = self._require_state()
@@ -395,8 +450,8 @@ class LocalCluster:
                 "cert": str(self.ws.client / "client.crt") if state.tls == "twoway" else None,
                 "key": str(self.ws.client / "client.key") if state.tls == "twoway" else None,
             },
-            "secret_provisioning": {"port": state.prov_port, "alive": _alive(state.prov_pid)},
-            "load_balancer": {"pid": state.nginx_pid, "alive": _alive(state.nginx_pid)},
+            "secret_provisioning": {"port": state.prov_port, "alive": self._alive(state.prov_pid)},
+            "load_balancer": {"pid": state.nginx_pid, "alive": self._alive(state.nginx_pid)},
             "identity": {k: state.identity[k] for k in ("mr_enclave", "mr_signer", "isv_prod_id", "isv_svn")},
             "replicas": [
                 {
@@ -404,8 +459,8 @@ class LocalCluster:
                     "pid": r.pid,
                     "grpc_port": r.grpc_port,
                     "rest_port": r.rest_port,
-                    "alive": _alive(r.pid),
-                    "ready": _alive(r.pid) and self.replica_ready(r),
+                    "alive": self._alive(r.pid),
+                    "ready": self._alive(r.pid) and self.replica_ready(r),
                     "log": r.log,
                 }
                 for r in state.replicas
@@ -418,10 +473,10 @@ class LocalCluster:
         except WorkspaceError:
             return
         if state.nginx_pid:
-            _stop_pid(state.nginx_pid, signal.SIGQUIT)
+            self._stop(state.nginx_pid, signal.SIGQUIT)
         for replica in state.replicas:
-            _stop_pid(replica.pid)
-        _stop_pid(state.prov_pid)
+            self._stop(replica.pid)
+        self._stop(state.prov_pid)
         with contextlib.suppress(FileNotFoundError):
             self.ws.state_file.unlink()
         self.state = None
