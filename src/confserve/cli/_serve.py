@@ -126,6 +126,12 @@ def _model_identity(
 )
 @click.option(*_names("secret_provision_secret_name"), "secret_name", default="default", show_default=True)
 @click.option(
+    *_names("secret_provision_set_key"),
+    "set_key",
+    envvar="SECRET_PROVISION_SET_KEY",
+    help="Under Gramine: install the key as this Gramine key; the manifest's encrypted mounts then decrypt.",
+)
+@click.option(
     *_names("secret_provision_deadline_seconds"),
     "deadline_seconds",
     default=300.0,
@@ -178,6 +184,7 @@ def serve(  # noqa: PLR0912 - the start sequence reads best in one place
     servers: str | None,
     provisioning_ca: str | None,
     secret_name: str,
+    set_key: str | None,
     deadline_seconds: float,
     attestation: str,
     sim_platform: str | None,
@@ -228,6 +235,7 @@ def serve(  # noqa: PLR0912 - the start sequence reads best in one place
             secret_name=secret_name,
             insecure=insecure,
             allow_plaintext_models=allow_plaintext,
+            extra={"key_delivery": f"gramine-key:{set_key}" if set_key else "memory"},
         )
         runtime = EnclaveRuntime(
             EnclaveSettings(
@@ -261,8 +269,16 @@ def serve(  # noqa: PLR0912 - the start sequence reads best in one place
             )
             return
 
-    if runtime is not None:
-        wrap_key: pf.WrapKey | None = runtime.obtain_wrap_key(stop)
+    mounts_decrypt = False
+    if set_key and (runtime is None or runtime.mode != "gramine"):
+        fail("--secret_provision_set_key hands the key to Gramine's encrypted mounts: it needs Gramine")
+    if runtime is not None and set_key:
+        # Gramine's encrypted mounts: the files look like plaintext to us, Gramine decrypts and checks them.
+        runtime.install_key(set_key, runtime.obtain_wrap_key(stop))
+        wrap_key: pf.WrapKey | None = None
+        mounts_decrypt = True
+    elif runtime is not None:
+        wrap_key = runtime.obtain_wrap_key(stop)
     elif wrap_key_path is not None:
         logging.getLogger("confserve.serve").warning(
             "development mode: wrap key from %s, no attestation", wrap_key_path
@@ -274,8 +290,9 @@ def serve(  # noqa: PLR0912 - the start sequence reads best in one place
         fail("no key source: give --secret_provision_servers (development: --wrap_key or --allow_plaintext)")
     if stop.is_set():
         return
+    plaintext_ok = allow_plaintext or mounts_decrypt
     _run_server(models, wrap_key, runtime, host, port, rest_api_port, no_rest, ssl_config_file,
-                ssl_config_bound_path, poll_seconds, allow_plaintext, insecure, stop)  # fmt: skip
+                ssl_config_bound_path, poll_seconds, plaintext_ok, insecure, stop)  # fmt: skip
 
 
 def _run_server(

@@ -41,7 +41,13 @@ from confserve.attestation import (
 from confserve.attestation._attester import DEV_ATTESTATION
 from confserve.attestation._evidence import make_evidence
 from confserve.errors import ConfserveError, Status
-from confserve.provisioning import ClientSettings, ProvisioningError, SecretProvisioningClient
+from confserve.provisioning import (
+    ClientSettings,
+    DevAttestationKeys,
+    KeyInstaller,
+    ProvisioningError,
+    SecretProvisioningClient,
+)
 
 __all__ = [
     "SERVE_ENTRY_POINT",
@@ -194,6 +200,18 @@ class EnclaveRuntime:
             key.fingerprint(),
         )
         return key
+
+    def install_key(self, name: str, key: pf.WrapKey, installer: KeyInstaller | None = None) -> None:
+        """Under Gramine: hand the key to Gramine as key `name` (/dev/attestation/keys/NAME, as
+        SECRET_PROVISION_SET_KEY does), so the manifest's encrypted mounts open and Gramine decrypts and
+        checks every block of the model and ssl.cfg itself."""
+        if self.mode != "gramine" and installer is None:
+            raise EnclaveError("installing a key for encrypted mounts needs Gramine (/dev/attestation)")
+        try:
+            (installer or DevAttestationKeys()).install(name, key.raw())
+        except ProvisioningError as e:
+            raise EnclaveError(f"cannot install key {name!r} into Gramine: {e}") from None
+        _log.info("key installed as Gramine key %r for the encrypted mounts", name)
 
     def evidence(self, nonce: bytes, server_spki: bytes) -> bytes:
         """Evidence for a client (see confserve.attestation._evidence), with collateral when known."""

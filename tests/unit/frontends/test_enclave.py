@@ -186,3 +186,30 @@ def test_evidence_for_clients(env: dict[str, Path]) -> None:
     )
     assert evidence.identity == runtime.identity
     assert json.loads(body)["collateral"] is not None
+
+
+class FakeKeys:
+    def __init__(self) -> None:
+        self.keys: dict[str, bytes] = {}
+
+    def install(self, name: str, key: bytes) -> None:
+        self.keys[name] = key
+
+
+def test_key_installed_for_gramine_encrypted_mounts(env: dict[str, Path], tmp_path: Path) -> None:
+    runtime = EnclaveRuntime(_settings(env, 1), _args())
+    key = pf.WrapKey(WRAP)
+    with pytest.raises(EnclaveError, match="needs Gramine"):
+        runtime.install_key("default", key)  # a simulated enclave has no Gramine to hand keys to
+    fake = FakeKeys()
+    runtime.install_key("default", key, fake)
+    assert fake.keys == {"default": WRAP}
+    # Gramine's /dev/attestation/keys semantics: the key file must already exist (declared by a mount).
+    from confserve.provisioning import DevAttestationKeys
+
+    (tmp_path / "keys").mkdir()
+    with pytest.raises(EnclaveError, match="cannot install key"):
+        runtime.install_key("default", key, DevAttestationKeys(tmp_path / "keys"))
+    (tmp_path / "keys" / "default").write_bytes(b"")
+    runtime.install_key("default", key, DevAttestationKeys(tmp_path / "keys"))
+    assert (tmp_path / "keys" / "default").read_bytes() == WRAP
