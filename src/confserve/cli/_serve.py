@@ -170,7 +170,7 @@ def _model_identity(
 )
 @click.option("--insecure", is_flag=True, help="Development: allow serving without TLS.")
 @reports_errors
-def serve(  # noqa: PLR0912 - the start sequence reads best in one place
+def serve(  # noqa: PLR0912, PLR0915 - the start sequence reads best in one place
     model_config_file: str | None,
     model_name: str | None,
     model_base_path: str | None,
