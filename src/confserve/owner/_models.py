@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,7 +246,8 @@ def encrypt_model_tree(
     """Encrypt every file of every version of a model (saved_model.pb, variables/*, assets/* ...).
 
     Each file is bound to `bind_root/VERSION/FILE`; `bind_root` is the model's base path as the server
-    will open it, by default `out_dir` as given.
+    will open it, by default `out_dir` as given. New versions may be added to an existing encrypted tree
+    (a rollout); an existing version is never overwritten.
     """
     src = Path(model_dir)
     versions = _versions(src)
@@ -255,15 +257,24 @@ def encrypt_model_tree(
         if pf.is_protected(src / version / "saved_model.pb"):
             raise ModelError(f"{src / version} is already encrypted")
     dst = Path(out_dir)
-    if dst.exists() and any(dst.iterdir()):
-        raise ModelError(f"{dst} is not empty; refusing to mix encrypted trees")
+    existing = [v for v in versions if (dst / v).exists()]
+    if existing:
+        raise ModelError(f"{dst} already has version {existing[0]}; versions are never overwritten")
     root = os.fspath(out_dir) if bind_root is None else bind_root
     entries: list[pf.TreeEntry] = []
     for version in versions:
-        for entry in pf.encrypt_tree(
-            src / version, dst / version, key, bind_root=f"{root}/{version}", format_version=format_version
-        ):
-            entries.append(pf.TreeEntry(f"{version}/{entry.relative_path}", entry.bound_path, entry.size))
+        # Each version appears at once: it is written under a name the server ignores (not a number)
+        # and renamed into place, so a polling server never loads a half-written version.
+        staging = dst / f".{version}.partial-{os.getpid()}"
+        try:
+            written = pf.encrypt_tree(
+                src / version, staging, key, bind_root=f"{root}/{version}", format_version=format_version
+            )
+            os.rename(staging, dst / version)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        entries += [pf.TreeEntry(f"{version}/{e.relative_path}", e.bound_path, e.size) for e in written]
     return entries
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -71,8 +72,14 @@ def test_encrypt_and_inspect(
     assert "wrap key" in no_key[0].note
     with pytest.raises(pf.PathMismatchError):
         models.inspect_model_tree("enc/digits", key=KEY, bind_root="elsewhere")
-    with pytest.raises(models.ModelError, match="not empty"):
+    with pytest.raises(models.ModelError, match="never overwritten"):
         models.encrypt_model_tree(digits.path.parent, "enc/digits", KEY)
+    # A new version is added beside the existing one (a rollout), bound to its own versioned paths.
+    shutil.copytree(digits.path, tmp_path / "v2" / "2")
+    added = models.encrypt_model_tree(tmp_path / "v2", "enc/digits", KEY)
+    assert {e.relative_path.split("/")[0] for e in added} == {"2"}
+    assert sorted(p.name for p in Path("enc/digits").iterdir()) == ["1", "2"]  # no staging left behind
+    assert [i.version for i in models.inspect_model_tree("enc/digits", key=KEY)] == [1, 2]
     with pytest.raises(models.ModelError, match="already encrypted"):
         models.encrypt_model_tree("enc/digits", "enc2", KEY)
 
@@ -178,5 +185,5 @@ def test_cli(digits: models.DigitsModel, tmp_path: Path, monkeypatch: pytest.Mon
     assert "input image: float [N,8,8,1]" in result.output
     result = runner.invoke(main, ["model", "encrypt", str(digits.path.parent), "-w", "wk", "--out", "e"])
     assert result.exit_code == 1
-    assert "not empty" in result.output
+    assert "never overwritten" in result.output
     assert not os.path.exists("e2")
