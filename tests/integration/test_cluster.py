@@ -174,3 +174,44 @@ def test_modified_replica_never_gets_the_key(detached: LocalCluster, tmp_path: P
         _, _, images, labels = load_digits_dataset()
         out = c.predict("digits", {"image": images[:10]})
     assert np.mean(out["classes"] == labels[:10]) >= 0.9
+
+
+def _replica_versions(cluster: LocalCluster, state: ClusterState) -> list[list[tuple[str, str]]]:
+    """(version, state) of the model on every replica, asked from each replica directly over REST."""
+    import urllib.request
+
+    context = ClientTls.from_bundle(cluster.ws.client, server_name=SERVICE_DOMAIN).ssl_context()
+    context.check_hostname = False
+    result = []
+    for replica in state.replicas:
+        url = f"https://127.0.0.1:{replica.rest_port}/v1/models/digits"
+        with urllib.request.urlopen(url, context=context, timeout=10) as response:
+            status = json.loads(response.read())["model_version_status"]
+        result.append(sorted((s["version"], s["state"]) for s in status))
+    return result
+
+
+def test_new_model_version_rolls_out_under_load(
+    detached: LocalCluster, digits_model: Path, tmp_path: Path
+) -> None:
+    ws = detached.ws
+    assert CliRunner().invoke(main, ["scale", "2", "--workspace", str(ws.root)]).exit_code == 0
+    state = ClusterState.load(ws.state_file)
+    assert _replica_versions(detached, state) == [[("1", "AVAILABLE")]] * 2
+    shutil.copytree(digits_model / "1", tmp_path / "v2" / "2")
+    with Load(ws, state) as load:
+        load.wait_for(5)
+        result = run("model", "encrypt", str(tmp_path / "v2"), "-w", str(ws.wrap_key),
+                     "--out", str(ws.host / "models" / "digits"), "--bind-root", "models/digits")  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        deadline = time.monotonic() + 120
+        while any(("2", "AVAILABLE") not in v for v in _replica_versions(detached, state)):
+            assert time.monotonic() < deadline, _replica_versions(detached, state)
+            time.sleep(0.2)
+        load.wait_for(10)
+    assert load.failed == [], load.failed
+    # Every replica serves version 2; version 1 was unloaded after it (TF Serving's latest-1 policy).
+    deadline = time.monotonic() + 60
+    while _replica_versions(detached, state) != [[("1", "END"), ("2", "AVAILABLE")]] * 2:
+        assert time.monotonic() < deadline, _replica_versions(detached, state)
+        time.sleep(0.2)
