@@ -52,6 +52,7 @@ def confserve(ns: str | None, *args: str, cwd: Path | None = None) -> subprocess
         capture_output=True,
         text=True,
         timeout=300,
+        check=False,
     )
 
 
