@@ -169,6 +169,40 @@ def _model_identity(
     help="Development: accept unencrypted models/ssl.cfg.",
 )
 @click.option("--insecure", is_flag=True, help="Development: allow serving without TLS.")
+@click.option(
+    *_names("grpc_max_message_size"),
+    "max_message_bytes",
+    default=64 * 1024 * 1024,  # GrpcSettings.max_message_bytes: a batch of 64 224x224x3 float32 images
+    show_default=True,
+    type=click.IntRange(1024),
+    help="Largest gRPC message and REST body, in bytes.",
+)
+@click.option(
+    *_names("rest_api_timeout_in_ms"),
+    "rest_timeout_ms",
+    default=30000,  # TF Serving's default
+    show_default=True,
+    type=click.IntRange(1),
+    help="REST request deadline (504 past it).",
+)
+@click.option(
+    *_names("max_concurrent_requests"),
+    "max_concurrent_requests",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Inference requests at once (gRPC + REST); beyond: RESOURCE_EXHAUSTED / 429. 0: no limit.",
+)
+@click.option(*_names("tensorflow_intra_op_parallelism"), "intra_op", default=0, type=click.IntRange(0))
+@click.option(*_names("tensorflow_inter_op_parallelism"), "inter_op", default=0, type=click.IntRange(0))
+@click.option(
+    *_names("shutdown_grace_seconds"),
+    "shutdown_grace_seconds",
+    default=5.0,  # ServerSettings.shutdown_grace_seconds
+    show_default=True,
+    type=click.FloatRange(0),
+    help="On SIGTERM, wait this long for in-flight requests.",
+)
 @reports_errors
 def serve(  # noqa: PLR0912, PLR0915 - the start sequence reads best in one place
     model_config_file: str | None,
@@ -195,6 +229,12 @@ def serve(  # noqa: PLR0912, PLR0915 - the start sequence reads best in one plac
     wrap_key_path: str | None,
     allow_plaintext: bool,
     insecure: bool,
+    max_message_bytes: int,
+    rest_timeout_ms: int,
+    max_concurrent_requests: int,
+    intra_op: int,
+    inter_op: int,
+    shutdown_grace_seconds: float,
 ) -> None:
     """Serve TensorFlow SavedModels over TF Serving's gRPC and REST APIs."""
     stop = threading.Event()
@@ -291,28 +331,43 @@ def serve(  # noqa: PLR0912, PLR0915 - the start sequence reads best in one plac
     if stop.is_set():
         return
     plaintext_ok = allow_plaintext or mounts_decrypt
-    _run_server(models, wrap_key, runtime, host, port, rest_api_port, no_rest, ssl_config_file,
-                ssl_config_bound_path, poll_seconds, plaintext_ok, insecure, stop)  # fmt: skip
+    from confserve.frontends import ServerSettings  # noqa: PLC0415
+    from confserve.frontends.grpc import GrpcSettings  # noqa: PLC0415
+    from confserve.frontends.rest import RestSettings  # noqa: PLC0415
+
+    rest = None
+    if not no_rest and rest_api_port != 0:
+        rest = RestSettings(
+            host=host,
+            port=rest_api_port,
+            request_timeout_seconds=rest_timeout_ms / 1000,
+            max_body_bytes=max_message_bytes,
+        )
+    settings = ServerSettings(
+        grpc=GrpcSettings(address=f"{host}:{port}", max_message_bytes=max_message_bytes),
+        rest=rest,
+        file_system_poll_wait_seconds=poll_seconds,
+        max_concurrent_requests=max_concurrent_requests or None,
+        shutdown_grace_seconds=shutdown_grace_seconds,
+        tensorflow_intra_op_parallelism=intra_op,
+        tensorflow_inter_op_parallelism=inter_op,
+    )
+    _run_server(models, wrap_key, runtime, settings, ssl_config_file, ssl_config_bound_path, plaintext_ok,
+                insecure, stop)  # fmt: skip
 
 
 def _run_server(
     models: Any,
     wrap_key: Any,
     runtime: Any,
-    host: str,
-    port: int,
-    rest_api_port: int,
-    no_rest: bool,
+    settings: Any,
     ssl_config_file: str | None,
     ssl_config_bound_path: str | None,
-    poll_seconds: float,
     allow_plaintext: bool,
     insecure: bool,
     stop: threading.Event,
 ) -> None:
-    from confserve.frontends import ModelServer, ServerSettings  # noqa: PLC0415
-    from confserve.frontends.grpc import GrpcSettings  # noqa: PLC0415
-    from confserve.frontends.rest import RestSettings  # noqa: PLC0415
+    from confserve.frontends import ModelServer  # noqa: PLC0415
     from confserve.serving import PlainOpener, ProtectedOpener  # noqa: PLC0415
 
     tls = (
@@ -325,13 +380,10 @@ def _run_server(
     if runtime is not None and tls is not None:
         spki = _spki(tls)
         evidence = lambda nonce: runtime.evidence(nonce, spki)  # noqa: E731
-    rest = None if no_rest or rest_api_port == 0 else RestSettings(host=host, port=rest_api_port)
-    settings = ServerSettings(
-        grpc=GrpcSettings(address=f"{host}:{port}"), rest=rest, file_system_poll_wait_seconds=poll_seconds
-    )
     server = ModelServer(models, opener, tls, settings, allow_insecure=insecure, evidence=evidence)
     server.start()
     rest_port = "off" if server.rest is None else str(server.rest.port)
     click.echo(f"confserve: serving gRPC on port {server.grpc.port}, REST on port {rest_port}", err=False)
     wait_for_stop(stop)
+    logging.getLogger("confserve.serve").info("stopping: draining in-flight requests")
     server.stop()

@@ -20,12 +20,14 @@ from confserve.frontends.rest import RestServer, RestSettings
 from confserve.serving import (
     DataPlane,
     FileOpener,
+    Loader,
     ManagerSettings,
     ModelConfig,
     ModelManager,
     ModelStore,
     SavedModelLoader,
     log_unexpected,
+    set_tensorflow_threads,
 )
 
 __all__ = ["ModelServer", "ServerSettings"]
@@ -40,6 +42,15 @@ class ServerSettings:
     # TF Serving's --file_system_poll_wait_seconds default (1); a negative value polls only at start-up.
     file_system_poll_wait_seconds: float = 1.0
     manager: ManagerSettings = field(default_factory=ManagerSettings)
+    # Inference requests running at once across gRPC and REST; beyond it RESOURCE_EXHAUSTED / 429. None:
+    # bounded only by the worker pools (GrpcSettings.max_workers + RestSettings.num_threads), as TF Serving.
+    max_concurrent_requests: int | None = None
+    # How long SIGTERM waits for in-flight requests before closing the ports. Kubernetes' default
+    # terminationGracePeriodSeconds is 30, so a few seconds leaves room for the rest of the shutdown.
+    shutdown_grace_seconds: float = 5.0
+    # TF Serving's --tensorflow_{intra,inter}_op_parallelism; 0 lets TensorFlow choose (its default).
+    tensorflow_intra_op_parallelism: int = 0
+    tensorflow_inter_op_parallelism: int = 0
 
 
 class ModelServer:
@@ -54,11 +65,17 @@ class ModelServer:
         *,
         allow_insecure: bool = False,
         evidence: EvidenceProvider | None = None,
+        loader: Loader[Any] | None = None,
     ) -> None:
         self.settings = settings or ServerSettings()
-        manager: ModelManager[Any] = ModelManager(SavedModelLoader(opener), settings=self.settings.manager)
+        set_tensorflow_threads(
+            self.settings.tensorflow_intra_op_parallelism, self.settings.tensorflow_inter_op_parallelism
+        )
+        manager: ModelManager[Any] = ModelManager(
+            loader or SavedModelLoader(opener), settings=self.settings.manager
+        )
         self.store = ModelStore(models, opener, manager)
-        self.dataplane = DataPlane(manager)
+        self.dataplane = DataPlane(manager, max_concurrent_requests=self.settings.max_concurrent_requests)
         self.ops = OpsEndpoints(self.dataplane, evidence)
         self.grpc = GrpcServer(
             self.dataplane,
@@ -95,10 +112,15 @@ class ModelServer:
                 log_unexpected(_log, "model store poll", exc)
             self.grpc.refresh_health()
 
-    def stop(self, grace_seconds: float | None = 5.0) -> None:
+    def stop(self, grace_seconds: float | None = None) -> None:
+        """Drain: both front ends refuse new requests at once, in-flight ones get up to `grace_seconds`
+        (default `settings.shutdown_grace_seconds`) to finish, then the ports close."""
+        grace = self.settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
+        grpc_done = self.grpc.begin_stop(grace)
         self._stop.set()
+        if self.rest is not None:
+            self.rest.stop(grace)
         if self._poller is not None:
             self._poller.join()
-        if self.rest is not None:
-            self.rest.stop()
-        self.grpc.stop(grace_seconds)
+        grpc_done.wait()
+        self.grpc.stop(0)

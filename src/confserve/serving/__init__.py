@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from confserve.serving._admission import Admission
 from confserve.serving._config import (
     AllVersions,
     LatestVersions,
@@ -47,10 +48,15 @@ from confserve.serving._tensors import dtype_name
 
 if TYPE_CHECKING:
     from confserve.serving._dataplane import DataPlane, Servable
-    from confserve.serving._savedmodel import SavedModelLoader, SavedModelServable
+    from confserve.serving._savedmodel import (
+        SavedModelLoader,
+        SavedModelServable,
+        set_tensorflow_threads,
+    )
 
 __all__ = [
     "TRANSITIONS",
+    "Admission",
     "AllVersions",
     "AspiredVersions",
     "ConfigError",
@@ -85,6 +91,7 @@ __all__ = [
     "model_configs_from_proto",
     "parse_model_server_config",
     "select_versions",
+    "set_tensorflow_threads",
 ]
 
 _LAZY = {
@@ -92,6 +99,7 @@ _LAZY = {
     "Servable": "confserve.serving._dataplane",
     "SavedModelLoader": "confserve.serving._savedmodel",
     "SavedModelServable": "confserve.serving._savedmodel",
+    "set_tensorflow_threads": "confserve.serving._savedmodel",
 }
 
 

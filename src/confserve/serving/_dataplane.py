@@ -25,6 +25,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from confserve.serving._admission import Admission
 from confserve.serving._errors import InvalidInputError, NotFoundError, PermissionDeniedError
 from confserve.serving._manager import ModelManager, ServableHandle
 from confserve.serving._tensors import DEFAULT_MAX_TENSOR_ELEMENTS, check_compatible, from_proto, to_proto
@@ -68,16 +69,23 @@ def _braces(names: Sequence[str]) -> str:
 
 
 class DataPlane:
-    """Predict, Classify, Regress, MultiInference, GetModelMetadata and GetModelStatus."""
+    """Predict, Classify, Regress, MultiInference, GetModelMetadata and GetModelStatus.
+
+    The inference calls (Predict, Classify, Regress, MultiInference) pass through one `Admission`, shared
+    by both front ends: beyond `max_concurrent_requests` they fail at once with RESOURCE_EXHAUSTED.
+    Status and metadata calls are not counted, so probes keep answering under load.
+    """
 
     def __init__(
         self,
         manager: ModelManager[Any],
         *,
         max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS,
+        max_concurrent_requests: int | None = None,
     ) -> None:
         self._manager = manager
         self._max_elements = max_tensor_elements
+        self.admission = Admission(max_concurrent_requests)
 
     def is_ready(self) -> bool:
         """Every configured model has an AVAILABLE version (health and readiness probes)."""
@@ -125,7 +133,7 @@ class DataPlane:
     # -- Predict ----------------------------------------------------------------------------------------
 
     def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
-        with self._acquire(request) as handle:
+        with self.admission.admit(), self._acquire(request) as handle:
             name, signature = self._signature(handle.servable, request.model_spec.signature_name)
             inputs = self._predict_inputs(request, signature)
             output_keys = self._output_keys(request, signature)
@@ -182,7 +190,7 @@ class DataPlane:
     def classify(
         self, request: classification_pb2.ClassificationRequest
     ) -> classification_pb2.ClassificationResponse:
-        with self._acquire(request) as handle:
+        with self.admission.admit(), self._acquire(request) as handle:
             name, signature = self._signature(handle.servable, request.model_spec.signature_name)
             response = classification_pb2.ClassificationResponse()
             self._fill_spec(response.model_spec, handle, name)
@@ -190,7 +198,7 @@ class DataPlane:
             return response
 
     def regress(self, request: regression_pb2.RegressionRequest) -> regression_pb2.RegressionResponse:
-        with self._acquire(request) as handle:
+        with self.admission.admit(), self._acquire(request) as handle:
             name, signature = self._signature(handle.servable, request.model_spec.signature_name)
             response = regression_pb2.RegressionResponse()
             self._fill_spec(response.model_spec, handle, name)
@@ -289,42 +297,43 @@ class DataPlane:
     def multi_inference(
         self, request: inference_pb2.MultiInferenceRequest
     ) -> inference_pb2.MultiInferenceResponse:
-        if not request.tasks:
-            raise InvalidInputError("MultiInferenceRequest must contain at least one task")
-        first = request.tasks[0].model_spec
-        seen: set[str] = set()
-        for task in request.tasks:
-            if task.model_spec.name != first.name:
-                raise InvalidInputError(
-                    "All ModelSpecs in a MultiInferenceRequest must access the same model name"
-                )
-            if _version_choice(task.model_spec) != _version_choice(first):
-                raise InvalidInputError(
-                    "All ModelSpecs in a MultiInferenceRequest must access the same version"
-                )
-            signature_name = task.model_spec.signature_name or DEFAULT_SIGNATURE
-            if signature_name in seen:
-                raise InvalidInputError(f"Duplicate evaluation of signature: {signature_name}")
-            seen.add(signature_name)
-        with self._acquire(request.tasks[0]) as handle:
-            response = inference_pb2.MultiInferenceResponse()
+        with self.admission.admit():
+            if not request.tasks:
+                raise InvalidInputError("MultiInferenceRequest must contain at least one task")
+            first = request.tasks[0].model_spec
+            seen: set[str] = set()
             for task in request.tasks:
-                name, signature = self._signature(handle.servable, task.model_spec.signature_name)
-                result = response.results.add()
-                self._fill_spec(result.model_spec, handle, name)
-                if task.method_name == CLASSIFY_METHOD:
-                    result.classification_result.CopyFrom(
-                        self._run_classify(handle.servable, name, signature, request.input)
+                if task.model_spec.name != first.name:
+                    raise InvalidInputError(
+                        "All ModelSpecs in a MultiInferenceRequest must access the same model name"
                     )
-                elif task.method_name == REGRESS_METHOD:
-                    result.regression_result.CopyFrom(
-                        self._run_regress(handle.servable, name, signature, request.input)
+                if _version_choice(task.model_spec) != _version_choice(first):
+                    raise InvalidInputError(
+                        "All ModelSpecs in a MultiInferenceRequest must access the same version"
                     )
-                else:
-                    raise InvalidInputError(f"Unsupported signature method_name: {task.method_name}")
-            return response
+                signature_name = task.model_spec.signature_name or DEFAULT_SIGNATURE
+                if signature_name in seen:
+                    raise InvalidInputError(f"Duplicate evaluation of signature: {signature_name}")
+                seen.add(signature_name)
+            with self._acquire(request.tasks[0]) as handle:
+                response = inference_pb2.MultiInferenceResponse()
+                for task in request.tasks:
+                    name, signature = self._signature(handle.servable, task.model_spec.signature_name)
+                    result = response.results.add()
+                    self._fill_spec(result.model_spec, handle, name)
+                    if task.method_name == CLASSIFY_METHOD:
+                        result.classification_result.CopyFrom(
+                            self._run_classify(handle.servable, name, signature, request.input)
+                        )
+                    elif task.method_name == REGRESS_METHOD:
+                        result.regression_result.CopyFrom(
+                            self._run_regress(handle.servable, name, signature, request.input)
+                        )
+                    else:
+                        raise InvalidInputError(f"Unsupported signature method_name: {task.method_name}")
+                return response
 
-    # -- metadata and status ----------------------------------------------------------------------------
+        # -- metadata and status ----------------------------------------------------------------------------
 
     def get_model_metadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from confserve.serving._errors import (
+    ConfigError,
     InvalidInputError,
     LoadError,
     NotFoundError,
@@ -30,7 +31,7 @@ from confserve.serving._errors import (
 )
 from confserve.serving._opener import FileOpener
 
-__all__ = ["SavedModelLoader", "SavedModelServable"]
+__all__ = ["SavedModelLoader", "SavedModelServable", "set_tensorflow_threads"]
 
 _log = logging.getLogger(__name__)
 _SAVED_MODEL_PB = "saved_model.pb"
@@ -47,6 +48,24 @@ def _tf() -> Any:
     import tensorflow as tf  # noqa: PLC0415  (lazy: only processes that run models pay for TensorFlow)
 
     return tf
+
+
+def set_tensorflow_threads(intra_op: int, inter_op: int) -> None:
+    """TF Serving's --tensorflow_intra_op_parallelism / --tensorflow_inter_op_parallelism (0: TensorFlow
+    chooses). Call before any model loads: TensorFlow fixes its thread pools when its runtime starts."""
+    if intra_op == 0 and inter_op == 0:
+        return
+    threading = _tf().config.threading
+    try:
+        if intra_op:
+            threading.set_intra_op_parallelism_threads(intra_op)
+        if inter_op:
+            threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError:
+        raise ConfigError(
+            "TensorFlow's thread pools already exist; set the parallelism before loading any model"
+        ) from None
+    _log.info("TensorFlow threads: intra-op %d, inter-op %d", intra_op, inter_op)
 
 
 class SavedModelServable:

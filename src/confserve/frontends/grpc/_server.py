@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
@@ -116,6 +117,14 @@ class GrpcServer:
         self._server.start()
         _log.info("gRPC server listening on port %d", self.port)
 
+    def begin_stop(self, grace_seconds: float | None = None) -> threading.Event:
+        """Refuse new RPCs now (health turns NOT_SERVING); the event is set once in-flight RPCs have
+        finished or `grace_seconds` has passed (then they are cancelled)."""
+        if self._health is not None:
+            self._health.enter_graceful_shutdown()
+        done: threading.Event = self._server.stop(grace_seconds)
+        return done
+
     def stop(self, grace_seconds: float | None = None) -> None:
-        self._server.stop(grace_seconds).wait()
+        self.begin_stop(grace_seconds).wait()
         self._pool.shutdown(wait=False, cancel_futures=True)

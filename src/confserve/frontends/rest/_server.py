@@ -28,7 +28,7 @@ from confserve.errors import Status
 from confserve.frontends._tls import TlsConfig
 from confserve.frontends.rest._api import ExtraEndpoints, RestApi, RestResponse, error_response
 from confserve.frontends.rest._status import HTTP_STATUS
-from confserve.serving import DataPlane
+from confserve.serving import Admission, DataPlane
 
 __all__ = ["RestServer", "RestSettings", "server_ssl_context"]
 
@@ -41,7 +41,9 @@ class RestSettings:
     host: str = "127.0.0.1"
     port: int = 8501  # TF Serving's conventional --rest_api_port; 0 picks a free port
     num_threads: int = 8  # TF Serving's --rest_api_num_threads defaults to 4 x cores; bounded here
-    request_timeout_seconds: float = 30.0  # TF Serving's --rest_api_timeout_in_ms default (30000)
+    # TF Serving's --rest_api_timeout_in_ms default (30000). Past it the client gets 504; the inference
+    # already running finishes in its worker thread (TensorFlow cannot be interrupted).
+    request_timeout_seconds: float = 30.0
     max_body_bytes: int = 64 * 1024 * 1024  # same bound as the gRPC max message size
 
 
@@ -94,20 +96,27 @@ class RestServer:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
+        self._requests = Admission()
+        self.draining = threading.Event()  # set when stop() begins
         self.port = 0
 
     async def _handle(self, request: web.Request) -> web.Response:
+        if self.draining.is_set():
+            return _to_aiohttp(error_response(HTTP_STATUS[Status.UNAVAILABLE], "server is shutting down"))
+        with self._requests.admit():  # never refuses (no limit): counts requests for the drain
+            return _to_aiohttp(await self._respond(request))
+
+    async def _respond(self, request: web.Request) -> RestResponse:
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return _to_aiohttp(error_response(413, "request body too large"))
+            return error_response(413, "request body too large")
         loop = asyncio.get_running_loop()
         work = loop.run_in_executor(self._pool, self._api.handle, request.method, request.path, body)
         try:
-            result = await asyncio.wait_for(work, self._settings.request_timeout_seconds)
+            return await asyncio.wait_for(work, self._settings.request_timeout_seconds)
         except TimeoutError:
-            result = error_response(HTTP_STATUS[Status.DEADLINE_EXCEEDED], "request timed out")
-        return _to_aiohttp(result)
+            return error_response(HTTP_STATUS[Status.DEADLINE_EXCEEDED], "request timed out")
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="rest-server", daemon=True)
@@ -143,7 +152,11 @@ class RestServer:
             self._loop.run_until_complete(runner.cleanup())
             self._loop.close()
 
-    def stop(self) -> None:
+    def stop(self, grace_seconds: float = 0.0) -> None:
+        """Answer new requests 503, wait up to `grace_seconds` for those in flight, then close."""
+        self.draining.set()
+        if not self._requests.wait_idle(grace_seconds):
+            _log.warning("REST: %d request(s) still running after the grace period", self._requests.in_flight)
         if self._thread is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
