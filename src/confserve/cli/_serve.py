@@ -76,6 +76,20 @@ def _read_tls(path: str, wrap_key: Any, bound_path: str | None, allow_plaintext:
     )
 
 
+def _metrics_path(path: str) -> str | None:
+    """The Prometheus path a MonitoringConfig enables, or None (TF Serving's default path when unset)."""
+    from confserve.serving import DEFAULT_METRICS_PATH  # noqa: PLC0415
+    from confserve.tfs_config import MonitoringConfig, parse_text  # noqa: PLC0415
+
+    config = parse_text(MonitoringConfig, Path(path).read_bytes(), what="--monitoring_config_file")
+    if not config.prometheus_config.enable:
+        return None
+    metrics_path = config.prometheus_config.path or DEFAULT_METRICS_PATH
+    if not metrics_path.startswith("/") or metrics_path.lower().startswith("/v1/"):
+        fail("prometheus_config.path must start with / and not be under /v1/ (TF Serving's API)")
+    return str(metrics_path)
+
+
 def _spki(tls: Any) -> bytes:
     from cryptography import x509  # noqa: PLC0415
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
@@ -203,6 +217,12 @@ def _model_identity(
     type=click.FloatRange(0),
     help="On SIGTERM, wait this long for in-flight requests.",
 )
+@click.option(
+    *_names("monitoring_config_file"),
+    "monitoring_config_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="MonitoringConfig text proto: prometheus_config { enable: true path: ... } serves metrics on REST.",
+)
 @reports_errors
 def serve(  # noqa: PLR0912, PLR0915 - the start sequence reads best in one place
     model_config_file: str | None,
@@ -235,6 +255,7 @@ def serve(  # noqa: PLR0912, PLR0915 - the start sequence reads best in one plac
     intra_op: int,
     inter_op: int,
     shutdown_grace_seconds: float,
+    monitoring_config_file: str | None,
 ) -> None:
     """Serve TensorFlow SavedModels over TF Serving's gRPC and REST APIs."""
     stop = threading.Event()
@@ -343,6 +364,9 @@ def serve(  # noqa: PLR0912, PLR0915 - the start sequence reads best in one plac
             request_timeout_seconds=rest_timeout_ms / 1000,
             max_body_bytes=max_message_bytes,
         )
+    metrics_path = None if monitoring_config_file is None else _metrics_path(monitoring_config_file)
+    if metrics_path is not None and rest is None:
+        fail("--monitoring_config_file serves metrics on the REST port: do not disable REST")
     settings = ServerSettings(
         grpc=GrpcSettings(address=f"{host}:{port}", max_message_bytes=max_message_bytes),
         rest=rest,
@@ -351,6 +375,7 @@ def serve(  # noqa: PLR0912, PLR0915 - the start sequence reads best in one plac
         shutdown_grace_seconds=shutdown_grace_seconds,
         tensorflow_intra_op_parallelism=intra_op,
         tensorflow_inter_op_parallelism=inter_op,
+        metrics_path=metrics_path,
     )
     _run_server(models, wrap_key, runtime, settings, ssl_config_file, ssl_config_bound_path, plaintext_ok,
                 insecure, stop)  # fmt: skip

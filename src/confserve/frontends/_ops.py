@@ -7,6 +7,7 @@
 | REST      | POST /v1/confserve/evidence {"nonce"} | evidence JSON (confserve.attestation._evidence)    |
 | gRPC      | /confserve.Attestation/GetEvidence    | the same JSON bytes in, the same JSON bytes out    |
 | gRPC      | grpc.health.v1.Health                 | SERVING once ready (the standard health service)   |
+| REST      | GET  <monitoring path>                | Prometheus text (only with --monitoring_config_file) |
 
 The server opens its ports only after attestation, key release and model loading (see
 `confserve.frontends._enclave`), so "reachable and ready" means attested, keyed and loaded. Paths under
@@ -23,7 +24,8 @@ from typing import Final
 from confserve.attestation import AttestationError
 from confserve.attestation._evidence import parse_evidence_request
 from confserve.frontends.rest._api import RestResponse, error_response
-from confserve.serving import DataPlane
+from confserve.serving import DEFAULT_METRICS_PATH, DataPlane, ServingMetrics
+from confserve.serving._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 __all__ = ["EVIDENCE_GRPC_METHOD", "EvidenceProvider", "OpsEndpoints"]
 
@@ -36,9 +38,18 @@ _PREFIX: Final = "/v1/confserve/"
 
 
 class OpsEndpoints:
-    def __init__(self, dataplane: DataPlane, evidence: EvidenceProvider | None = None) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        evidence: EvidenceProvider | None = None,
+        *,
+        metrics: ServingMetrics | None = None,
+        metrics_path: str = DEFAULT_METRICS_PATH,
+    ) -> None:
         self._dataplane = dataplane
         self._evidence = evidence
+        self._metrics = metrics
+        self._metrics_path = metrics_path
 
     def evidence_json(self, request_body: bytes) -> tuple[int, bytes]:
         """(HTTP-like status, body) for an evidence request; shared by REST and gRPC."""
@@ -58,6 +69,8 @@ class OpsEndpoints:
 
     def handle(self, method: str, path: str, body: bytes) -> RestResponse | None:
         """The response for one of our paths, or None when the path is TF Serving's."""
+        if self._metrics is not None and path == self._metrics_path and method == "GET":
+            return RestResponse(200, self._metrics.exposition(), content_type=METRICS_CONTENT_TYPE)
         if not path.startswith(_PREFIX):
             return None
         what = path[len(_PREFIX) :]

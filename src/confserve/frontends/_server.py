@@ -18,6 +18,7 @@ from confserve.frontends._tls import TlsConfig
 from confserve.frontends.grpc import GrpcServer, GrpcSettings
 from confserve.frontends.rest import RestServer, RestSettings
 from confserve.serving import (
+    DEFAULT_METRICS_PATH,
     DataPlane,
     FileOpener,
     Loader,
@@ -26,6 +27,7 @@ from confserve.serving import (
     ModelManager,
     ModelStore,
     SavedModelLoader,
+    ServingMetrics,
     log_unexpected,
     set_tensorflow_threads,
 )
@@ -51,6 +53,8 @@ class ServerSettings:
     # TF Serving's --tensorflow_{intra,inter}_op_parallelism; 0 lets TensorFlow choose (its default).
     tensorflow_intra_op_parallelism: int = 0
     tensorflow_inter_op_parallelism: int = 0
+    # Path of the Prometheus metrics on the REST port (TF Serving's PrometheusConfig); None: no metrics.
+    metrics_path: str | None = None
 
 
 class ModelServer:
@@ -75,8 +79,16 @@ class ModelServer:
             loader or SavedModelLoader(opener), settings=self.settings.manager
         )
         self.store = ModelStore(models, opener, manager)
-        self.dataplane = DataPlane(manager, max_concurrent_requests=self.settings.max_concurrent_requests)
-        self.ops = OpsEndpoints(self.dataplane, evidence)
+        self.metrics = None if self.settings.metrics_path is None else ServingMetrics()
+        self.dataplane = DataPlane(
+            manager, max_concurrent_requests=self.settings.max_concurrent_requests, metrics=self.metrics
+        )
+        self.ops = OpsEndpoints(
+            self.dataplane,
+            evidence,
+            metrics=self.metrics,
+            metrics_path=self.settings.metrics_path or DEFAULT_METRICS_PATH,
+        )
         self.grpc = GrpcServer(
             self.dataplane,
             tls,

@@ -39,6 +39,7 @@ from confserve.serving._manager import (
     State,
     VersionStatus,
 )
+from confserve.serving._metrics import DEFAULT_METRICS_PATH, ServingMetrics
 from confserve.serving._opener import FileOpener, PlainOpener
 from confserve.serving._policy import select_versions
 from confserve.serving._protected import ProtectedOpener
@@ -47,7 +48,7 @@ from confserve.serving._store import ModelStore
 from confserve.serving._tensors import dtype_name
 
 if TYPE_CHECKING:
-    from confserve.serving._dataplane import DataPlane, Servable
+    from confserve.serving._dataplane import GRPC, REST, DataPlane, Servable
     from confserve.serving._savedmodel import (
         SavedModelLoader,
         SavedModelServable,
@@ -55,6 +56,9 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "DEFAULT_METRICS_PATH",
+    "GRPC",
+    "REST",
     "TRANSITIONS",
     "Admission",
     "AllVersions",
@@ -82,6 +86,7 @@ __all__ = [
     "Servable",
     "ServableHandle",
     "ServingError",
+    "ServingMetrics",
     "SpecificVersions",
     "State",
     "VersionPolicy",
@@ -96,6 +101,8 @@ __all__ = [
 
 _LAZY = {
     "DataPlane": "confserve.serving._dataplane",
+    "GRPC": "confserve.serving._dataplane",
+    "REST": "confserve.serving._dataplane",
     "Servable": "confserve.serving._dataplane",
     "SavedModelLoader": "confserve.serving._savedmodel",
     "SavedModelServable": "confserve.serving._savedmodel",

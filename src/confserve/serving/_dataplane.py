@@ -9,8 +9,10 @@ contracts (tensorflow_serving/servables/tensorflow/{predict_util,classifier,regr
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -25,14 +27,20 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from confserve.errors import ConfserveError, Status
 from confserve.serving._admission import Admission
 from confserve.serving._errors import InvalidInputError, NotFoundError, PermissionDeniedError
 from confserve.serving._manager import ModelManager, ServableHandle
+from confserve.serving._metrics import ServingMetrics
 from confserve.serving._tensors import DEFAULT_MAX_TENSOR_ELEMENTS, check_compatible, from_proto, to_proto
 
-__all__ = ["DEFAULT_SIGNATURE", "DataPlane", "Servable"]
+__all__ = ["DEFAULT_SIGNATURE", "GRPC", "REST", "DataPlane", "Servable"]
 
 DEFAULT_SIGNATURE = "serving_default"
+# TF Serving's request_latency entrypoint labels. The gRPC API is the native one, so it is the default;
+# the REST front end says REST.
+GRPC: Final = "GRPC"
+REST: Final = "REST"
 # tensorflow/cc/saved_model/signature_constants.h
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
@@ -73,7 +81,8 @@ class DataPlane:
 
     The inference calls (Predict, Classify, Regress, MultiInference) pass through one `Admission`, shared
     by both front ends: beyond `max_concurrent_requests` they fail at once with RESOURCE_EXHAUSTED.
-    Status and metadata calls are not counted, so probes keep answering under load.
+    Status and metadata calls are not counted, so probes keep answering under load. The same place records
+    TF Serving's request metrics when `metrics` is given.
     """
 
     def __init__(
@@ -82,10 +91,33 @@ class DataPlane:
         *,
         max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS,
         max_concurrent_requests: int | None = None,
+        metrics: ServingMetrics | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._manager = manager
         self._max_elements = max_tensor_elements
         self.admission = Admission(max_concurrent_requests)
+        self._metrics = metrics
+        self._clock = clock
+
+    @contextmanager
+    def _serving(self, api: str, model_name: str, entrypoint: str) -> Iterator[None]:
+        """One inference request: admission, then TF Serving's request_count and request_latency."""
+        start = self._clock()
+        status = "OK"
+        try:
+            with self.admission.admit():
+                yield
+        except ConfserveError as exc:
+            status = exc.status.value
+            raise
+        except Exception:
+            status = Status.INTERNAL.value
+            raise
+        finally:
+            if self._metrics is not None:
+                label = model_name if self._manager.knows(model_name) else ""
+                self._metrics.record(label, api, entrypoint, status, self._clock() - start)
 
     def is_ready(self) -> bool:
         """Every configured model has an AVAILABLE version (health and readiness probes)."""
@@ -132,8 +164,10 @@ class DataPlane:
 
     # -- Predict ----------------------------------------------------------------------------------------
 
-    def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
-        with self.admission.admit(), self._acquire(request) as handle:
+    def predict(
+        self, request: predict_pb2.PredictRequest, *, entrypoint: str = GRPC
+    ) -> predict_pb2.PredictResponse:
+        with self._serving("Predict", request.model_spec.name, entrypoint), self._acquire(request) as handle:
             name, signature = self._signature(handle.servable, request.model_spec.signature_name)
             inputs = self._predict_inputs(request, signature)
             output_keys = self._output_keys(request, signature)
@@ -188,17 +222,22 @@ class DataPlane:
     # -- Classify / Regress -----------------------------------------------------------------------------
 
     def classify(
-        self, request: classification_pb2.ClassificationRequest
+        self, request: classification_pb2.ClassificationRequest, *, entrypoint: str = GRPC
     ) -> classification_pb2.ClassificationResponse:
-        with self.admission.admit(), self._acquire(request) as handle:
+        with (
+            self._serving("Classify", request.model_spec.name, entrypoint),
+            self._acquire(request) as handle,
+        ):
             name, signature = self._signature(handle.servable, request.model_spec.signature_name)
             response = classification_pb2.ClassificationResponse()
             self._fill_spec(response.model_spec, handle, name)
             response.result.CopyFrom(self._run_classify(handle.servable, name, signature, request.input))
             return response
 
-    def regress(self, request: regression_pb2.RegressionRequest) -> regression_pb2.RegressionResponse:
-        with self.admission.admit(), self._acquire(request) as handle:
+    def regress(
+        self, request: regression_pb2.RegressionRequest, *, entrypoint: str = GRPC
+    ) -> regression_pb2.RegressionResponse:
+        with self._serving("Regress", request.model_spec.name, entrypoint), self._acquire(request) as handle:
             name, signature = self._signature(handle.servable, request.model_spec.signature_name)
             response = regression_pb2.RegressionResponse()
             self._fill_spec(response.model_spec, handle, name)
@@ -295,9 +334,10 @@ class DataPlane:
     # -- MultiInference ---------------------------------------------------------------------------------
 
     def multi_inference(
-        self, request: inference_pb2.MultiInferenceRequest
+        self, request: inference_pb2.MultiInferenceRequest, *, entrypoint: str = GRPC
     ) -> inference_pb2.MultiInferenceResponse:
-        with self.admission.admit():
+        model_name = request.tasks[0].model_spec.name if request.tasks else ""
+        with self._serving("MultiInference", model_name, entrypoint):
             if not request.tasks:
                 raise InvalidInputError("MultiInferenceRequest must contain at least one task")
             first = request.tasks[0].model_spec

@@ -371,6 +371,11 @@ class ModelManager(Generic[S]):
                 records = sorted(entry.versions.values(), key=lambda r: r.version, reverse=True)
             return [VersionStatus(model, r.version, r.state, r.error) for r in records]
 
+    def knows(self, model: str) -> bool:
+        """Whether `model` is (or was) configured: metrics label only such names."""
+        with self._lock:
+            return model in self._models
+
     def model_names(self) -> list[str]:
         with self._lock:
             return sorted(self._models)

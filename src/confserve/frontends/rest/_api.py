@@ -32,7 +32,7 @@ from confserve.frontends.rest._json import (
 )
 from confserve.frontends.rest._routes import Route, parse_route
 from confserve.frontends.rest._status import HTTP_STATUS
-from confserve.serving import DataPlane, InvalidInputError, log_unexpected
+from confserve.serving import REST, DataPlane, InvalidInputError, log_unexpected
 
 __all__ = ["RestApi", "RestResponse"]
 
@@ -96,16 +96,16 @@ class RestApi:
             classify = classification_pb2.ClassificationRequest(
                 model_spec=spec, input=examples_input(payload)
             )
-            return classify_response_json(self._dataplane.classify(classify))
+            return classify_response_json(self._dataplane.classify(classify, entrypoint=REST))
         regress = regression_pb2.RegressionRequest(model_spec=spec, input=examples_input(payload))
-        return regress_response_json(self._dataplane.regress(regress))
+        return regress_response_json(self._dataplane.regress(regress, entrypoint=REST))
 
     def _predict(self, spec: model_pb2.ModelSpec, payload: dict[str, Any]) -> dict[str, Any]:
         version, signature = self._dataplane.resolve_signature(spec)
         request, row_format = predict_request_from_json(payload, signature)
         request.model_spec.CopyFrom(spec)
         request.model_spec.version.value = version  # the version whose signature parsed the JSON
-        return predict_response_json(self._dataplane.predict(request), row_format)
+        return predict_response_json(self._dataplane.predict(request, entrypoint=REST), row_format)
 
     def _metadata(self, route: Route) -> dict[str, Any]:
         request = get_model_metadata_pb2.GetModelMetadataRequest()

@@ -164,4 +164,4 @@ class RestServer:
 
 
 def _to_aiohttp(result: RestResponse) -> web.Response:
-    return web.Response(status=result.status, body=result.body, content_type=result.content_type)
+    return web.Response(status=result.status, body=result.body, headers={"Content-Type": result.content_type})
