@@ -6,8 +6,10 @@ happen when the command runs, not when the CLI starts.
 
 Start sequence: attest and obtain the wrap key from the secret-provisioning service (retrying until
 the deadline; nothing listens meanwhile, so every probe says "not ready") -> decrypt ssl.cfg in memory ->
-load the encrypted models into memory -> open the gRPC and REST ports -> ready. Without a key nothing is
-served; plaintext models and configs are refused unless --allow_plaintext (development) says otherwise.
+load the encrypted models into memory -> warm each version up (--enable_model_warmup) -> open the gRPC and
+REST ports -> ready. SIGTERM drains in-flight requests (--shutdown_grace_seconds) before exiting. Without a
+key nothing is served; plaintext models and configs are refused unless --allow_plaintext (development) says
+otherwise.
 """
 
 from __future__ import annotations
@@ -223,6 +225,12 @@ def _model_identity(
     type=click.Path(dir_okay=False, exists=True),
     help="MonitoringConfig text proto: prometheus_config { enable: true path: ... } serves metrics on REST.",
 )
+@click.option(
+    *_names("enable_model_warmup"),
+    "enable_model_warmup",
+    is_flag=True,
+    help="Replay each version's assets.extra/tf_serving_warmup_requests before it serves.",
+)
 @reports_errors
 def serve(  # noqa: PLR0912, PLR0915 - the start sequence reads best in one place
     model_config_file: str | None,
@@ -256,6 +264,7 @@ def serve(  # noqa: PLR0912, PLR0915 - the start sequence reads best in one plac
     inter_op: int,
     shutdown_grace_seconds: float,
     monitoring_config_file: str | None,
+    enable_model_warmup: bool,
 ) -> None:
     """Serve TensorFlow SavedModels over TF Serving's gRPC and REST APIs."""
     stop = threading.Event()
@@ -376,6 +385,7 @@ def serve(  # noqa: PLR0912, PLR0915 - the start sequence reads best in one plac
         tensorflow_intra_op_parallelism=intra_op,
         tensorflow_inter_op_parallelism=inter_op,
         metrics_path=metrics_path,
+        enable_model_warmup=enable_model_warmup,
     )
     _run_server(models, wrap_key, runtime, settings, ssl_config_file, ssl_config_bound_path, plaintext_ok,
                 insecure, stop)  # fmt: skip

@@ -28,6 +28,7 @@ from confserve.serving import (
     ModelStore,
     SavedModelLoader,
     ServingMetrics,
+    WarmupLoader,
     log_unexpected,
     set_tensorflow_threads,
 )
@@ -55,6 +56,8 @@ class ServerSettings:
     tensorflow_inter_op_parallelism: int = 0
     # Path of the Prometheus metrics on the REST port (TF Serving's PrometheusConfig); None: no metrics.
     metrics_path: str | None = None
+    # TF Serving's --enable_model_warmup: replay assets.extra/tf_serving_warmup_requests before serving.
+    enable_model_warmup: bool = False
 
 
 class ModelServer:
@@ -75,9 +78,10 @@ class ModelServer:
         set_tensorflow_threads(
             self.settings.tensorflow_intra_op_parallelism, self.settings.tensorflow_inter_op_parallelism
         )
-        manager: ModelManager[Any] = ModelManager(
-            loader or SavedModelLoader(opener), settings=self.settings.manager
-        )
+        loader = loader or SavedModelLoader(opener)
+        if self.settings.enable_model_warmup:
+            loader = WarmupLoader(loader, opener)
+        manager: ModelManager[Any] = ModelManager(loader, settings=self.settings.manager)
         self.store = ModelStore(models, opener, manager)
         self.metrics = None if self.settings.metrics_path is None else ServingMetrics()
         self.dataplane = DataPlane(

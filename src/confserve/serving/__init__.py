@@ -54,6 +54,7 @@ if TYPE_CHECKING:
         SavedModelServable,
         set_tensorflow_threads,
     )
+    from confserve.serving._warmup import WarmupLoader
 
 __all__ = [
     "DEFAULT_METRICS_PATH",
@@ -91,6 +92,7 @@ __all__ = [
     "State",
     "VersionPolicy",
     "VersionStatus",
+    "WarmupLoader",
     "dtype_name",
     "log_unexpected",
     "model_configs_from_proto",
@@ -107,6 +109,7 @@ _LAZY = {
     "SavedModelLoader": "confserve.serving._savedmodel",
     "SavedModelServable": "confserve.serving._savedmodel",
     "set_tensorflow_threads": "confserve.serving._savedmodel",
+    "WarmupLoader": "confserve.serving._warmup",
 }
 
 

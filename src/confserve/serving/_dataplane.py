@@ -30,11 +30,11 @@ from tensorflow_serving.apis import (
 from confserve.errors import ConfserveError, Status
 from confserve.serving._admission import Admission
 from confserve.serving._errors import InvalidInputError, NotFoundError, PermissionDeniedError
-from confserve.serving._manager import ModelManager, ServableHandle
+from confserve.serving._manager import ServableHandle, VersionStatus
 from confserve.serving._metrics import ServingMetrics
 from confserve.serving._tensors import DEFAULT_MAX_TENSOR_ELEMENTS, check_compatible, from_proto, to_proto
 
-__all__ = ["DEFAULT_SIGNATURE", "GRPC", "REST", "DataPlane", "Servable"]
+__all__ = ["DEFAULT_SIGNATURE", "GRPC", "REST", "DataPlane", "Servable", "Servables"]
 
 DEFAULT_SIGNATURE = "serving_default"
 # TF Serving's request_latency entrypoint labels. The gRPC API is the native one, so it is the default;
@@ -63,6 +63,22 @@ class Servable(Protocol):
     ) -> Mapping[str, npt.NDArray[Any]]: ...
 
 
+class Servables(Protocol):
+    """What the DataPlane needs from the model manager (`ModelManager` is the one real implementation)."""
+
+    def acquire(
+        self, model: str, *, version: int | None = None, label: str | None = None
+    ) -> ServableHandle[Any]: ...
+
+    def knows(self, model: str) -> bool: ...
+
+    def is_ready(self) -> bool: ...
+
+    def model_status(
+        self, model: str, *, version: int | None = None, label: str | None = None
+    ) -> list[VersionStatus]: ...
+
+
 def _version_choice(spec: Any) -> tuple[str | None, int | str | None]:
     choice = spec.WhichOneof("version_choice")
     if choice == "version":
@@ -87,7 +103,7 @@ class DataPlane:
 
     def __init__(
         self,
-        manager: ModelManager[Any],
+        manager: Servables,
         *,
         max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS,
         max_concurrent_requests: int | None = None,
