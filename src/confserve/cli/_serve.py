@@ -78,6 +78,19 @@ def _read_tls(path: str, wrap_key: Any, bound_path: str | None, allow_plaintext:
     )
 
 
+def _batching(path: str | None) -> Any:
+    """BatchingSettings from a BatchingParameters file, TF Serving's defaults without one."""
+    from confserve.serving.batching import BatchingSettings, batching_settings_from_proto  # noqa: PLC0415
+    from confserve.tfs_config import BatchingParameters, parse_text  # noqa: PLC0415
+
+    if path is None:
+        return BatchingSettings()
+    data = Path(path).read_bytes()
+    return batching_settings_from_proto(
+        parse_text(BatchingParameters, data, what="--batching_parameters_file")
+    )
+
+
 def _metrics_path(path: str) -> str | None:
     """The Prometheus path a MonitoringConfig enables, or None (TF Serving's default path when unset)."""
     from confserve.serving import DEFAULT_METRICS_PATH  # noqa: PLC0415
@@ -231,6 +244,13 @@ def _model_identity(
     is_flag=True,
     help="Replay each version's assets.extra/tf_serving_warmup_requests before it serves.",
 )
+@click.option(*_names("enable_batching"), "enable_batching", is_flag=True, help="Server-side batching.")
+@click.option(
+    *_names("batching_parameters_file"),
+    "batching_parameters_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="BatchingParameters text proto (with --enable_batching; TF Serving's defaults without it).",
+)
 @reports_errors
 def serve(  # noqa: PLR0912, PLR0915 - the start sequence reads best in one place
     model_config_file: str | None,
@@ -265,6 +285,8 @@ def serve(  # noqa: PLR0912, PLR0915 - the start sequence reads best in one plac
     shutdown_grace_seconds: float,
     monitoring_config_file: str | None,
     enable_model_warmup: bool,
+    enable_batching: bool,
+    batching_parameters_file: str | None,
 ) -> None:
     """Serve TensorFlow SavedModels over TF Serving's gRPC and REST APIs."""
     stop = threading.Event()
@@ -373,6 +395,8 @@ def serve(  # noqa: PLR0912, PLR0915 - the start sequence reads best in one plac
             request_timeout_seconds=rest_timeout_ms / 1000,
             max_body_bytes=max_message_bytes,
         )
+    if batching_parameters_file is not None and not enable_batching:
+        fail("--batching_parameters_file needs --enable_batching")
     metrics_path = None if monitoring_config_file is None else _metrics_path(monitoring_config_file)
     if metrics_path is not None and rest is None:
         fail("--monitoring_config_file serves metrics on the REST port: do not disable REST")
@@ -386,6 +410,7 @@ def serve(  # noqa: PLR0912, PLR0915 - the start sequence reads best in one plac
         tensorflow_inter_op_parallelism=inter_op,
         metrics_path=metrics_path,
         enable_model_warmup=enable_model_warmup,
+        batching=_batching(batching_parameters_file) if enable_batching else None,
     )
     _run_server(models, wrap_key, runtime, settings, ssl_config_file, ssl_config_bound_path, plaintext_ok,
                 insecure, stop)  # fmt: skip

@@ -32,6 +32,7 @@ from confserve.serving import (
     log_unexpected,
     set_tensorflow_threads,
 )
+from confserve.serving.batching import BatchingLoader, BatchingSettings
 
 __all__ = ["ModelServer", "ServerSettings"]
 
@@ -58,6 +59,8 @@ class ServerSettings:
     metrics_path: str | None = None
     # TF Serving's --enable_model_warmup: replay assets.extra/tf_serving_warmup_requests before serving.
     enable_model_warmup: bool = False
+    # TF Serving's --enable_batching with --batching_parameters_file; None: every request runs alone.
+    batching: BatchingSettings | None = None
 
 
 class ModelServer:
@@ -79,6 +82,8 @@ class ModelServer:
             self.settings.tensorflow_intra_op_parallelism, self.settings.tensorflow_inter_op_parallelism
         )
         loader = loader or SavedModelLoader(opener)
+        if self.settings.batching is not None:
+            loader = BatchingLoader(loader, self.settings.batching)
         if self.settings.enable_model_warmup:
             loader = WarmupLoader(loader, opener)
         manager: ModelManager[Any] = ModelManager(loader, settings=self.settings.manager)
