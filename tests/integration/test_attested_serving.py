@@ -274,3 +274,12 @@ def test_cli_predict_with_attestation(env: Env, provisioning: Provisioning, tmp_
         assert "top-3" not in result.output
     finally:
         stop(process)
+
+
+def test_behaviour_flags_are_measured_and_availability_flags_are_not(env: Env) -> None:
+    base = measurement(env)
+    assert measurement(env, "--max_concurrent_requests=7", "--shutdown_grace_seconds=9") == base
+    assert measurement(env, "--enable_model_warmup") != base
+    assert measurement(env, "--enable_batching") != base
+    (env.host / "monitoring.cfg").write_text('prometheus_config { enable: true path: "/metrics" }')
+    assert measurement(env, "--monitoring_config_file=monitoring.cfg") != base

@@ -115,6 +115,10 @@ def _spki(tls: Any) -> bytes:
     )
 
 
+def _file_identity(path: str | None) -> str:
+    return "none" if path is None else "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def _model_identity(
     model_config_file: str | None, model_name: str | None, model_base_path: str | None
 ) -> str:
@@ -327,7 +331,14 @@ def serve(  # noqa: PLR0912, PLR0915 - the start sequence reads best in one plac
             secret_name=secret_name,
             insecure=insecure,
             allow_plaintext_models=allow_plaintext,
-            extra={"key_delivery": f"gramine-key:{set_key}" if set_key else "memory"},
+            extra={
+                "key_delivery": f"gramine-key:{set_key}" if set_key else "memory",
+                # What the replica exposes and how it treats requests are behaviour, so they are measured
+                # too (by content hash for files); ports, limits and thread counts are not.
+                "monitoring": _file_identity(monitoring_config_file),
+                "warmup": "true" if enable_model_warmup else "false",
+                "batching": _file_identity(batching_parameters_file) if enable_batching else "off",
+            },
         )
         runtime = EnclaveRuntime(
             EnclaveSettings(
