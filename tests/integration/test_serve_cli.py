@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -225,3 +226,69 @@ def test_serve_in_process_until_signalled(
     assert result.exit_code == 0, result.output
     assert LINE.search(result.output)
     assert len(waited) == 1
+
+
+def _model_status(port: int, ca: trustme.CA, name: str) -> list[tuple[int, int]]:
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.bytes())
+    with grpc.secure_channel(f"localhost:{port}", credentials) as channel:
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = name
+        try:
+            response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=30)
+        except grpc.RpcError:
+            return []
+    return [(s.version, s.state) for s in response.model_version_status]
+
+
+def test_encrypted_model_config_is_reloaded(tmp_path: Path, server_tls: TlsConfig, ca: trustme.CA) -> None:
+    """The owner changes the (encrypted) model config; the server follows: new models load, removed ones
+    unload. The host cannot do the same: the config is authenticated under the owner's key."""
+    key = WrapKey.generate()
+    key.save(tmp_path / "wrap-key")
+    for name in ("a", "b"):
+        encrypt_tree(
+            model_tree() / "clf" / "1", tmp_path / "models" / name / "1", key, bind_root=f"models/{name}/1"
+        )
+    (tmp_path / "ssl.cfg").write_bytes(encrypt_bytes(ssl_cfg(server_tls), key, bound_path="ssl.cfg"))
+
+    def config(*names: str) -> bytes:
+        text = " ".join(f'config {{ name: "{n}" base_path: "models/{n}" }}' for n in names)
+        return encrypt_bytes(f"model_config_list {{ {text} }}".encode(), key, bound_path="models.config")
+
+    (tmp_path / "models.config").write_bytes(config("a"))
+    process, port = run_server(
+        ["--model_config_file=models.config", "--model_config_file_poll_wait_seconds=0.2", "--port=0",
+         "--no_rest", "--ssl_config_file=ssl.cfg", "--wrap_key=wrap-key"],
+        tmp_path,
+    )  # fmt: skip
+    try:
+        assert _model_status(port, ca, "a") == [(1, 30)]  # AVAILABLE
+        assert _model_status(port, ca, "b") == []
+        (tmp_path / "models.config.new").write_bytes(config("b"))
+        os.replace(tmp_path / "models.config.new", tmp_path / "models.config")
+        deadline = time.monotonic() + 60
+        unloaded = ([], [(1, 50)])  # END, or forgotten
+        while _model_status(port, ca, "b") != [(1, 30)] or _model_status(port, ca, "a") not in unloaded:
+            assert time.monotonic() < deadline, (_model_status(port, ca, "a"), _model_status(port, ca, "b"))
+            time.sleep(0.1)
+        # A config the host wrote is not authentic: the server keeps serving the owner's.
+        (tmp_path / "models.config").write_text(
+            'model_config_list { config { name: "a" base_path: "models/a" } }'
+        )
+        time.sleep(1)  # several polls
+        assert _model_status(port, ca, "b") == [(1, 30)]
+        assert _model_status(port, ca, "a") in unloaded
+    finally:
+        stop(process, tmp_path)
+
+
+def test_plaintext_model_config_is_not_reloaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("models.config").write_text('model_config_list { config { name: "a" base_path: "/x" } }')
+    Path("k").write_bytes(bytes(16))
+    result = CliRunner().invoke(main, ["serve", "--model_config_file=models.config", "--insecure", "--wrap_key=k",
+                                       "--model_config_file_poll_wait_seconds=1"])  # fmt: skip
+    assert result.exit_code == 1
+    assert "could rewrite a plaintext model config" in result.output

@@ -120,8 +120,14 @@ def _file_identity(path: str | None) -> str:
 
 
 def _model_identity(
-    model_config_file: str | None, model_name: str | None, model_base_path: str | None
+    model_config_file: str | None, model_name: str | None, model_base_path: str | None, protected: bool
 ) -> str:
+    """What the measurement says about the models: an owner-encrypted config by its bound path (only the
+    owner can change its content, so it may be reloaded); a plaintext config by its content hash."""
+    if model_config_file is not None and protected:
+        from confserve import pf  # noqa: PLC0415
+
+        return "protected-config:" + pf.normalize_path(model_config_file)
     if model_config_file is not None:
         return "config-sha256:" + hashlib.sha256(Path(model_config_file).read_bytes()).hexdigest()
     return f"{model_name}={model_base_path}"
@@ -143,6 +149,14 @@ def _model_identity(
 )
 @click.option(
     *_names("file_system_poll_wait_seconds"), "poll_seconds", default=1.0, show_default=True, type=float
+)
+@click.option(
+    *_names("model_config_file_poll_wait_seconds"),
+    "config_poll_seconds",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Re-read the (encrypted) model config this often; 0 reads it once.",
 )
 @click.option(
     *_names("secret_provision_servers"),
@@ -267,6 +281,7 @@ def serve(  # noqa: PLR0912, PLR0915 - the start sequence reads best in one plac
     ssl_config_file: str | None,
     ssl_config_bound_path: str | None,
     poll_seconds: float,
+    config_poll_seconds: float,
     servers: str | None,
     provisioning_ca: str | None,
     secret_name: str,
@@ -305,10 +320,13 @@ def serve(  # noqa: PLR0912, PLR0915 - the start sequence reads best in one plac
     from confserve.serving import ModelConfig, parse_model_server_config  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config_protected = model_config_file is not None and pf.is_protected(model_config_file)
+    models: Any = None  # an encrypted model config is read once the key is here
     if model_config_file is not None:
         if model_name or model_base_path:
             fail("give either --model_config_file or --model_name/--model_base_path")
-        models = parse_model_server_config(Path(model_config_file).read_text(encoding="utf-8"))
+        if not config_protected:
+            models = parse_model_server_config(Path(model_config_file).read_text(encoding="utf-8"))
     elif model_name and model_base_path:
         models = (ModelConfig(model_name, model_base_path),)
     else:
@@ -324,7 +342,7 @@ def serve(  # noqa: PLR0912, PLR0915 - the start sequence reads best in one plac
             fail("--secret_provision_ca_chain_path is required with secret provisioning")
         assert provisioning_ca is not None
         measured = serve_measured_args(
-            models=_model_identity(model_config_file, model_name, model_base_path),
+            models=_model_identity(model_config_file, model_name, model_base_path, config_protected),
             ssl_config_file=ssl_config_file,
             ssl_config_bound_path=ssl_config_bound_path,
             provisioning_ca_sha256=file_sha256(provisioning_ca),
@@ -415,6 +433,7 @@ def serve(  # noqa: PLR0912, PLR0915 - the start sequence reads best in one plac
         grpc=GrpcSettings(address=f"{host}:{port}", max_message_bytes=max_message_bytes),
         rest=rest,
         file_system_poll_wait_seconds=poll_seconds,
+        model_config_poll_wait_seconds=config_poll_seconds,
         max_concurrent_requests=max_concurrent_requests or None,
         shutdown_grace_seconds=shutdown_grace_seconds,
         tensorflow_intra_op_parallelism=intra_op,
@@ -423,8 +442,32 @@ def serve(  # noqa: PLR0912, PLR0915 - the start sequence reads best in one plac
         enable_model_warmup=enable_model_warmup,
         batching=_batching(batching_parameters_file) if enable_batching else None,
     )
+
+    def read_models() -> Any:
+        assert model_config_file is not None
+        if config_protected:
+            key = wrap_key
+            if key is None:
+                fail(f"{model_config_file} is encrypted: it needs the key from secret provisioning")
+                raise AssertionError("unreachable")  # pragma: no cover
+            path = pf.normalize_path(model_config_file)
+            data = bytes(pf.read_protected(model_config_file, key, bound_path=path))
+        else:
+            data = Path(model_config_file).read_bytes()
+        return parse_model_server_config(data.decode("utf-8"))
+
+    if config_poll_seconds > 0:
+        if model_config_file is None:
+            fail("--model_config_file_poll_wait_seconds needs --model_config_file")
+        if not config_protected and not plaintext_ok:
+            fail(
+                "the host could rewrite a plaintext model config: encrypt it (confserve pf encrypt) so the "
+                "server may reload it, or --allow_plaintext in development"
+            )
+    if models is None:
+        models = read_models()
     _run_server(models, wrap_key, runtime, settings, ssl_config_file, ssl_config_bound_path, plaintext_ok,
-                insecure, stop)  # fmt: skip
+                insecure, stop, read_models if config_poll_seconds > 0 else None)  # fmt: skip
 
 
 def _run_server(
@@ -437,6 +480,7 @@ def _run_server(
     allow_plaintext: bool,
     insecure: bool,
     stop: threading.Event,
+    config_source: Any = None,
 ) -> None:
     from confserve.frontends import ModelServer  # noqa: PLC0415
     from confserve.serving import PlainOpener, ProtectedOpener  # noqa: PLC0415
@@ -451,7 +495,9 @@ def _run_server(
     if runtime is not None and tls is not None:
         spki = _spki(tls)
         evidence = lambda nonce: runtime.evidence(nonce, spki)  # noqa: E731
-    server = ModelServer(models, opener, tls, settings, allow_insecure=insecure, evidence=evidence)
+    server = ModelServer(
+        models, opener, tls, settings, allow_insecure=insecure, evidence=evidence, config_source=config_source
+    )
     server.start()
     rest_port = "off" if server.rest is None else str(server.rest.port)
     click.echo(f"confserve: serving gRPC on port {server.grpc.port}, REST on port {rest_port}", err=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,8 @@ class ServerSettings:
     rest: RestSettings | None = field(default_factory=RestSettings)  # None: no REST port (TF Serving: 0)
     # TF Serving's --file_system_poll_wait_seconds default (1); a negative value polls only at start-up.
     file_system_poll_wait_seconds: float = 1.0
+    # TF Serving's --model_config_file_poll_wait_seconds: 0 reads the model config once, at start-up.
+    model_config_poll_wait_seconds: float = 0.0
     manager: ManagerSettings = field(default_factory=ManagerSettings)
     # Inference requests running at once across gRPC and REST; beyond it RESOURCE_EXHAUSTED / 429. None:
     # bounded only by the worker pools (GrpcSettings.max_workers + RestSettings.num_threads), as TF Serving.
@@ -76,6 +78,7 @@ class ModelServer:
         allow_insecure: bool = False,
         evidence: EvidenceProvider | None = None,
         loader: Loader[Any] | None = None,
+        config_source: Callable[[], Sequence[ModelConfig]] | None = None,
     ) -> None:
         self.settings = settings or ServerSettings()
         set_tensorflow_threads(
@@ -114,6 +117,10 @@ class ModelServer:
         )
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        # --model_config_file_poll_wait_seconds: re-read the model config (None: read once, at start-up).
+        self._config_source = config_source
+        self._config_poller: threading.Thread | None = None
+        self._models = tuple(models)
 
     def start(self) -> None:
         self.store.poll_once()
@@ -124,6 +131,25 @@ class ModelServer:
         if self.settings.file_system_poll_wait_seconds >= 0:
             self._poller = threading.Thread(target=self._poll_forever, name="model-poller", daemon=True)
             self._poller.start()
+        if self._config_source is not None and self.settings.model_config_poll_wait_seconds > 0:
+            self._config_poller = threading.Thread(
+                target=self._watch_config, name="config-poller", daemon=True
+            )
+            self._config_poller.start()
+
+    def _watch_config(self) -> None:
+        assert self._config_source is not None
+        current = self._models
+        while not self._stop.wait(self.settings.model_config_poll_wait_seconds):
+            try:
+                models = tuple(self._config_source())
+            except Exception as exc:  # a bad new config keeps the old one serving
+                log_unexpected(_log, "model config reload", exc)
+                continue
+            if models != current:
+                _log.info("model config changed: now serving %s", ", ".join(m.name for m in models))
+                self.store.set_models(models)
+                current = models
 
     def _poll_forever(self) -> None:
         while not self._stop.wait(self.settings.file_system_poll_wait_seconds):

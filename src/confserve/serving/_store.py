@@ -27,8 +27,14 @@ class ModelStore(Generic[S]):
     """Keeps a manager in step with the model directories named by a model config."""
 
     def __init__(self, models: Sequence[ModelConfig], opener: FileOpener, manager: ModelManager[S]) -> None:
+        self._opener = opener
         self._source = FileSystemSource(models, opener)
         self.manager = manager
+
+    def set_models(self, models: Sequence[ModelConfig]) -> None:
+        """Replace the configured models (a changed model config); the next poll reconciles: models left
+        out are unloaded, new ones loaded. In-flight requests keep their handles until they finish."""
+        self._source = FileSystemSource(models, self._opener)
 
     def poll_once(self) -> None:
         """List every base path, publish the aspired versions, then load/unload what is due."""
