@@ -296,3 +296,34 @@ def test_bench_client_cli(servers: dict[str, int], bundles: dict[str, Path]) -> 
     data = json.loads(result.stdout.strip().splitlines()[-1])
     assert data["requests"] == 10
     assert data["errors"] == 0
+
+
+def test_expired_server_certificate_is_refused(
+    dataplane: Any, ca: trustme.CA, bundles: dict[str, Path]
+) -> None:
+    import datetime
+
+    expired = ca.issue_cert(
+        "localhost",
+        not_before=datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC),
+        not_after=datetime.datetime(2021, 1, 1, tzinfo=datetime.UTC),
+    )
+    tls = TlsConfig(
+        cert_chain_pem=b"".join(b.bytes() for b in expired.cert_chain_pems),
+        private_key_pem=expired.private_key_pem.bytes(),
+    )
+    grpc_server = GrpcServer(dataplane, tls, GrpcSettings(address="127.0.0.1:0", max_workers=2))
+    rest_server = RestServer(dataplane, tls, RestSettings(port=0, num_threads=1))
+    grpc_server.start()
+    rest_server.start()
+    try:
+        client_tls = ClientTls.from_bundle(bundles["oneway"])
+        grpc_client = PredictClient(f"localhost:{grpc_server.port}", tls=client_tls, timeout_seconds=5)
+        with grpc_client, pytest.raises(ClientError):
+            grpc_client.signature("clf")
+        rest_client = PredictClient(f"localhost:{rest_server.port}", protocol="rest", tls=client_tls)
+        with rest_client, pytest.raises(ClientError, match="certificate has expired"):
+            rest_client.signature("clf")
+    finally:
+        grpc_server.stop(0)
+        rest_server.stop()

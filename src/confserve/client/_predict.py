@@ -238,6 +238,11 @@ class _Rest:
             conn.request(method, path, body=payload, headers={"Content-Type": "application/json"})
             response = conn.getresponse()
             data = response.read()
+        except ssl.SSLCertVerificationError as e:
+            raise ClientError(
+                f"TLS with {self._host}:{self._port} failed: "
+                f"the server's certificate is refused ({e.verify_message})"
+            ) from None
         except ssl.SSLError as e:
             raise ClientError(f"TLS with {self._host}:{self._port} failed: {e.reason or e}") from None
         except OSError as e:
