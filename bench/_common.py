@@ -1,0 +1,199 @@
+"""Shared pieces of the serving benchmarks: example models, in-memory TLS, an in-process model server,
+the in-process baseline and the load generator, each small enough to read in one sitting.
+
+Heavy imports (TensorFlow, gRPC) happen inside the functions: the load generator's spawned workers
+re-import the benchmark's main module, and should pay only for what they use.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SMALL_MODEL = "digits"
+SMALL_INPUT = "image"
+RESNET_MODEL = "resnet50"
+RESNET_INPUT = "input"
+
+
+@dataclass(frozen=True)
+class Tls:
+    """Server and client halves of one-way TLS for `localhost`/127.0.0.1, from a throw-away CA."""
+
+    server: Any  # confserve.frontends.TlsConfig
+    client: Any  # confserve.client.ClientTls
+
+
+def make_tls() -> Tls:
+    import trustme
+
+    from confserve.client import ClientTls
+    from confserve.frontends import TlsConfig
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    server = TlsConfig(
+        cert_chain_pem=b"".join(blob.bytes() for blob in cert.cert_chain_pems),
+        private_key_pem=cert.private_key_pem.bytes(),
+    )
+    return Tls(server, ClientTls(ca.cert_pem.bytes(), server_name="localhost"))
+
+
+def build_small_model(root: Path) -> Path:
+    """The digits CNN (two small conv layers + two dense), one epoch: accuracy does not matter here."""
+    from confserve.owner._models import make_digits_model
+
+    base = root / SMALL_MODEL
+    make_digits_model(base, epochs=1)
+    return base
+
+
+def build_resnet50(root: Path) -> Path:
+    """ResNet-50 with the reference signature and random weights (nothing can be downloaded here)."""
+    from confserve.owner._models import make_resnet50_model
+
+    base = root / RESNET_MODEL
+    make_resnet50_model(base)
+    return base
+
+
+def encrypt(base: Path, out: Path, key: Any) -> Path:
+    """Encrypt the whole versioned tree; files are bound to `out` exactly as the server will open it."""
+    from confserve.owner._models import encrypt_model_tree
+
+    encrypt_model_tree(base, out, key, bind_root=str(out))
+    return out
+
+
+def small_inputs(batch: int = 1) -> dict[str, npt.NDArray[np.float32]]:
+    rng = np.random.default_rng(0)
+    return {SMALL_INPUT: rng.random((batch, 8, 8, 1), dtype=np.float32)}
+
+
+def resnet_inputs(batch: int = 1) -> dict[str, npt.NDArray[np.float32]]:
+    rng = np.random.default_rng(0)
+    return {RESNET_INPUT: rng.random((batch, 224, 224, 3), dtype=np.float32)}
+
+
+# -- the baseline: the SavedModel signature called in this process --------------------------------------
+
+
+@dataclass(frozen=True)
+class InProcess:
+    calls: int
+    seconds: float
+    p50_ms: float
+
+    @property
+    def per_second(self) -> float:
+        return self.calls / self.seconds
+
+
+class Baseline:
+    """The SavedModel loaded with tf.saved_model.load, its `serving_default` called with numpy in and
+    numpy out (what the server does around the same call)."""
+
+    def __init__(self, version_dir: Path, inputs: dict[str, npt.NDArray[Any]]) -> None:
+        import tensorflow as tf
+
+        self._tf = tf
+        self._signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+        self._inputs = inputs
+        for _ in range(3):  # tracing, allocator and thread-pool warm-up
+            self._call()
+
+    def _call(self) -> None:
+        outputs = self._signature(**{k: self._tf.constant(v) for k, v in self._inputs.items()})
+        for value in outputs.values():
+            np.asarray(value.numpy())
+
+    def measure(self, seconds: float) -> InProcess:
+        """Call for about `seconds` (at least 5 calls)."""
+        latencies: list[float] = []
+        start = time.perf_counter()
+        deadline = start + seconds
+        while time.perf_counter() < deadline or len(latencies) < 5:
+            t = time.perf_counter()
+            self._call()
+            latencies.append(time.perf_counter() - t)
+        elapsed = time.perf_counter() - start
+        return InProcess(len(latencies), elapsed, statistics.median(latencies) * 1000)
+
+
+# -- the server under test ---------------------------------------------------------------------------
+
+
+@contextmanager
+def model_server(
+    models: dict[str, Path], tls: Tls, *, key: Any = None, rest: bool = True, batching: Any = None
+) -> Iterator[Any]:
+    """A confserve ModelServer on loopback port 0 (gRPC, and REST unless `rest` is false), models
+    decrypted with `key` (ProtectedOpener) or read plain (PlainOpener), server-side batching with
+    `batching` (a BatchingSettings) if given. Polls only at start-up."""
+    from confserve.frontends import ModelServer, ServerSettings
+    from confserve.frontends.grpc import GrpcSettings
+    from confserve.frontends.rest import RestSettings
+    from confserve.serving import ModelConfig, PlainOpener, ProtectedOpener
+
+    opener = PlainOpener() if key is None else ProtectedOpener(key)
+    settings = ServerSettings(
+        grpc=GrpcSettings(address="127.0.0.1:0"),
+        rest=RestSettings(port=0) if rest else None,
+        file_system_poll_wait_seconds=-1,
+        batching=batching,
+    )
+    configs = [ModelConfig(name, str(base)) for name, base in models.items()]
+    server = ModelServer(configs, opener, tls.server, settings)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop(grace_seconds=1)
+
+
+def run_load(
+    port: int,
+    model: str,
+    inputs: dict[str, npt.NDArray[Any]],
+    tls: Any,
+    *,
+    protocol: str = "grpc",
+    concurrency: int = 1,
+    processes: int = 1,
+    seconds: float = 10.0,
+) -> Any:
+    """confserve's own load generator for `seconds` against 127.0.0.1:`port`; returns its LoadResult."""
+    from confserve.client._loadgen import LoadSpec
+    from confserve.client._loadgen import run_load as _run
+
+    spec = LoadSpec(
+        target=f"127.0.0.1:{port}",
+        model=model,
+        inputs=inputs,
+        protocol=protocol,  # type: ignore[arg-type]
+        tls=tls,
+        concurrency=concurrency,
+        processes=processes,
+        requests=None,
+        duration_seconds=seconds,
+    )
+    result = _run(spec)
+    if result.errors:
+        print(f"  !! {result.errors} errors, first: {result.first_error}")
+    return result
+
+
+def machine_line() -> str:
+    load1, load5, _ = os.getloadavg()
+    return f"machine: {os.cpu_count()} cores, load average {load1:.2f} (1 min) {load5:.2f} (5 min)"

@@ -1,0 +1,304 @@
+"""Model-server throughput, latency and start-up, against the SavedModel signature called in-process.
+
+Baseline, measured in the same run and the same process as the server: `tf.saved_model.load` + a call of
+`serving_default`, numpy in and out. The server is confserve's ModelServer on loopback (gRPC and REST over
+one-way TLS, encrypted models read through ProtectedOpener); the load comes from confserve's own load
+generator (`confserve.client._loadgen`), whose worker processes share this machine's cores with the
+server, as a client on the same host would. Every phase runs for a fixed time.
+
+- ResNet-50 (reference signature, random weights), batch 1: gRPC+TLS at concurrency 1 vs in-process,
+  in alternating rounds (baseline, served, baseline, served, ...) so that other work on a shared machine
+  hits both sides alike; the ratio is the median of the per-round ratios (target >= 0.95x). Concurrency
+  16 without and with server-side batching (target with batching >= 1.0x the batch-1 baseline).
+- Small model (the digits CNN): added p50 latency over the in-process call (target <= 1 ms) and
+  requests/s at concurrency 1 and 16, gRPC and REST.
+- Start-up: ModelServer construction -> models loaded and ports open, ResNet-50 encrypted
+  (ProtectedOpener) vs plain (PlainOpener), alternating, best and median (target <= 1 s extra).
+
+Usage: .venv/bin/python bench/serving.py [--quick] [--seconds S] [--rounds N] [--startup-reps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as c
+
+
+@dataclass(frozen=True)
+class Options:
+    resnet_seconds: float
+    small_seconds: float
+    rounds: int
+    startup_reps: int
+    c16_processes: int
+
+
+@dataclass
+class Results:
+    resnet_rounds: list[tuple[c.InProcess, Any]] = field(default_factory=list)
+    resnet_c16: Any = None
+    resnet_c16_batched: Any = None
+    batching: Any = None
+    small_base: list[c.InProcess] = field(default_factory=list)
+    small: dict[tuple[str, int], Any] = field(default_factory=dict)
+    startup: dict[str, list[float]] = field(default_factory=lambda: {"plain": [], "encrypted": []})
+    read_seconds: dict[str, float] = field(default_factory=dict)
+    rest_nodelay: tuple[str, str] = ("", "")
+
+
+def measure_serving(
+    opts: Options, tls: c.Tls, key: Any, plain: dict[str, Path], enc: dict[str, Path], out: Results
+) -> None:
+    resnet_base = c.Baseline(plain[c.RESNET_MODEL] / "1", c.resnet_inputs())
+    small_base = c.Baseline(plain[c.SMALL_MODEL] / "1", c.small_inputs())
+    with c.model_server(enc, tls, key=key) as server:
+        grpc_port, rest_port = server.grpc.port, server.rest.port
+        for i in range(opts.rounds):
+            print(f"ResNet-50 round {i + 1}/{opts.rounds}: in-process, then gRPC+TLS c=1 ...", flush=True)
+            base = resnet_base.measure(opts.resnet_seconds)
+            served = c.run_load(
+                grpc_port, c.RESNET_MODEL, c.resnet_inputs(), tls.client, seconds=opts.resnet_seconds
+            )
+            out.resnet_rounds.append((base, served))
+        print("ResNet-50: gRPC+TLS c=16 ...", flush=True)
+        out.resnet_c16 = c.run_load(
+            grpc_port,
+            c.RESNET_MODEL,
+            c.resnet_inputs(),
+            tls.client,
+            concurrency=16,
+            processes=opts.c16_processes,
+            seconds=opts.resnet_seconds,
+        )
+        out.small_base.append(small_base.measure(opts.small_seconds))
+        for protocol, port in (("grpc", grpc_port), ("rest", rest_port)):
+            for concurrency in (1, 16):
+                print(f"small model: {protocol} c={concurrency} ...", flush=True)
+                out.small[protocol, concurrency] = c.run_load(
+                    port,
+                    c.SMALL_MODEL,
+                    c.small_inputs(),
+                    tls.client,
+                    protocol=protocol,
+                    concurrency=concurrency,
+                    processes=1 if concurrency == 1 else opts.c16_processes,
+                    seconds=opts.small_seconds,
+                )
+        out.small_base.append(small_base.measure(opts.small_seconds))
+        out.rest_nodelay = _rest_nodelay(rest_port, tls)
+    measure_batched(opts, tls, key, enc, out)
+
+
+def measure_batched(opts: Options, tls: c.Tls, key: Any, enc: dict[str, Path], out: Results) -> None:
+    """ResNet-50 at concurrency 16 with server-side batching: up to 16 batch-1 requests merged."""
+    from confserve.serving.batching import BatchingSettings
+
+    # 16: the concurrency, so one batch can take every request in flight; 2 ms: the wait for companions
+    # is small beside a ResNet-50 call (~30 ms); num_batch_threads stays TF Serving's default (cores).
+    out.batching = BatchingSettings(max_batch_size=16, batch_timeout_micros=2000)
+    with c.model_server({c.RESNET_MODEL: enc[c.RESNET_MODEL]}, tls, key=key, rest=False,
+                        batching=out.batching) as server:  # fmt: skip
+        print("ResNet-50: gRPC+TLS c=16 with server-side batching ...", flush=True)
+        out.resnet_c16_batched = c.run_load(
+            server.grpc.port,
+            c.RESNET_MODEL,
+            c.resnet_inputs(),
+            tls.client,
+            concurrency=16,
+            processes=opts.c16_processes,
+            seconds=opts.resnet_seconds,
+        )
+
+
+def _rest_nodelay(port: int, tls: c.Tls, calls: int = 200) -> tuple[str, str]:
+    """Diagnostic: REST c=1 latencies with the stock client, then with its HTTPS connection patched to set
+    TCP_NODELAY (http.client's own connect() sets it; confserve's `_HttpsConnection.connect` replaces that
+    method and does not). Sequential calls in this process; the patch is undone afterwards."""
+    import socket
+
+    from confserve.client import PredictClient, _predict
+
+    def latencies_of(client: Any) -> str:
+        latencies: list[float] = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            client.predict(c.SMALL_MODEL, c.small_inputs())
+            latencies.append((time.perf_counter() - start) * 1000)
+        latencies.sort()
+        stalled = sum(1 for x in latencies if x > 20) / calls
+        return (
+            f"p50 {latencies[calls // 2]:.2f} ms, p90 {latencies[calls * 9 // 10]:.2f} ms, "
+            f"mean {statistics.mean(latencies):.2f} ms, {stalled:.0%} over 20 ms"
+        )
+
+    def connect(self: Any) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self._server_name)
+
+    original = _predict._HttpsConnection.connect
+    with PredictClient(f"127.0.0.1:{port}", protocol="rest", tls=tls.client) as client:
+        client.predict(c.SMALL_MODEL, c.small_inputs())
+        stock = latencies_of(client)
+        _predict._HttpsConnection.connect = connect  # type: ignore[method-assign]
+        try:
+            nodelay = latencies_of(client)
+        finally:
+            _predict._HttpsConnection.connect = original  # type: ignore[method-assign]
+    return stock, nodelay
+
+
+def _startup_seconds(models: dict[str, Path], tls: c.Tls, key: Any) -> float:
+    start = time.perf_counter()
+    with c.model_server(models, tls, key=key) as server:
+        elapsed = time.perf_counter() - start
+        if not server.store.manager.is_ready():
+            raise RuntimeError(f"model not loaded: {server.store.manager.model_status(c.RESNET_MODEL)}")
+    return elapsed
+
+
+def _read_all_seconds(version_dir: Path, key: Any) -> float:
+    """Only the file reads of one load: plain read, or decrypt + MAC check of every protected file."""
+    from confserve.serving import PlainOpener, ProtectedOpener
+
+    opener = PlainOpener() if key is None else ProtectedOpener(key)
+    start = time.perf_counter()
+    for rel in opener.list_files(str(version_dir)):
+        opener.read_bytes(f"{version_dir}/{rel}")
+    return time.perf_counter() - start
+
+
+def measure_startup(opts: Options, tls: c.Tls, key: Any, plain: Path, enc: Path, out: Results) -> None:
+    print(f"start-up: {opts.startup_reps} repetitions each, plain and encrypted, alternating ...", flush=True)
+    plain_models, enc_models = {c.RESNET_MODEL: plain}, {c.RESNET_MODEL: enc}
+    _startup_seconds(plain_models, tls, None)  # warm-up: first SavedModel load in this process
+    for _ in range(opts.startup_reps):
+        out.startup["plain"].append(_startup_seconds(plain_models, tls, None))
+        out.startup["encrypted"].append(_startup_seconds(enc_models, tls, key))
+    out.read_seconds["plain"] = min(_read_all_seconds(plain / "1", None) for _ in range(2))
+    out.read_seconds["encrypted"] = min(_read_all_seconds(enc / "1", key) for _ in range(2))
+
+
+def _row(label: str, rps: float, p50_ms: float, ratio: float | None = None, note: str = "") -> None:
+    ratio_text = f"{ratio:>8.2f}x" if ratio is not None else f"{'':>9}"
+    print(f"  {label:<44}{rps:>9.1f}{p50_ms:>10.2f}{ratio_text}  {note}".rstrip())
+
+
+def report(out: Results) -> None:
+    print(f"\n{c.machine_line()}")
+    print(f"  {'':<44}{'req/s':>9}{'p50 ms':>10}{'x base':>9}")
+    print("ResNet-50, batch 1 (224x224x3 float32, 602 KB per request)")
+    ratios = []
+    for i, (base, served) in enumerate(out.resnet_rounds, 1):
+        ratio = served.throughput_rps / base.per_second
+        ratios.append(ratio)
+        _row(f"round {i}: baseline, in-process signature call", base.per_second, base.p50_ms, 1.0)
+        _row(f"round {i}: gRPC+TLS, concurrency 1", served.throughput_rps, served.p50_ms, ratio)
+    best_base = max(b.per_second for b, _ in out.resnet_rounds)
+    best_served = max(s.throughput_rps for _, s in out.resnet_rounds)
+    print(
+        f"  gRPC+TLS c=1 / in-process: median of rounds {statistics.median(ratios):.2f}x, "
+        f"best vs best {best_served / best_base:.2f}x (target >= 0.95x)"
+    )
+    r16 = out.resnet_c16
+    ratio16 = r16.throughput_rps / best_base
+    _row("gRPC+TLS, concurrency 16, no batching", r16.throughput_rps, r16.p50_ms, ratio16,
+         "vs best baseline")  # fmt: skip
+    rb = out.resnet_c16_batched
+    _row("gRPC+TLS, concurrency 16, server-side batching", rb.throughput_rps, rb.p50_ms,
+         rb.throughput_rps / best_base, "vs best baseline; target >= 1.0x")  # fmt: skip
+    b = out.batching
+    print(
+        f"  batching: max_batch_size {b.max_batch_size}, batch_timeout_micros {b.batch_timeout_micros}, "
+        f"num_batch_threads {b.num_batch_threads}, max_enqueued_batches {b.max_enqueued_batches}"
+    )
+
+    base = max(out.small_base, key=lambda b: b.per_second)
+    runs = " / ".join(f"{b.per_second:.0f} req/s p50 {b.p50_ms:.3f} ms" for b in out.small_base)
+    print("Small model (digits CNN, input 1x8x8x1 float32)")
+    print(f"  (baseline before / after the load: {runs}; faster kept)")
+    _row("baseline: in-process signature call", base.per_second, base.p50_ms, 1.0)
+    for (protocol, concurrency), r in out.small.items():
+        label = f"{'gRPC' if protocol == 'grpc' else 'REST'}+TLS, concurrency {concurrency}"
+        _row(label, r.throughput_rps, r.p50_ms, r.throughput_rps / base.per_second,
+             f"p90 {r.p90_ms:.2f} ms, p99 {r.p99_ms:.2f} ms")  # fmt: skip
+    added = out.small["grpc", 1].p50_ms - min(b.p50_ms for b in out.small_base)
+    print(f"  added p50 latency over the in-process call, gRPC+TLS c=1: {added:.2f} ms (target <= 1 ms)")
+    stock, nodelay = out.rest_nodelay
+    print("  diagnostic, REST c=1, 200 sequential calls from this process:")
+    print(f"    stock client:                {stock}")
+    print(f"    client socket + TCP_NODELAY: {nodelay}")
+    print(
+        "    (the client's HTTPS connect() drops http.client's TCP_NODELAY: the request goes out as two TLS"
+    )
+    print("     records and Nagle + delayed ACK can stall a request by ~40 ms)")
+
+    startup = out.startup
+    reps = len(startup["plain"])
+    print(f"Start-up, ResNet-50: ModelServer construction -> loaded and listening ({reps} runs each)")
+    best_p, best_e = min(startup["plain"]), min(startup["encrypted"])
+    med_p, med_e = statistics.median(startup["plain"]), statistics.median(startup["encrypted"])
+    print(f"  plain (PlainOpener)          best {best_p:6.2f} s  median {med_p:6.2f} s")
+    print(f"  encrypted (ProtectedOpener)  best {best_e:6.2f} s  median {med_e:6.2f} s")
+    print(
+        f"  extra for encryption: best {best_e - best_p:+.2f} s, "
+        f"median {med_e - med_p:+.2f} s (target <= 1 s)"
+    )
+    print(
+        f"  of which file reads alone: plain {out.read_seconds['plain']:.2f} s, "
+        f"decrypt+verify {out.read_seconds['encrypted']:.2f} s"
+    )
+    print("  (TensorFlow import, attestation and key release are outside this figure)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short phases, fewer rounds and repetitions")
+    parser.add_argument("--seconds", type=float, help="each ResNet-50 phase (default 6, quick 4)")
+    parser.add_argument("--small-seconds", type=float, help="each small-model phase (default 8, quick 3)")
+    parser.add_argument("--rounds", type=int, help="ResNet-50 baseline/served rounds (default 4, quick 1)")
+    parser.add_argument("--startup-reps", type=int, help="start-up repetitions each (default 4, quick 2)")
+    parser.add_argument("--c16-processes", type=int, default=2, help="load-generator processes at c=16")
+    args = parser.parse_args()
+    opts = Options(
+        resnet_seconds=args.seconds or (4.0 if args.quick else 6.0),
+        small_seconds=args.small_seconds or (3.0 if args.quick else 8.0),
+        rounds=args.rounds or (1 if args.quick else 4),
+        startup_reps=args.startup_reps or (2 if args.quick else 4),
+        c16_processes=args.c16_processes,
+    )
+
+    from confserve import pf
+
+    print(c.machine_line(), flush=True)
+    key = pf.WrapKey(os.urandom(16))
+    tls = c.make_tls()
+    out = Results()
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        root = Path(tmp)
+        t = time.perf_counter()
+        plain = {
+            c.RESNET_MODEL: c.build_resnet50(root / "plain"),
+            c.SMALL_MODEL: c.build_small_model(root / "plain"),
+        }
+        enc = {name: c.encrypt(base, root / "enc" / name, key) for name, base in plain.items()}
+        size_mb = sum(f.stat().st_size for f in (plain[c.RESNET_MODEL] / "1").rglob("*") if f.is_file()) / 1e6
+        print(f"models built and encrypted in {time.perf_counter() - t:.1f} s (ResNet-50 {size_mb:.0f} MB)")
+        measure_serving(opts, tls, key, plain, enc, out)
+        measure_startup(opts, tls, key, plain[c.RESNET_MODEL], enc[c.RESNET_MODEL], out)
+    report(out)
+
+
+if __name__ == "__main__":
+    main()
