@@ -54,7 +54,6 @@ class Results:
     small: dict[tuple[str, int], Any] = field(default_factory=dict)
     startup: dict[str, list[float]] = field(default_factory=lambda: {"plain": [], "encrypted": []})
     read_seconds: dict[str, float] = field(default_factory=dict)
-    rest_nodelay: tuple[str, str] = ("", "")
 
 
 def measure_serving(
@@ -96,7 +95,6 @@ def measure_serving(
                     seconds=opts.small_seconds,
                 )
         out.small_base.append(small_base.measure(opts.small_seconds))
-        out.rest_nodelay = _rest_nodelay(rest_port, tls)
     measure_batched(opts, tls, key, enc, out)
 
 
@@ -119,44 +117,6 @@ def measure_batched(opts: Options, tls: c.Tls, key: Any, enc: dict[str, Path], o
             processes=opts.c16_processes,
             seconds=opts.resnet_seconds,
         )
-
-
-def _rest_nodelay(port: int, tls: c.Tls, calls: int = 200) -> tuple[str, str]:
-    """Diagnostic: REST c=1 latencies with the stock client, then with its HTTPS connection patched to set
-    TCP_NODELAY (http.client's own connect() sets it; confserve's `_HttpsConnection.connect` replaces that
-    method and does not). Sequential calls in this process; the patch is undone afterwards."""
-    import socket
-
-    from confserve.client import PredictClient, _predict
-
-    def latencies_of(client: Any) -> str:
-        latencies: list[float] = []
-        for _ in range(calls):
-            start = time.perf_counter()
-            client.predict(c.SMALL_MODEL, c.small_inputs())
-            latencies.append((time.perf_counter() - start) * 1000)
-        latencies.sort()
-        stalled = sum(1 for x in latencies if x > 20) / calls
-        return (
-            f"p50 {latencies[calls // 2]:.2f} ms, p90 {latencies[calls * 9 // 10]:.2f} ms, "
-            f"mean {statistics.mean(latencies):.2f} ms, {stalled:.0%} over 20 ms"
-        )
-
-    def connect(self: Any) -> None:
-        sock = socket.create_connection((self.host, self.port), self.timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self._server_name)
-
-    original = _predict._HttpsConnection.connect
-    with PredictClient(f"127.0.0.1:{port}", protocol="rest", tls=tls.client) as client:
-        client.predict(c.SMALL_MODEL, c.small_inputs())
-        stock = latencies_of(client)
-        _predict._HttpsConnection.connect = connect  # type: ignore[method-assign]
-        try:
-            nodelay = latencies_of(client)
-        finally:
-            _predict._HttpsConnection.connect = original  # type: ignore[method-assign]
-    return stock, nodelay
 
 
 def _startup_seconds(models: dict[str, Path], tls: c.Tls, key: Any) -> float:
@@ -235,14 +195,6 @@ def report(out: Results) -> None:
              f"p90 {r.p90_ms:.2f} ms, p99 {r.p99_ms:.2f} ms")  # fmt: skip
     added = out.small["grpc", 1].p50_ms - min(b.p50_ms for b in out.small_base)
     print(f"  added p50 latency over the in-process call, gRPC+TLS c=1: {added:.2f} ms (target <= 1 ms)")
-    stock, nodelay = out.rest_nodelay
-    print("  diagnostic, REST c=1, 200 sequential calls from this process:")
-    print(f"    stock client:                {stock}")
-    print(f"    client socket + TCP_NODELAY: {nodelay}")
-    print(
-        "    (the client's HTTPS connect() drops http.client's TCP_NODELAY: the request goes out as two TLS"
-    )
-    print("     records and Nagle + delayed ACK can stall a request by ~40 ms)")
 
     startup = out.startup
     reps = len(startup["plain"])
