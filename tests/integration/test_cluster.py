@@ -114,13 +114,28 @@ def detached(tmp_path: Path, digits_model: Path) -> Iterator[LocalCluster]:
     run("down", "--workspace", str(ws.root))
 
 
-def test_status_scale_kill_under_load(detached: LocalCluster) -> None:
+def test_status_scale_kill_under_load(
+    detached: LocalCluster, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     ws = detached.ws
+    # The live status view prints one line per tick (stopped after the first, as Ctrl-C would).
+    from confserve.cli import _cluster
+
+    def interrupt(_: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_cluster.time, "sleep", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _cluster._watch(detached)
+    monkeypatch.undo()
+    line = capsys.readouterr().out
+    assert "secret-prov ok | nginx ok | #0 ready" in line
     info = json.loads(run("status", "--workspace", str(ws.root), "--json").stdout)
     assert info["service_name"] == SERVICE_DOMAIN
     assert info["grpc"].startswith("127.0.0.1:")
     assert [r["ready"] for r in info["replicas"]] == [True]
     assert Path(info["client_bundle"]["cert"]).exists()
+    assert info["signature"]["inputs"] == {"image": {"dtype": "float32", "shape": [-1, 8, 8, 1]}}
     state = ClusterState.load(ws.state_file)
     with Load(ws, state) as load:
         load.wait_for(5)

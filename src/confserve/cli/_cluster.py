@@ -61,6 +61,7 @@ def up(workspace: Path, replicas: int, model: str, tls_mode: str, once: bool, de
         if not detach:
             cluster.down()
         fail(f"the check through the load balancer failed: {exc}")
+    cluster.record_signature(result.signature)
     ident = state.identity
     click.echo("\nconfserve: a confidential serving cluster is up (simulated SGX)")
     click.echo(f"  replicas' identity: mr_enclave {ident['mr_enclave']}")

@@ -24,6 +24,7 @@ class CheckResult:
     attested_mr_enclave: str
     summary: str  # what was sent and what came back, for people
     outputs: dict[str, Any]
+    signature: dict[str, Any]  # name, inputs and outputs (dtype, shape) of the checked signature
 
 
 def check_cluster(ws: Workspace, state: ClusterState) -> CheckResult:
@@ -51,9 +52,13 @@ def check_cluster(ws: Workspace, state: ClusterState) -> CheckResult:
             passed = all(np.all(np.isfinite(v)) for v in out.values() if v.dtype.kind == "f")
             shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in out.items())
             summary = f"random input of the {signature.name!r} signature -> {shapes}"
-    return CheckResult(
-        passed, attested.evidence.identity.mr_enclave.hex(), summary, {k: v.tolist() for k, v in out.items()}
-    )
+    described = {
+        "name": signature.name,
+        "inputs": {k: {"dtype": v.dtype, "shape": v.shape} for k, v in signature.inputs.items()},
+        "outputs": {k: {"dtype": v.dtype, "shape": v.shape} for k, v in signature.outputs.items()},
+    }
+    outputs = {k: v.tolist() for k, v in out.items()}
+    return CheckResult(passed, attested.evidence.identity.mr_enclave.hex(), summary, outputs, described)
 
 
 def audit_entries(ws: Workspace) -> list[dict[str, Any]]:

@@ -75,6 +75,7 @@ class ClusterState:
     lb_rest_port: int
     identity: dict[str, Any]
     replicas: list[ReplicaState] = field(default_factory=list)
+    signature: dict[str, Any] = field(default_factory=dict)  # the model's serving signature, once checked
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -281,6 +282,10 @@ class LocalCluster:
             raise
         return state
 
+    def record_signature(self, signature: dict[str, Any]) -> None:
+        self._require_state().signature = signature
+        self._save()
+
     def _save(self) -> None:
         assert self.state is not None
         self.ws.state_file.write_text(self.state.to_json())
@@ -453,6 +458,7 @@ class LocalCluster:
             "secret_provisioning": {"port": state.prov_port, "alive": self._alive(state.prov_pid)},
             "load_balancer": {"pid": state.nginx_pid, "alive": self._alive(state.nginx_pid)},
             "identity": {k: state.identity[k] for k in ("mr_enclave", "mr_signer", "isv_prod_id", "isv_svn")},
+            "signature": state.signature,
             "replicas": [
                 {
                     "index": r.index,
