@@ -7,14 +7,13 @@ policy accepted it; usage errors exit 2 (click), everything else 1.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import Any, NoReturn
 
 import click
 from cryptography import x509
@@ -28,26 +27,9 @@ from confserve.attestation._simplatform import SGX_TCB_STATUSES, SimCollateralSe
 from confserve.attestation._structs import parse_quote_v3
 from confserve.attestation._types import EnclaveIdentity, VerifiedEvidence
 from confserve.attestation._verify import INTEL_SGX_ROOT_CA_SHA256, Collateral, TrustConfig, verify
-from confserve.errors import ConfserveError
-
-P = ParamSpec("P")
-R = TypeVar("R")
+from confserve.cli._common import reports_errors
 
 EXIT_REFUSED = 1  # verification failed, policy refused, or an operation failed
-
-
-def _fails_cleanly(func: Callable[P, R]) -> Callable[P, R]:
-    """confserve and OS errors become `confserve: error: reason` on stderr and exit code 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return func(*args, **kwargs)
-        except (ConfserveError, OSError) as exc:
-            click.echo(f"confserve: error: {exc}", err=True)
-            sys.exit(EXIT_REFUSED)
-
-    return wrapper
 
 
 def _hex_bytes(size: int) -> Callable[[click.Context, click.Parameter, str | None], bytes | None]:
@@ -108,7 +90,7 @@ def sim_platform() -> None:
 @_ADVISORY
 @_REVOKED
 @_VALIDITY
-@_fails_cleanly
+@reports_errors
 def sim_init(
     directory: Path, tcb_status: str, advisory_ids: tuple[str, ...], pck_revoked: bool, validity_days: int
 ) -> None:
@@ -128,7 +110,7 @@ def sim_init(
 @_ADVISORY
 @click.option("--pck-revoked/--pck-valid", default=None, help="Change the PCK revocation.")
 @click.option("--validity-days", type=click.IntRange(min=1), help="Change the collateral lifetime.")
-@_fails_cleanly
+@reports_errors
 def sim_refresh(
     directory: Path,
     tcb_status: str | None,
@@ -175,7 +157,7 @@ def attest() -> None:
 @click.option("--isv-prod-id", type=click.IntRange(0, 0xFFFF), default=0, show_default=True)
 @click.option("--isv-svn", type=click.IntRange(0, 0xFFFF), default=0, show_default=True)
 @click.option("--debug", is_flag=True, help="Set the DEBUG attribute (dcap-qvl then refuses the quote).")
-@_fails_cleanly
+@reports_errors
 def attest_quote(
     platform_dir: Path,
     report_data: bytes,
@@ -309,7 +291,7 @@ def _verification_setup(
 @_ROOT
 @_ALLOW_SIMULATED
 @_POLICY
-@_fails_cleanly
+@reports_errors
 def attest_verify_quote(
     quote_file: Path,
     collateral_file: Path | None,
@@ -341,7 +323,7 @@ def attest_verify_quote(
 @_ROOT
 @_ALLOW_SIMULATED
 @_POLICY
-@_fails_cleanly
+@reports_errors
 def attest_show_cert(
     cert_file: Path,
     collateral_file: Path | None,
