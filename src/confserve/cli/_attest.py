@@ -283,6 +283,19 @@ def _verification_setup(
     return collateral, trust, policy
 
 
+def _verify_and_emit(
+    quote: bytes, setup: tuple[Collateral, TrustConfig, Policy], now: int | None, **extra: Any
+) -> NoReturn:
+    """Verify, apply the policy, print the JSON verdict (with `extra` fields first) and exit."""
+    collateral, trust, policy = setup
+    try:
+        evidence = verify(quote, collateral, trust, int(time.time()) if now is None else now)
+    except AttestationError as exc:
+        _emit({**extra, **_verdict(None, False, str(exc))})
+    decision = policy.evaluate(evidence)
+    _emit({**extra, **_verdict(evidence, decision.accepted, decision.reason)})
+
+
 @attest.command("verify-quote")
 @click.argument("quote_file", metavar="QUOTE", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @_COLLATERAL
@@ -302,17 +315,8 @@ def attest_verify_quote(
     policy_file: Path | None,
 ) -> None:
     """Verify QUOTE and print a JSON verdict; exit 0 only if it is accepted."""
-    collateral, trust, policy = _verification_setup(
-        collateral_file, platform_dir, root, allow_simulated, policy_file
-    )
-    try:
-        evidence = verify(
-            quote_file.read_bytes(), collateral, trust, int(time.time()) if now is None else now
-        )
-    except AttestationError as exc:
-        _emit(_verdict(None, False, str(exc)))
-    decision = policy.evaluate(evidence)
-    _emit(_verdict(evidence, decision.accepted, decision.reason))
+    setup = _verification_setup(collateral_file, platform_dir, root, allow_simulated, policy_file)
+    _verify_and_emit(quote_file.read_bytes(), setup, now)
 
 
 @attest.command("show-cert")
@@ -354,12 +358,5 @@ def attest_show_cert(
     if collateral_file is None and platform_dir is None:
         click.echo(json.dumps({"verified": False, **facts}, indent=1))
         return
-    collateral, trust, policy = _verification_setup(
-        collateral_file, platform_dir, root, allow_simulated, policy_file
-    )
-    try:
-        evidence = verify(quote, collateral, trust, int(time.time()) if now is None else now)
-    except AttestationError as exc:
-        _emit({"format": fmt.value, **_verdict(None, False, str(exc))})
-    decision = policy.evaluate(evidence)
-    _emit({"format": fmt.value, **_verdict(evidence, decision.accepted, decision.reason)})
+    setup = _verification_setup(collateral_file, platform_dir, root, allow_simulated, policy_file)
+    _verify_and_emit(quote, setup, now, format=fmt.value)
