@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -36,18 +35,13 @@ from confserve.attestation import (
 from confserve.cli import main
 from confserve.client import ClientError, ClientTls, PredictClient
 from confserve.client._attest import AttestationCheck
+from confserve.cluster._local import free_port
 from confserve.owner import generate_tls_material
 from confserve.provisioning import SecretProvisioningServer, SecretStore, ServerLimits, ServerSettings
 from tests.unit.serving.models import copy_model, expected_probabilities
 
 X = np.array([[1.0, 2.0, 3.0, 4.0], [0.5, -1.0, 0.0, 2.0]], dtype=np.float32)
 LINE = re.compile(r"serving gRPC on port (\d+), REST on port (\d+)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from confserve.cli import main
+from confserve.cluster._local import free_port
 from confserve.frontends import ModelServer, ServerSettings, TlsConfig
 from confserve.frontends.grpc import GrpcSettings
 from confserve.frontends.rest import RestSettings
@@ -42,12 +42,6 @@ def get(port: int, path: str, context: Any = None, body: bytes | None = None) ->
         return response.status, response.getheader("Content-Type") or "", response.read().decode()
     finally:
         connection.close()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -14,12 +14,7 @@ from click.testing import CliRunner
 
 from confserve.cli import main
 from confserve.cluster import NginxConfig, NginxError, NginxProcess, find_stream_module, render_nginx
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from confserve.cluster._local import free_port
 
 
 class EchoServer:

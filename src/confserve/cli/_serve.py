@@ -14,7 +14,6 @@ otherwise.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import signal
@@ -116,7 +115,9 @@ def _spki(tls: Any) -> bytes:
 
 
 def _file_identity(path: str | None) -> str:
-    return "none" if path is None else "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    from confserve.frontends._enclave import file_sha256  # noqa: PLC0415
+
+    return "none" if path is None else "sha256:" + file_sha256(path)
 
 
 def _model_identity(
@@ -129,7 +130,9 @@ def _model_identity(
 
         return "protected-config:" + pf.normalize_path(model_config_file)
     if model_config_file is not None:
-        return "config-sha256:" + hashlib.sha256(Path(model_config_file).read_bytes()).hexdigest()
+        from confserve.frontends._enclave import file_sha256  # noqa: PLC0415
+
+        return "config-sha256:" + file_sha256(model_config_file)
     return f"{model_name}={model_base_path}"
 
 
