@@ -28,8 +28,10 @@ from confserve.owner._models import load_digits_dataset
 pytestmark = pytest.mark.slow
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(confserve_command(*args), capture_output=True, text=True, check=False, timeout=600)
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        confserve_command(*args), capture_output=True, text=True, check=False, timeout=600, cwd=cwd
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +43,31 @@ def digits_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("tls", ["twoway", "oneway"])
-def test_up_once(tmp_path: Path, digits_model: Path, tls: str) -> None:
-    result = run("up", "--workspace", str(tmp_path / "ws"), "--model", str(digits_model), "--tls", tls,
-                 "--replicas", "2", "--once")  # fmt: skip
+@pytest.mark.parametrize(("tls", "workspace_args"), [("twoway", ["--workspace", "ws"]), ("oneway", [])])
+def test_up_once(tmp_path: Path, digits_model: Path, tls: str, workspace_args: list[str]) -> None:
+    """As a user runs it: a relative --workspace, or none (the default ./workspace), from a working
+    directory other than the ones the components run in (the provisioning service in the workspace,
+    the replicas in its host/ directory)."""
+    cwd = tmp_path / "user"
+    cwd.mkdir()
+    result = run("up", *workspace_args, "--model", str(digits_model), "--tls", tls, "--replicas", "2", "--once",
+                 cwd=cwd)  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    workspace = cwd / (workspace_args[1] if workspace_args else "workspace")
+    assert (workspace / "owner" / "policy.toml").is_file()
+    # The owner's plaintext model copy is the owner's alone.
+    assert (workspace / "owner").stat().st_mode & 0o777 == 0o700
+    plain = [p for p in (workspace / "owner" / "models").rglob("*") if not p.is_symlink()]
+    assert any(p.name == "saved_model.pb" for p in plain)
+    for path in plain:
+        assert path.stat().st_mode & 0o777 == (0o700 if path.is_dir() else 0o600), path
     assert "predicted as" in result.stdout
     assert "-> PASS" in result.stdout
     assert result.stdout.count(" got ['default']") == 2  # both replicas' key releases, from the audit log
     assert "replica 1 is ready" in result.stderr
-    assert not (tmp_path / "ws" / "cluster.json").exists()  # stopped
+    assert not (workspace / "cluster.json").exists()  # stopped
     # The audit log's chain is intact.
-    verify = run("secret-prov", "audit-verify", str(tmp_path / "ws" / "owner" / "audit.log"))
+    verify = run("secret-prov", "audit-verify", str(workspace / "owner" / "audit.log"))
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 

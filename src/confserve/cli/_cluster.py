@@ -15,7 +15,7 @@ _WORKSPACE = click.option(
     "--workspace",
     default="workspace",
     show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(file_okay=False, path_type=Path, resolve_path=True),
     help="Where keys, certificates, models, logs and the cluster state live.",
 )
 

@@ -20,6 +20,7 @@ a user. On one machine they are directories; README shows the three-machine arra
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -45,7 +46,15 @@ class WorkspaceError(ConfserveError):
 
 @dataclass(frozen=True)
 class Workspace:
+    """The workspace's directories. `root` is made absolute (not resolved through symlinks) on
+    construction: the components run in other working directories (the replicas in `host/`, the
+    provisioning service in the root), so every path handed to them must name the same file from
+    anywhere."""
+
     root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(os.path.abspath(self.root)))
 
     @property
     def owner(self) -> Path:
@@ -137,6 +146,8 @@ def prepare_workspace(
 ) -> str:
     """Create what is missing, re-use what exists; returns the model name."""
     ws.root.mkdir(parents=True, exist_ok=True)
+    ws.owner.mkdir(mode=0o700, exist_ok=True)
+    ws.owner.chmod(0o700)  # the owner's directory holds the keys and the plaintext model
     previous = ws.settings()
     name = _model_name(model)
     for key, value in (("tls", tls), ("model", name)):
@@ -194,6 +205,21 @@ def _prepare_trust(ws: Workspace, tls: TlsMode, log: Path, progress: Callable[[s
     shutil.copyfile(ws.secret_prov / "ca.crt", ws.host / "provisioning-ca.crt")
 
 
+def _owner_only(tree: Path) -> None:
+    """Make a plaintext tree readable by its owner only: directories 0700, files 0600. Symbolic links
+    are neither followed nor changed (a link inside a model tree is not the owner's model)."""
+    tree.chmod(0o700)
+    for directory, dirnames, filenames in os.walk(tree):
+        for name in dirnames:
+            path = Path(directory, name)
+            if not path.is_symlink():
+                path.chmod(0o700)
+        for name in filenames:
+            path = Path(directory, name)
+            if not path.is_symlink():
+                path.chmod(0o600)
+
+
 def _prepare_model(ws: Workspace, model: str, name: str, log: Path, progress: Callable[[str], None]) -> None:
     cmd = confserve_command
     plain = ws.owner / "models" / name
@@ -206,7 +232,8 @@ def _prepare_model(ws: Workspace, model: str, name: str, log: Path, progress: Ca
             _run("model example resnet50", cmd("model", "example", "resnet50", "--out", str(plain)), log)
         else:
             progress(f"copying model {model}")
-            shutil.copytree(model, plain)
+            shutil.copytree(model, plain, symlinks=True)
+    _owner_only(plain.parent)
     encrypted = ws.host / "models" / name
     if not encrypted.exists():
         progress(f"encrypting model {name!r} for the host")
