@@ -10,7 +10,7 @@
 | REST      | GET  <monitoring path>                | Prometheus text (only with --monitoring_config_file) |
 
 The server opens its ports only after attestation, key release and model loading (see
-`confserve.frontends._enclave`), so "reachable and ready" means attested, keyed and loaded. Paths under
+`confserve.replica._enclave`), so "reachable and ready" means attested, keyed and loaded. Paths under
 /v1/confserve/ never collide with TF Serving's, which are all under /v1/models/.
 """
 

@@ -26,7 +26,7 @@ from confserve.attestation import (
     verify,
 )
 from confserve.attestation._evidence import new_nonce, verify_server_evidence
-from confserve.frontends._enclave import EnclaveError, EnclaveRuntime, EnclaveSettings, serve_measured_args
+from confserve.replica._enclave import EnclaveError, EnclaveRuntime, EnclaveSettings, serve_measured_args
 from confserve.provisioning import SecretProvisioningServer, SecretStore, ServerLimits, ServerSettings
 
 WRAP = bytes(range(16))

@@ -1,0 +1,228 @@
+"""`ServeOptions`: every option of a model-server replica, declared once.
+
+One frozen dataclass holds what `confserve serve` accepts (TF Serving's flag names; a dash form is
+accepted too). Each field carries, in its metadata, the flag's help text and its constraints, so:
+
+- the command line (`confserve.cli._serve`) builds its click options from these fields;
+- `to_argv()` renders a replica's command line for the local cluster and the Kubernetes and Gramine
+  renderers, from the same object a replica parses it into, so the two cannot drift;
+- `validate()` holds every rule about combinations of options (one place, raising `OptionsError`);
+- `measured` in each field says whether it is part of the replica's identity (docs/server.md,
+  "What is measured"): behaviour is measured, availability (ports, limits, threads) is not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from confserve.errors import ConfserveError, Status
+
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "OptionSpec", "OptionsError", "ServeOptions", "option_specs"]
+
+AttestationMode = Literal["auto", "gramine", "simulated"]
+PathKind = Literal["file", "dir"]
+
+# A batch of 64 224x224x3 float32 images (38.5 MB) fits with room for the envelope.
+DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
+
+
+class OptionsError(ConfserveError):
+    """A combination of serve options that cannot work; the message names the flags."""
+
+    status = Status.INVALID_ARGUMENT
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """What the command line needs to know about one option (see `option_specs`)."""
+
+    name: str  # the field name, also the flag name: --NAME (and --NAME-WITH-DASHES)
+    default: Any
+    kind: type  # bool, int, float or str
+    help: str
+    measured: bool  # part of the replica's identity (directly or through a file's content)
+    path: PathKind | None = None  # a path that must exist when the replica starts
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+    envvar: str | None = None
+    cli_only: bool = False  # an action of the command, never rendered into a replica's argv
+
+
+def _opt(default: Any, help: str, *, measured: bool = False, **spec: Any) -> Any:
+    return field(default=default, metadata={"help": help, "measured": measured, **spec})
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    # -- which models -----------------------------------------------------------------------------------
+    model_config_file: str | None = _opt(
+        None, "ModelServerConfig text proto (instead of --model_name).", measured=True, path="file"
+    )
+    model_name: str | None = _opt(None, "Single model (instead of --model_config_file).", measured=True)
+    model_base_path: str | None = _opt(None, "Base path of the single model.", measured=True)
+    model_config_file_poll_wait_seconds: float = _opt(
+        0.0, "Re-read the (encrypted) model config this often; 0 reads it once.", minimum=0
+    )
+    file_system_poll_wait_seconds: float = _opt(1.0, "Look for new model versions this often.")
+    # -- network ----------------------------------------------------------------------------------------
+    host: str = _opt("0.0.0.0", "Address both ports bind to.")  # noqa: S104 - a server's default
+    port: int = _opt(8500, "gRPC port.", minimum=0, maximum=65535)
+    rest_api_port: int = _opt(8501, "REST port (0: no REST).", minimum=0, maximum=65535)
+    no_rest: bool = _opt(False, "Serve gRPC only.")
+    ssl_config_file: str | None = _opt(
+        None, "SSLConfig text proto (encrypted: a Gramine protected file).", measured=True, path="file"
+    )
+    ssl_config_bound_path: str | None = _opt(None, "Binding of a protected ssl.cfg.", measured=True)
+    # -- where the key comes from -----------------------------------------------------------------------
+    secret_provision_servers: str | None = _opt(
+        None,
+        "Secret-provisioning servers (HOST:PORT, separated by , ; or space): attest and get the wrap key.",
+        envvar="SECRET_PROVISION_SERVERS",
+    )
+    secret_provision_ca_chain_path: str | None = _opt(
+        None,
+        "CA certificate(s) of the secret-provisioning service.",
+        measured=True,
+        path="file",
+        envvar="SECRET_PROVISION_CA_CHAIN_PATH",
+    )
+    secret_provision_secret_name: str = _opt("default", "Name of the secret to ask for.", measured=True)
+    secret_provision_set_key: str | None = _opt(
+        None,
+        "Under Gramine: install the key as this Gramine key; the manifest's encrypted mounts then decrypt.",
+        measured=True,
+        envvar="SECRET_PROVISION_SET_KEY",
+    )
+    # A replica may start before the provisioning service (a cluster coming up, a service restart): keep
+    # asking for five minutes, backing off between rounds, before giving up.
+    secret_provision_deadline_seconds: float = _opt(
+        300.0, "Give up on key release after this long.", minimum=0.1
+    )
+    attestation: str = _opt(
+        "auto",
+        "auto: Gramine's /dev/attestation when present, else simulation.",
+        choices=("auto", "gramine", "simulated"),
+    )
+    sim_platform: str | None = _opt(None, "Simulation: the simulated SGX platform's directory.", path="dir")
+    signing_key: str | None = _opt(None, "Simulation: the enclave signer's RSA-3072 key (PEM).", path="file")
+    isv_prod_id: int = _opt(0, "Simulation: the enclave's ISV product id.", minimum=0, maximum=0xFFFF)
+    isv_svn: int = _opt(0, "Simulation: the enclave's security version.", minimum=0, maximum=0xFFFF)
+    wrap_key: str | None = _opt(
+        None, "Development: take the wrap key from a file instead of attested provisioning.", path="file"
+    )
+    allow_plaintext: bool = _opt(False, "Development: accept unencrypted models/ssl.cfg.", measured=True)
+    insecure: bool = _opt(False, "Development: allow serving without TLS.", measured=True)
+    # -- limits (availability, not measured) ------------------------------------------------------------
+    grpc_max_message_size: int = _opt(
+        DEFAULT_MAX_MESSAGE_BYTES, "Largest gRPC message and REST body, in bytes.", minimum=1024
+    )
+    rest_api_timeout_in_ms: int = _opt(
+        30000, "REST request deadline (504 past it).", minimum=1
+    )  # TF Serving's
+    max_concurrent_requests: int = _opt(
+        0,
+        "Inference requests at once (gRPC + REST); beyond: RESOURCE_EXHAUSTED / 429. 0: no limit.",
+        minimum=0,
+    )
+    tensorflow_intra_op_parallelism: int = _opt(
+        0, "TensorFlow's intra-op threads (0: its choice).", minimum=0
+    )
+    tensorflow_inter_op_parallelism: int = _opt(
+        0, "TensorFlow's inter-op threads (0: its choice).", minimum=0
+    )
+    # Kubernetes' default terminationGracePeriodSeconds is 30, so a few seconds leaves room for the rest.
+    shutdown_grace_seconds: float = _opt(5.0, "On SIGTERM, wait this long for in-flight requests.", minimum=0)
+    # -- behaviour (measured by content) ----------------------------------------------------------------
+    monitoring_config_file: str | None = _opt(
+        None,
+        "MonitoringConfig text proto: prometheus_config { enable: true path: ... } serves metrics on REST.",
+        measured=True,
+        path="file",
+    )
+    enable_model_warmup: bool = _opt(
+        False,
+        "Replay each version's assets.extra/tf_serving_warmup_requests before it serves.",
+        measured=True,
+    )
+    enable_batching: bool = _opt(False, "Server-side batching.", measured=True)
+    batching_parameters_file: str | None = _opt(
+        None,
+        "BatchingParameters text proto (with --enable_batching; TF Serving's defaults without it).",
+        measured=True,
+        path="file",
+    )
+
+    # -- rules --------------------------------------------------------------------------------------------
+    @property
+    def provisioned(self) -> bool:
+        """Whether the key comes from attested secret provisioning."""
+        return bool(self.secret_provision_servers)
+
+    def validate(self) -> ServeOptions:
+        """Raise OptionsError for a combination that cannot work; returns self."""
+        if self.model_config_file is not None:
+            if self.model_name or self.model_base_path:
+                raise OptionsError("give either --model_config_file or --model_name/--model_base_path")
+        elif not (self.model_name and self.model_base_path):
+            raise OptionsError("give --model_config_file, or --model_name and --model_base_path")
+        if self.ssl_config_file is None and not self.insecure:
+            raise OptionsError("give --ssl_config_file, or --insecure to serve without TLS")
+        if self.secret_provision_servers and self.wrap_key:
+            raise OptionsError("give --secret_provision_servers or --wrap_key, not both")
+        if self.secret_provision_servers and not self.secret_provision_ca_chain_path:
+            raise OptionsError("--secret_provision_ca_chain_path is required with secret provisioning")
+        if self.batching_parameters_file is not None and not self.enable_batching:
+            raise OptionsError("--batching_parameters_file needs --enable_batching")
+        if self.model_config_file_poll_wait_seconds > 0 and self.model_config_file is None:
+            raise OptionsError("--model_config_file_poll_wait_seconds needs --model_config_file")
+        if self.secret_provision_set_key and not self.secret_provision_servers:
+            raise OptionsError("--secret_provision_set_key needs --secret_provision_servers")
+        if self.attestation not in ("auto", "gramine", "simulated"):
+            raise OptionsError(f"--attestation must be auto, gramine or simulated, not {self.attestation!r}")
+        return self
+
+    @property
+    def rest_enabled(self) -> bool:
+        return not self.no_rest and self.rest_api_port != 0
+
+    # -- rendering ------------------------------------------------------------------------------------------
+    def to_argv(self) -> list[str]:
+        """The `confserve serve` flags that give these options (defaults left out), in declaration
+        order: what the local cluster and the renderers write, and what the CLI parses back."""
+        argv = []
+        for spec in option_specs():
+            value = getattr(self, spec.name)
+            if value is None or value == spec.default:
+                continue
+            if spec.kind is bool:
+                argv.append(f"--{spec.name}")
+            else:
+                argv.append(f"--{spec.name}={value}")
+        return argv
+
+    def replace(self, **changes: Any) -> ServeOptions:
+        return dataclasses.replace(self, **changes)
+
+
+_KINDS: Final = {"bool": bool, "int": int, "float": float, "str": str, "str | None": str}
+
+
+def option_specs() -> tuple[OptionSpec, ...]:
+    """One OptionSpec per ServeOptions field, in declaration order."""
+    specs = []
+    for f in dataclasses.fields(ServeOptions):
+        meta = dict(f.metadata)
+        specs.append(
+            OptionSpec(
+                name=f.name,
+                default=f.default,
+                kind=_KINDS[str(f.type)],
+                help=meta.pop("help"),
+                measured=meta.pop("measured"),
+                **meta,
+            )
+        )
+    return tuple(specs)

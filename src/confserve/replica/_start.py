@@ -1,0 +1,345 @@
+"""A replica's start sequence, from `ServeOptions` to a serving `ModelServer` (TF Serving's BuildAndStart).
+
+Order: validate the options -> decide what is measured (`measured_args`) and build the enclave runtime ->
+obtain the wrap key (attested secret provisioning, retrying until the deadline; nothing listens meanwhile,
+so every probe says "not ready") -> decrypt ssl.cfg in memory -> load the encrypted models into memory ->
+warm each version up -> open the gRPC and REST ports. Without a key nothing is served; plaintext models
+and configs are refused unless `allow_plaintext` (development) says otherwise.
+
+Every decision lives here, typed, where tests reach it without a subprocess: what is measured, where the
+key comes from, how ssl.cfg is read and whether the model config may be reloaded. The command line only
+collects options and calls `build`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from confserve import pf
+from confserve.attestation import EnclaveIdentity
+from confserve.errors import ConfserveError, Status
+from confserve.replica._enclave import (
+    EnclaveError,
+    EnclaveRuntime,
+    EnclaveSettings,
+    file_sha256,
+    serve_measured_args,
+)
+from confserve.replica._options import OptionsError, ServeOptions
+
+if TYPE_CHECKING:
+    from confserve.frontends import ModelServer, ServerSettings, TlsConfig
+    from confserve.serving import ModelConfig
+    from confserve.serving.batching import BatchingSettings
+
+__all__ = [
+    "EnclaveError",
+    "ReplicaError",
+    "build",
+    "enclave_runtime",
+    "identity",
+    "measured_args",
+    "server_settings",
+]
+
+_log = logging.getLogger("confserve.serve")
+
+
+class ReplicaError(ConfserveError):
+    """The replica cannot start with these options and files; the message says what to change."""
+
+    status = Status.FAILED_PRECONDITION
+
+
+# -- identity ---------------------------------------------------------------------------------------------
+def _file_identity(path: str | None) -> str:
+    return "none" if path is None else "sha256:" + file_sha256(path)
+
+
+def _config_protected(options: ServeOptions) -> bool:
+    return options.model_config_file is not None and pf.is_protected(options.model_config_file)
+
+
+def _model_identity(options: ServeOptions) -> str:
+    """What the measurement says about the models: an owner-encrypted config by its bound path (only the
+    owner can change its content, so it may be reloaded); a plaintext config by its content hash."""
+    if options.model_config_file is not None and _config_protected(options):
+        return "protected-config:" + pf.normalize_path(options.model_config_file)
+    if options.model_config_file is not None:
+        return "config-sha256:" + file_sha256(options.model_config_file)
+    return f"{options.model_name}={options.model_base_path}"
+
+
+def measured_args(options: ServeOptions) -> dict[str, str]:
+    """The measured description of this replica (docs/server.md, "What is measured")."""
+    if not options.secret_provision_ca_chain_path:
+        raise OptionsError("--secret_provision_ca_chain_path is required with secret provisioning")
+    set_key = options.secret_provision_set_key
+    return serve_measured_args(
+        models=_model_identity(options),
+        ssl_config_file=options.ssl_config_file,
+        ssl_config_bound_path=options.ssl_config_bound_path,
+        provisioning_ca_sha256=file_sha256(options.secret_provision_ca_chain_path),
+        secret_name=options.secret_provision_secret_name,
+        insecure=options.insecure,
+        allow_plaintext_models=options.allow_plaintext,
+        extra={
+            "key_delivery": f"gramine-key:{set_key}" if set_key else "memory",
+            # What the replica exposes and how it treats requests are behaviour, so they are measured
+            # too (by content hash for files); ports, limits and thread counts are not.
+            "monitoring": _file_identity(options.monitoring_config_file),
+            "warmup": "true" if options.enable_model_warmup else "false",
+            "batching": _file_identity(options.batching_parameters_file)
+            if options.enable_batching
+            else "off",
+        },
+    )
+
+
+def enclave_runtime(options: ServeOptions) -> EnclaveRuntime:
+    """The attester, identity and key retrieval of a replica with these options."""
+    assert options.secret_provision_ca_chain_path is not None or not options.provisioned
+    return EnclaveRuntime(
+        EnclaveSettings(
+            servers=options.secret_provision_servers or "",
+            ca_chain=Path(options.secret_provision_ca_chain_path or ""),
+            secret_name=options.secret_provision_secret_name,
+            attestation=options.attestation,  # type: ignore[arg-type]  # checked by validate()
+            sim_platform=Path(options.sim_platform) if options.sim_platform else None,
+            signing_key=Path(options.signing_key) if options.signing_key else None,
+            isv_prod_id=options.isv_prod_id,
+            isv_svn=options.isv_svn,
+            deadline_seconds=options.secret_provision_deadline_seconds,
+        ),
+        measured_args(options),
+    )
+
+
+def identity(options: ServeOptions) -> tuple[EnclaveIdentity, dict[str, str]]:
+    """The identity a simulated replica with these options attests as, and its measured arguments.
+    Under Gramine the identity comes from the SIGSTRUCT (`confserve measure --sigstruct`)."""
+    options.validate()
+    runtime = enclave_runtime(options)
+    if runtime.identity is None:
+        raise ReplicaError(
+            "under Gramine the identity comes from the SIGSTRUCT: use confserve measure --sigstruct"
+        )
+    return runtime.identity, measured_args(options)
+
+
+# -- files read at start ------------------------------------------------------------------------------------
+def _read_tls(options: ServeOptions, wrap_key: pf.WrapKey | None, allow_plaintext: bool) -> TlsConfig:
+    from confserve.frontends import TlsConfig  # noqa: PLC0415
+    from confserve.tfs_config import SSLConfig, parse_text  # noqa: PLC0415
+
+    path = options.ssl_config_file
+    assert path is not None
+    if pf.is_protected(path):
+        if wrap_key is None:
+            raise ReplicaError(
+                f"{path} is a protected file: give --secret_provision_servers (or --wrap_key in development)"
+            )
+        bound = options.ssl_config_bound_path or pf.normalize_path(path)
+        data = bytes(pf.read_protected(path, wrap_key, bound_path=bound))
+    elif allow_plaintext:
+        data = Path(path).read_bytes()
+    else:
+        raise ReplicaError(
+            f"{path} is not encrypted: the host could read the server's TLS key (--allow_plaintext to permit)"
+        )
+    config = parse_text(SSLConfig, data, what="--ssl_config_file")
+    if not config.server_cert or not config.server_key:
+        raise ReplicaError("--ssl_config_file must set server_cert and server_key (PEM contents)")
+    return TlsConfig(
+        cert_chain_pem=config.server_cert.encode(),
+        private_key_pem=config.server_key.encode(),
+        client_ca_pem=config.custom_ca.encode() if config.client_verify else None,
+    )
+
+
+def _batching(path: str | None) -> BatchingSettings:
+    """BatchingSettings from a BatchingParameters file, TF Serving's defaults without one."""
+    from confserve.serving.batching import BatchingSettings, batching_settings_from_proto  # noqa: PLC0415
+    from confserve.tfs_config import BatchingParameters, parse_text  # noqa: PLC0415
+
+    if path is None:
+        return BatchingSettings()
+    data = Path(path).read_bytes()
+    return batching_settings_from_proto(
+        parse_text(BatchingParameters, data, what="--batching_parameters_file")
+    )
+
+
+def _metrics_path(path: str) -> str | None:
+    """The Prometheus path a MonitoringConfig enables, or None (TF Serving's default path when unset)."""
+    from confserve.serving import DEFAULT_METRICS_PATH  # noqa: PLC0415
+    from confserve.tfs_config import MonitoringConfig, parse_text  # noqa: PLC0415
+
+    config = parse_text(MonitoringConfig, Path(path).read_bytes(), what="--monitoring_config_file")
+    if not config.prometheus_config.enable:
+        return None
+    metrics_path = config.prometheus_config.path or DEFAULT_METRICS_PATH
+    if not metrics_path.startswith("/") or metrics_path.lower().startswith("/v1/"):
+        raise OptionsError(
+            "prometheus_config.path must start with / and not be under /v1/ (TF Serving's API)"
+        )
+    return str(metrics_path)
+
+
+def _spki(tls: TlsConfig) -> bytes:
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+    cert = x509.load_pem_x509_certificates(tls.cert_chain_pem)[0]
+    return cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def server_settings(options: ServeOptions) -> ServerSettings:
+    from confserve.frontends import ServerSettings  # noqa: PLC0415
+    from confserve.frontends.grpc import GrpcSettings  # noqa: PLC0415
+    from confserve.frontends.rest import RestSettings  # noqa: PLC0415
+
+    rest = None
+    if options.rest_enabled:
+        rest = RestSettings(
+            host=options.host,
+            port=options.rest_api_port,
+            request_timeout_seconds=options.rest_api_timeout_in_ms / 1000,
+            max_body_bytes=options.grpc_max_message_size,
+        )
+    metrics_path = None
+    if options.monitoring_config_file is not None:
+        metrics_path = _metrics_path(options.monitoring_config_file)
+    if metrics_path is not None and rest is None:
+        raise OptionsError("--monitoring_config_file serves metrics on the REST port: do not disable REST")
+    return ServerSettings(
+        grpc=GrpcSettings(
+            address=f"{options.host}:{options.port}", max_message_bytes=options.grpc_max_message_size
+        ),
+        rest=rest,
+        file_system_poll_wait_seconds=options.file_system_poll_wait_seconds,
+        model_config_poll_wait_seconds=options.model_config_file_poll_wait_seconds,
+        max_concurrent_requests=options.max_concurrent_requests or None,
+        shutdown_grace_seconds=options.shutdown_grace_seconds,
+        tensorflow_intra_op_parallelism=options.tensorflow_intra_op_parallelism,
+        tensorflow_inter_op_parallelism=options.tensorflow_inter_op_parallelism,
+        metrics_path=metrics_path,
+        enable_model_warmup=options.enable_model_warmup,
+        batching=_batching(options.batching_parameters_file) if options.enable_batching else None,
+    )
+
+
+# -- the key ------------------------------------------------------------------------------------------------
+def _obtain_key(
+    options: ServeOptions, runtime: EnclaveRuntime | None, stop: threading.Event
+) -> tuple[pf.WrapKey | None, bool]:
+    """The wrap key (None: plaintext or Gramine's encrypted mounts) and whether Gramine's encrypted
+    mounts decrypt the files for us."""
+    set_key = options.secret_provision_set_key
+    if set_key and (runtime is None or runtime.mode != "gramine"):
+        raise ReplicaError(
+            "--secret_provision_set_key hands the key to Gramine's encrypted mounts: it needs Gramine"
+        )
+    if runtime is not None and set_key:
+        # Gramine's encrypted mounts: the files look like plaintext to us, Gramine decrypts and checks them.
+        runtime.install_key(set_key, runtime.obtain_wrap_key(stop))
+        return None, True
+    if runtime is not None:
+        return runtime.obtain_wrap_key(stop), False
+    if options.wrap_key is not None:
+        _log.warning("development mode: wrap key from %s, no attestation", options.wrap_key)
+        return pf.WrapKey.load(options.wrap_key), False
+    if options.allow_plaintext:
+        return None, False
+    raise ReplicaError(
+        "no key source: give --secret_provision_servers (development: --wrap_key or --allow_plaintext)"
+    )
+
+
+def _models(options: ServeOptions) -> tuple[ModelConfig, ...] | None:
+    """The single model, or a plaintext config's models; None for an encrypted config (read with the key)."""
+    from confserve.serving import ModelConfig, parse_model_server_config  # noqa: PLC0415
+
+    if options.model_config_file is None:
+        assert options.model_name
+        assert options.model_base_path
+        return (ModelConfig(options.model_name, options.model_base_path),)
+    if _config_protected(options):
+        return None
+    return tuple(parse_model_server_config(Path(options.model_config_file).read_text(encoding="utf-8")))
+
+
+def _config_reader(options: ServeOptions, wrap_key: pf.WrapKey | None) -> Callable[[], Any]:
+    from confserve.serving import parse_model_server_config  # noqa: PLC0415
+
+    path = options.model_config_file
+    assert path is not None
+    protected = _config_protected(options)
+
+    def read_models() -> Any:
+        if protected:
+            if wrap_key is None:
+                raise ReplicaError(f"{path} is encrypted: it needs the key from secret provisioning")
+            data = bytes(pf.read_protected(path, wrap_key, bound_path=pf.normalize_path(path)))
+        else:
+            data = Path(path).read_bytes()
+        return parse_model_server_config(data.decode("utf-8"))
+
+    return read_models
+
+
+# -- build and start ---------------------------------------------------------------------------------------
+def build(options: ServeOptions, stop: threading.Event) -> ModelServer | None:
+    """Validate, attest, get the key, load the models and open the ports; returns the started server,
+    or None when `stop` was set while waiting for the key. Raises ConfserveError subclasses."""
+    from confserve.frontends import ModelServer  # noqa: PLC0415
+    from confserve.serving import PlainOpener, ProtectedOpener  # noqa: PLC0415
+
+    options.validate()
+    models = _models(options)
+    settings = server_settings(options)
+    runtime = enclave_runtime(options) if options.provisioned else None
+    wrap_key, mounts_decrypt = _obtain_key(options, runtime, stop)
+    if stop.is_set():
+        return None
+    plaintext_ok = options.allow_plaintext or mounts_decrypt
+    if (
+        options.model_config_file_poll_wait_seconds > 0
+        and not _config_protected(options)
+        and not plaintext_ok
+    ):
+        raise ReplicaError(
+            "the host could rewrite a plaintext model config: encrypt it (confserve pf encrypt) so the "
+            "server may reload it, or --allow_plaintext in development"
+        )
+    config_source = None
+    if options.model_config_file is not None:
+        read_models = _config_reader(options, wrap_key)
+        if models is None:
+            models = tuple(read_models())
+        if options.model_config_file_poll_wait_seconds > 0:
+            config_source = read_models
+    assert models is not None
+    tls = None if options.ssl_config_file is None else _read_tls(options, wrap_key, plaintext_ok)
+    opener = PlainOpener() if wrap_key is None else ProtectedOpener(wrap_key)
+    evidence = None
+    if runtime is not None and tls is not None:
+        spki = _spki(tls)
+        evidence = lambda nonce: runtime.evidence(nonce, spki)  # noqa: E731
+    server = ModelServer(
+        models,
+        opener,
+        tls,
+        settings,
+        allow_insecure=options.insecure,
+        evidence=evidence,
+        config_source=config_source,
+    )
+    server.start()
+    return server
