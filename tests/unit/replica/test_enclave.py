@@ -26,8 +26,8 @@ from confserve.attestation import (
     verify,
 )
 from confserve.attestation._evidence import new_nonce, verify_server_evidence
-from confserve.replica._enclave import EnclaveError, EnclaveRuntime, EnclaveSettings, serve_measured_args
 from confserve.provisioning import SecretProvisioningServer, SecretStore, ServerLimits, ServerSettings
+from confserve.replica import EnclaveError, EnclaveRuntime, EnclaveSettings, serve_measured_args
 
 WRAP = bytes(range(16))
 
