@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from confserve.errors import ConfserveError, Status
+from confserve.replica import ServeOptions
 
 __all__ = [
     "VARIANTS",
@@ -232,6 +233,18 @@ def server_argv(config: GramineConfig) -> list[str]:
             f"--tensorflow_inter_op_parallelism={config.inter_op_threads}",
             f"--file_system_poll_wait_seconds={config.file_system_poll_wait_seconds}",
         ]
+    options = ServeOptions(
+        attestation="gramine",
+        secret_provision_servers=config.secret_prov_servers,
+        secret_provision_ca_chain_path=config.secret_prov_ca,
+        secret_provision_secret_name=config.key_name,
+        model_name=config.model_name,
+        model_base_path=model_path,
+        port=config.grpc_port,
+        rest_api_port=config.rest_port,
+        ssl_config_file=ssl_path,
+        file_system_poll_wait_seconds=config.file_system_poll_wait_seconds,
+    )
     return [
         posixpath.basename(config.python),
         "-I",  # isolated: no PYTHON* variables, no user site, no script directory on sys.path
@@ -239,16 +252,7 @@ def server_argv(config: GramineConfig) -> list[str]:
         "-c",
         "from confserve.cli import main; main()",
         "serve",
-        "--attestation=gramine",
-        f"--secret_provision_servers={config.secret_prov_servers}",
-        f"--secret_provision_ca_chain_path={config.secret_prov_ca}",
-        f"--secret_provision_secret_name={config.key_name}",
-        f"--model_name={config.model_name}",
-        f"--model_base_path={model_path}",
-        f"--port={config.grpc_port}",
-        f"--rest_api_port={config.rest_port}",
-        f"--ssl_config_file={ssl_path}",
-        f"--file_system_poll_wait_seconds={config.file_system_poll_wait_seconds}",
+        *options.validate().to_argv(explicit=("port", "rest_api_port", "file_system_poll_wait_seconds")),
     ]
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from confserve.errors import ConfserveError, Status
+from confserve.replica import ServeOptions
 
 __all__ = [
     "OVERLAYS",
@@ -476,20 +477,20 @@ def _base() -> dict[str, object]:
 
 
 def _simulation_args(servers: str) -> list[str]:
-    return [
-        "serve",
-        "--attestation=simulated",
-        "--sim_platform=/etc/confserve/sim-platform",
-        "--signing_key=/etc/confserve/enclave/enclave-key.pem",
-        f"--secret_provision_servers={servers}",
-        "--secret_provision_ca_chain_path=/etc/confserve/ca/ca.crt",
-        "--model_name=$(MODEL_NAME)",
-        "--model_base_path=$(MODEL_BASE_PATH)",
-        f"--port={GRPC_PORT}",
-        f"--rest_api_port={REST_PORT}",
-        "--ssl_config_file=ssl.cfg",
-        "--ssl_config_bound_path=ssl.cfg",
-    ]
+    options = ServeOptions(
+        attestation="simulated",
+        sim_platform="/etc/confserve/sim-platform",
+        signing_key="/etc/confserve/enclave/enclave-key.pem",
+        secret_provision_servers=servers,
+        secret_provision_ca_chain_path="/etc/confserve/ca/ca.crt",  # noqa: S106 - a path, not a password
+        model_name="$(MODEL_NAME)",
+        model_base_path="$(MODEL_BASE_PATH)",
+        port=GRPC_PORT,
+        rest_api_port=REST_PORT,
+        ssl_config_file="ssl.cfg",
+        ssl_config_bound_path="ssl.cfg",
+    )
+    return ["serve", *options.validate().to_argv(explicit=("port", "rest_api_port"))]
 
 
 def _simulation_patch(servers: str = f"{SECRET_PROV_ALIAS}:{SECRET_PROV_PORT}") -> dict[str, object]:

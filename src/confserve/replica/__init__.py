@@ -1,16 +1,17 @@
 """The model-server replica: its options (declared once), its enclave side (identity, attestation, key
 retrieval) and its start sequence. The command line (`confserve serve`), the local cluster and the
 Kubernetes and Gramine renderers all go through `ServeOptions`; `build` starts a replica in-process and
-`identity` computes what it attests as, without a subprocess."""
+`identity` computes what it attests as, without a subprocess.
 
-from confserve.replica._enclave import (
-    SERVE_ENTRY_POINT,
-    EnclaveError,
-    EnclaveRuntime,
-    EnclaveSettings,
-    file_sha256,
-    serve_measured_args,
-)
+`ServeOptions` is light (standard library only), so renderers and the cluster's light commands can use
+it; the enclave side and the start sequence (cryptography, attestation, provisioning) load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from confserve.replica._options import (
     DEFAULT_MAX_MESSAGE_BYTES,
     OptionsError,
@@ -18,14 +19,39 @@ from confserve.replica._options import (
     ServeOptions,
     option_specs,
 )
-from confserve.replica._start import (
-    ReplicaError,
-    build,
-    enclave_runtime,
-    identity,
-    measured_args,
-    server_settings,
-)
+
+if TYPE_CHECKING:
+    from confserve.replica._enclave import (
+        SERVE_ENTRY_POINT,
+        EnclaveError,
+        EnclaveRuntime,
+        EnclaveSettings,
+        file_sha256,
+        serve_measured_args,
+    )
+    from confserve.replica._start import (
+        ReplicaError,
+        build,
+        enclave_runtime,
+        identity,
+        measured_args,
+        server_settings,
+    )
+
+_LAZY = {
+    "SERVE_ENTRY_POINT": "_enclave",
+    "EnclaveError": "_enclave",
+    "EnclaveRuntime": "_enclave",
+    "EnclaveSettings": "_enclave",
+    "file_sha256": "_enclave",
+    "serve_measured_args": "_enclave",
+    "ReplicaError": "_start",
+    "build": "_start",
+    "enclave_runtime": "_start",
+    "identity": "_start",
+    "measured_args": "_start",
+    "server_settings": "_start",
+}
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -46,3 +72,10 @@ __all__ = [
     "serve_measured_args",
     "server_settings",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

@@ -14,6 +14,7 @@ accepted too). Each field carries, in its metadata, the flag's help text and its
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -189,13 +190,17 @@ class ServeOptions:
         return not self.no_rest and self.rest_api_port != 0
 
     # -- rendering ------------------------------------------------------------------------------------------
-    def to_argv(self) -> list[str]:
-        """The `confserve serve` flags that give these options (defaults left out), in declaration
-        order: what the local cluster and the renderers write, and what the CLI parses back."""
+    def to_argv(self, *, explicit: Collection[str] = ()) -> list[str]:
+        """The `confserve serve` flags that give these options, in declaration order: what the local
+        cluster and the renderers write, and what the CLI parses back. Defaults are left out, except the
+        fields named in `explicit` (e.g. ports a manifest should show)."""
+        unknown = set(explicit) - {spec.name for spec in option_specs()}
+        if unknown:
+            raise OptionsError(f"no such serve options: {sorted(unknown)}")
         argv = []
         for spec in option_specs():
             value = getattr(self, spec.name)
-            if value is None or value == spec.default:
+            if value is None or (value == spec.default and spec.name not in explicit):
                 continue
             if spec.kind is bool:
                 argv.append(f"--{spec.name}")
