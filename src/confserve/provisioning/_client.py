@@ -22,6 +22,7 @@ interoperability, and improves on it where Gramine gives up early:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -110,6 +111,9 @@ class ClientSettings:
     io_timeout_seconds: float = 10.0  # handshake, and the response after the request
     initial_backoff_seconds: float = 0.1
     max_backoff_seconds: float = 5.0
+    # While it keeps failing, the client logs a "still waiting" line (attempt, last reason, time left) on
+    # the first failed round and then at most this often: a replica waiting minutes for its key says so.
+    progress_interval_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.servers:
@@ -122,6 +126,7 @@ class ClientSettings:
             self.io_timeout_seconds,
             self.initial_backoff_seconds,
             self.max_backoff_seconds,
+            self.progress_interval_seconds,
         )
         if min(times) <= 0:
             raise ConfigError("deadline, timeouts and backoff must be positive")
@@ -150,6 +155,9 @@ class ClientSettings:
             set_key = DEFAULT_SECRET_NAME
         options.setdefault("set_key", set_key)
         return cls.from_files(env.get("SECRET_PROVISION_SERVERS") or DEFAULT_SERVERS, ca_path, **options)
+
+
+_log = logging.getLogger("confserve.provisioning.client")
 
 
 class KeyInstaller(Protocol):
@@ -211,6 +219,7 @@ class SecretProvisioningClient:
         deadline = self._monotonic() + s.deadline_seconds
         backoff = s.initial_backoff_seconds
         last = "no attempt made"
+        next_report = 0.0  # the first failed round is reported at once
         self.attempts = 0
         while True:
             for server in s.servers:
@@ -221,9 +230,18 @@ class SecretProvisioningClient:
                     return self._attempt(server, names, gramine, deadline)
                 except _Retry as exc:
                     last = f"{server}: {exc}"
-            remaining = deadline - self._monotonic()
+            now = self._monotonic()
+            remaining = deadline - now
             if remaining <= 0:
                 raise UnavailableError(f"no secret-provisioning server answered in time (last: {last})")
+            if now >= next_report:
+                _log.info(
+                    "still waiting for secret provisioning: attempt %d, last: %s; %.0f s left",
+                    self.attempts,
+                    last,
+                    remaining,
+                )
+                next_report = now + s.progress_interval_seconds
             if self._cancel.wait(min(backoff, remaining)):
                 raise UnavailableError("cancelled")
             backoff = min(backoff * 2, s.max_backoff_seconds)
@@ -268,6 +286,15 @@ class SecretProvisioningClient:
         reason = outcome.reason or "connection closed without a response"
         raise RefusedError(f"{server} refused: {reason}")
 
+    def fetch_wrap_key(self, name: str = DEFAULT_SECRET_NAME, *, gramine: bool = False) -> WrapKey:
+        """The protected-files wrap key released to this enclave (secret `name`, 16 bytes): the model
+        server's call. `gramine=True` speaks Gramine's own request (then `name` must be `default`)."""
+        check_secret_name(name)
+        value = self.request([name], gramine=gramine)[name]
+        if len(value) != KEY_SIZE:
+            raise ProtocolError(f"secret {name!r} is not a {KEY_SIZE}-byte wrap key")
+        return WrapKey(value)
+
     def provision_key(
         self,
         installer: KeyInstaller | None = None,
@@ -282,11 +309,8 @@ class SecretProvisioningClient:
         name = key_name or self._settings.set_key
         if name is None or not _KEY_NAME_RE.fullmatch(name):
             raise ConfigError("no valid key name to install (SECRET_PROVISION_SET_KEY)")
-        check_secret_name(secret_name)
-        key = self.request([secret_name], gramine=gramine)[secret_name]
-        if len(key) != KEY_SIZE:
-            raise ProtocolError(f"a key for /dev/attestation/keys must be {KEY_SIZE} bytes")
-        (installer or DevAttestationKeys()).install(name, key)
+        key = self.fetch_wrap_key(secret_name, gramine=gramine)
+        (installer or DevAttestationKeys()).install(name, key.raw())
 
 
 def request_secrets(
@@ -299,9 +323,5 @@ def request_secrets(
 def fetch_wrap_key(
     settings: ClientSettings, attester: Attester, name: str = DEFAULT_SECRET_NAME, *, gramine: bool = False
 ) -> WrapKey:
-    """The model server's call: the protected-files wrap key released to this enclave (16 bytes).
-    `gramine=True` speaks Gramine's own request (then `name` must be `default`)."""
-    value = request_secrets(settings, attester, [name], gramine=gramine)[name]
-    if len(value) != KEY_SIZE:
-        raise ProtocolError(f"secret {name!r} is not a 16-byte wrap key")
-    return WrapKey(value)
+    """One-call form of `SecretProvisioningClient(settings, attester).fetch_wrap_key(name)`."""
+    return SecretProvisioningClient(settings, attester).fetch_wrap_key(name, gramine=gramine)

@@ -183,15 +183,11 @@ class EnclaveRuntime:
         client = SecretProvisioningClient(client_settings, self.attester, cancel=cancel)
         start = time.monotonic()
         try:
-            secrets = client.request([s.secret_name])
+            key = client.fetch_wrap_key(s.secret_name)
         except ProvisioningError as e:
             raise EnclaveError(
                 f"no key from secret provisioning after {client.attempts} attempts: {e}"
             ) from None
-        value = secrets.get(s.secret_name, b"")
-        if len(value) != 16:
-            raise EnclaveError(f"secret {s.secret_name!r} is not a 16-byte wrap key")
-        key = pf.WrapKey(value)
         _log.info(
             "key %r released after %d attempt(s) in %.2f s (fingerprint %s)",
             s.secret_name,
