@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from confserve import pf
 from confserve.errors import ConfserveError, Status
+from confserve.tf_runtime import import_tensorflow
 
 if TYPE_CHECKING:
     import numpy as np
@@ -69,10 +70,8 @@ def _version_dir(out: str | os.PathLike[str], version: int) -> Path:
 
 
 def _quiet_tensorflow() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf  # noqa: PLC0415 - TensorFlow is imported only where models are made
-
-    return tf
+    # TensorFlow is imported only where models are made, through the one quiet import.
+    return import_tensorflow()
 
 
 def load_digits_dataset(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

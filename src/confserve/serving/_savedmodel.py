@@ -4,7 +4,8 @@ Every file of the version (saved_model.pb, variables/*, assets/*, ...) is read t
 (which may decrypt it) and written into TensorFlow's in-process `ram://` file system under a random prefix.
 `tf.saved_model.load` reads it from there, and the ram:// copy is deleted as soon as loading ends, whether
 it succeeded or not. No plaintext byte of the model is written to a real disk path, and TensorFlow is never
-given the host path. TensorFlow is imported here, lazily, on the first load.
+given the host path. TensorFlow is imported here, lazily and quietly (`confserve.tf_runtime`), on the
+first load.
 
 The SignatureDefs served by GetModelMetadata and used for input validation come from the MetaGraphDef in
 saved_model.pb (parsed from the same in-memory bytes), exactly as TF Serving reports them.
@@ -30,6 +31,7 @@ from confserve.serving._errors import (
     ServingError,
 )
 from confserve.serving._opener import FileOpener
+from confserve.tf_runtime import import_tensorflow
 
 __all__ = ["SavedModelLoader", "SavedModelServable", "set_tensorflow_threads"]
 
@@ -45,9 +47,9 @@ _OP_ERRORS: dict[str, type[ServingError]] = {
 
 
 def _tf() -> Any:
-    import tensorflow as tf  # noqa: PLC0415  (lazy: only processes that run models pay for TensorFlow)
-
-    return tf
+    # Lazy, and quiet: only processes that run models pay for TensorFlow, and its start-up logging stays
+    # off the terminal (see confserve.tf_runtime).
+    return import_tensorflow()
 
 
 def set_tensorflow_threads(intra_op: int, inter_op: int) -> None:
