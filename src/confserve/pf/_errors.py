@@ -10,6 +10,7 @@ __all__ = [
     "FormatError",
     "IntegrityError",
     "InvalidPathError",
+    "OutputIsInputError",
     "PathMismatchError",
     "PfError",
     "VersionError",
@@ -49,3 +50,8 @@ class InvalidPathError(PfError, ValueError):
 
 class WrapKeyError(PfError, ValueError):
     """A wrap key of the wrong size, or a key file that cannot be read or written safely."""
+
+
+class OutputIsInputError(PfError):
+    """The output would overwrite the input: the same file (under any spelling, symlink or hard link), or
+    for a directory, a place inside the input tree. Refused before anything is written."""

@@ -1,7 +1,10 @@
 """Whole files, bytes in memory and directory trees, built on the streaming reader and writer.
 
 Outputs are written to a temporary file beside the target and renamed into place only when complete,
-so a failure never leaves a partial output (in particular, never partial plaintext).
+so a failure never leaves a partial output (in particular, never partial plaintext). An output that
+would replace its own input (the same file under another spelling, a symlink or a hard link; for a tree,
+a place inside the input tree) is refused before anything is written: decrypting a protected file onto
+itself would swap the only encrypted copy for plaintext.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from confserve.pf._errors import FormatError, PfError
+from confserve.pf._errors import FormatError, OutputIsInputError, PfError
 from confserve.pf._format import MAJOR_V1, NODE_SIZE
 from confserve.pf._keys import WrapKey
 from confserve.pf._paths import normalize_path
@@ -112,6 +115,41 @@ def _atomic_output(target: Path, mode: int) -> Iterator[BinaryIO]:
         raise
 
 
+def _file_id(path: StrPath) -> tuple[int, int] | None:
+    """(device, inode) of what `path` names, following symlinks; None if nothing is there."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _refuse_same_file(src: StrPath, dst: StrPath) -> None:
+    dst_id = _file_id(dst)
+    if dst_id is not None and dst_id == _file_id(src):
+        raise OutputIsInputError(f"output {os.fspath(dst)!r} is the input file itself; name another output")
+
+
+def _refuse_output_in_tree(src_dir: StrPath, dst_dir: StrPath, relative_paths: list[str]) -> None:
+    """Refuse `dst_dir` equal to or inside `src_dir` (after resolving symlinks, so also through a link
+    or a bind mount), and any output file that already is one of the input files."""
+    src_id = _file_id(src_dir)
+    resolved = Path(os.path.realpath(dst_dir))
+    for candidate in (resolved, *resolved.parents):
+        if src_id is not None and _file_id(candidate) == src_id:
+            raise OutputIsInputError(
+                f"output directory {os.fspath(dst_dir)!r} is, or is inside, the input directory "
+                f"{os.fspath(src_dir)!r}; name an output outside it"
+            )
+    src, dst = Path(src_dir), Path(dst_dir)
+    inputs = {_file_id(src / rel) for rel in relative_paths} - {None}
+    for rel in relative_paths:
+        if _file_id(dst / rel) in inputs:
+            raise OutputIsInputError(
+                f"output {os.fspath(dst / rel)!r} is one of the input files; name another output"
+            )
+
+
 def _copy(src: io.RawIOBase, dst: BinaryIO | ProtectedFileWriter) -> int:
     buf = bytearray(_CHUNK)
     view = memoryview(buf)
@@ -133,6 +171,7 @@ def encrypt_file(
     Returns the normalised path the file is bound to.
     """
     bound = normalize_path(os.fspath(dst) if bound_path is None else bound_path)
+    _refuse_same_file(src, dst)
     with (
         open(src, "rb", buffering=0) as fin,
         _atomic_output(Path(dst), 0o644) as fout,
@@ -144,6 +183,7 @@ def encrypt_file(
 
 def decrypt_file(src: StrPath, dst: StrPath, key: WrapKey, *, bound_path: str | None) -> int:
     """Decrypt `src` into `dst` (mode 0600). On any failure `dst` is not created. Returns the size."""
+    _refuse_same_file(src, dst)
     with open_protected(src, key, bound_path=bound_path) as reader, _atomic_output(Path(dst), 0o600) as out:
         return _copy(reader, out)
 
@@ -197,7 +237,9 @@ def encrypt_tree(
     src, dst = Path(src_dir), Path(dst_dir)
     root = os.fspath(dst_dir) if bind_root is None else bind_root
     entries: list[TreeEntry] = []
-    for rel in _walk(src):
+    relative_paths = _walk(src)
+    _refuse_output_in_tree(src_dir, dst_dir, relative_paths)
+    for rel in relative_paths:
         target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         bound = encrypt_file(
@@ -217,8 +259,10 @@ def decrypt_tree(
     src, dst = Path(src_dir), Path(dst_dir)
     written: list[Path] = []
     entries: list[TreeEntry] = []
+    relative_paths = _walk(src)
+    _refuse_output_in_tree(src_dir, dst_dir, relative_paths)
     try:
-        for rel in _walk(src):
+        for rel in relative_paths:
             target = dst / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             bound = None if bind_root is None else _join_bound(bind_root, rel)

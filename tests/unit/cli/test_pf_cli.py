@@ -160,3 +160,53 @@ def test_info(cli: CliRunner) -> None:
     assert "format_version: 2" in out
     Path("junk").write_bytes(b"junk")
     assert "not a protected file" in _run(cli, "info", "-i", "junk", code=1)
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    return {
+        p.as_posix(): (None if p.is_dir() or p.is_symlink() else p.read_bytes())
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def test_decrypt_refuses_to_write_over_its_input_file(cli: CliRunner) -> None:
+    _run(cli, "gen-key", "-w", "k")
+    Path("plain").write_bytes(os.urandom(20_000))
+    _run(cli, "encrypt", "-w", "k", "-i", "plain", "-o", "enc")
+    Path("d").mkdir()
+    Path("link").symlink_to("enc")
+    before = _tree(Path())
+    for same in ("enc", "./enc", "d/../enc", os.path.abspath("enc"), "link"):
+        out = _run(cli, "decrypt", "-w", "k", "-i", "enc", "-o", same, code=1)
+        assert out == f"confserve: error: output {same!r} is the input file itself; name another output\n"
+        out = _run(cli, "decrypt", "-w", "k", "-i", same, "-o", "enc", code=1)
+        assert "is the input file itself" in out
+    assert _tree(Path()) == before  # the encrypted file is intact, nothing was written beside it
+
+
+def test_encrypt_refuses_to_write_over_its_input_file(cli: CliRunner) -> None:
+    _run(cli, "gen-key", "-w", "k")
+    Path("plain").write_bytes(b"model bytes" * 100)
+    before = _tree(Path())
+    out = _run(cli, "encrypt", "-w", "k", "-i", "plain", "-o", "plain", code=1)
+    assert "is the input file itself" in out
+    out = _run(cli, "encrypt", "-w", "k", "-i", "plain", "-o", "./plain", "--bound-path", "p", code=1)
+    assert "is the input file itself" in out
+    assert _tree(Path()) == before
+
+
+def test_directory_decrypt_refuses_an_output_in_the_input_tree(cli: CliRunner) -> None:
+    _run(cli, "gen-key", "-w", "k")
+    Path("plain/variables").mkdir(parents=True)
+    Path("plain/saved_model.pb").write_bytes(os.urandom(9000))
+    Path("plain/variables/variables.index").write_bytes(b"idx")
+    _run(cli, "encrypt", "-w", "k", "-i", "plain", "-o", "enc")
+    Path("enc-link").symlink_to("enc")
+    Path("plain-link").symlink_to("plain")
+    before = _tree(Path())
+    for inside in ("enc", "enc/", "./enc", "enc/variables", "enc/new", "enc-link", "enc-link/out"):
+        out = _run(cli, "decrypt", "-w", "k", "-i", "enc", "-o", inside, code=1)
+        assert out.startswith(f"confserve: error: output directory {inside!r} is, or is inside, the input")
+        out = _run(cli, "encrypt", "-w", "k", "-i", "plain", "-o", inside.replace("enc", "plain"), code=1)
+        assert "inside, the input directory" in out
+    assert _tree(Path()) == before

@@ -114,3 +114,73 @@ def test_is_protected(tmp_path: Path) -> None:
     (tmp_path / "v9").write_bytes(b"GRAFS_PF\x09\x00" + bytes(4086))
     assert not pf.is_protected(tmp_path / "v9")
     assert not pf.is_protected(tmp_path / "missing")
+
+
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every entry below `root` (files with their bytes, directories and links as None)."""
+    return {
+        os.fspath(p.relative_to(root)): (p.read_bytes() if p.is_file() and not p.is_symlink() else None)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def test_decrypt_and_encrypt_refuse_the_input_file_as_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("plain").write_bytes(os.urandom(30_000))
+    pf.encrypt_file("plain", "enc", KEY)
+    Path("sub").mkdir()
+    Path("link").symlink_to("enc")
+    os.link("enc", "hard")
+    before = _snapshot(tmp_path)
+    for same in ("enc", "./enc", "sub/../enc", os.fspath(tmp_path / "enc"), "link", "hard"):
+        with pytest.raises(pf.OutputIsInputError, match="is the input file itself"):
+            pf.decrypt_file("enc", same, KEY, bound_path=None)
+    for same in ("plain", "./plain", os.fspath(tmp_path / "plain")):
+        with pytest.raises(pf.OutputIsInputError):
+            pf.encrypt_file("plain", same, KEY, bound_path="p")
+    assert _snapshot(tmp_path) == before
+    # a dangling link or another file is not the input: decrypted as usual
+    Path("dangling").symlink_to("nowhere")
+    assert pf.decrypt_file("link", "dangling", KEY, bound_path=None) == 30_000
+    assert Path("dangling").read_bytes() == Path("plain").read_bytes()
+
+
+def test_decrypt_tree_refuses_an_output_inside_the_input_tree(tmp_path: Path) -> None:
+    _model_tree(tmp_path / "plain")
+    pf.encrypt_tree(tmp_path / "plain", tmp_path / "enc", KEY, bind_root="m")
+    (tmp_path / "enc-link").symlink_to(tmp_path / "enc")
+    before = _snapshot(tmp_path)
+    inside = [
+        tmp_path / "enc",
+        tmp_path / "enc/",
+        tmp_path / "enc/1",
+        tmp_path / "enc/new/deeper",
+        tmp_path / "enc/1/../x",
+        tmp_path / "enc-link",
+        tmp_path / "enc-link/out",
+    ]
+    for dst in inside:
+        with pytest.raises(pf.OutputIsInputError, match="inside, the input directory"):
+            pf.decrypt_tree(tmp_path / "enc", dst, KEY, bind_root="m")
+        with pytest.raises(pf.OutputIsInputError):
+            pf.encrypt_tree(tmp_path / "enc", dst, KEY)
+    assert _snapshot(tmp_path) == before
+    # beside the tree (even sharing a name prefix) is fine
+    pf.decrypt_tree(tmp_path / "enc", tmp_path / "enc-out", KEY, bind_root="m")
+    assert _snapshot(tmp_path / "enc-out") == _snapshot(tmp_path / "plain")
+
+
+def test_trees_refuse_an_output_file_that_is_an_input_file(tmp_path: Path) -> None:
+    """The output tree holding the input tree: output `a` for input `a/enc` would write the file
+    `enc/x` of the tree to a/enc/x, which is the input file `x`."""
+    (tmp_path / "a/enc/enc").mkdir(parents=True)
+    for rel in ("enc/x", "x"):
+        (tmp_path / "a/enc" / rel).write_bytes(pf.encrypt_bytes(b"data", KEY, bound_path=rel))
+    before = _snapshot(tmp_path)
+    with pytest.raises(pf.OutputIsInputError, match="is one of the input files"):
+        pf.decrypt_tree(tmp_path / "a/enc", tmp_path / "a", KEY, bind_root=None)
+    with pytest.raises(pf.OutputIsInputError, match="is one of the input files"):
+        pf.encrypt_tree(tmp_path / "a/enc", tmp_path / "a", KEY)
+    assert _snapshot(tmp_path) == before
