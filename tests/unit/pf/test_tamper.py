@@ -131,6 +131,27 @@ def test_unauthenticated_plaintext_never_reaches_the_callers_buffer(blob: bytes)
         reader.read(10)
 
 
+@pytest.mark.parametrize(
+    ("start", "length"),
+    [
+        (3072 + 4096 + 100, 10),  # inside the tampered node
+        (3072 + 4096 + 100, 3 * 4096),  # from inside it on, across whole nodes
+        (3072, 4096 + 50),  # a whole node, then the start of the tampered one
+        (3072 + 4096, 4096),  # exactly the tampered node
+    ],
+)
+def test_tampered_node_leaves_no_plaintext_in_a_partial_read(blob: bytes, start: int, length: int) -> None:
+    tampered = _flip(blob, 3 * 4096 + 10)  # data node 1: plaintext [3072 + 4096, 3072 + 8192)
+    reader = pf.ProtectedFileReader(io.BytesIO(bytes(tampered)), KEY, bound_path=PATH)
+    reader.seek(start)
+    buf = bytearray(b"\xaa" * length)
+    with pytest.raises(pf.IntegrityError):
+        reader.readinto(buf)
+    node = slice(max(0, 3072 + 4096 - start), min(length, 3072 + 8192 - start))
+    assert set(buf[node]) <= {0x00, 0xAA}  # wiped or untouched, never decrypted
+    assert buf[: node.start] in (PLAIN[start : start + node.start], b"\xaa" * node.start)
+
+
 def test_wrong_key_and_bad_versions(blob: bytes) -> None:
     with pytest.raises(pf.IntegrityError):
         pf.decrypt_bytes(blob, pf.WrapKey(bytes(16)), bound_path=PATH)
