@@ -5,6 +5,8 @@ Thin: parse options, read the clock once (here, at the edge), call `confserve.at
 policy accepted it; usage errors exit 2 (click), everything else 1.
 """
 
+# ruff: noqa: PLC0415 - the attestation code is imported when a command runs, not for `--help`
+
 from __future__ import annotations
 
 import hashlib
@@ -13,23 +15,34 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import click
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
-from confserve.attestation._attester import SimulatedAttester
-from confserve.attestation._errors import AttestationError
-from confserve.attestation._policy import AllowRule, Policy, load_policy_file
-from confserve.attestation._ratls import extract_ratls_quote
-from confserve.attestation._simplatform import SGX_TCB_STATUSES, SimCollateralSettings, SimPlatform
-from confserve.attestation._structs import parse_quote_v3
-from confserve.attestation._types import EnclaveIdentity, VerifiedEvidence
-from confserve.attestation._verify import INTEL_SGX_ROOT_CA_SHA256, Collateral, TrustConfig, verify
 from confserve.cli._common import reports_errors
 
+if TYPE_CHECKING:
+    from confserve.attestation import (
+        Collateral,
+        Policy,
+        SimCollateralSettings,
+        TrustConfig,
+        VerifiedEvidence,
+    )
+
 EXIT_REFUSED = 1  # verification failed, policy refused, or an operation failed
+
+# The library's list (confserve.attestation._simplatform), repeated so that `--help` imports no
+# attestation code; tests/unit/cli/test_main_cli.py checks the two agree.
+SGX_TCB_STATUSES: Final = (
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+    "Revoked",
+)
 
 
 def _hex_bytes(size: int) -> Callable[[click.Context, click.Parameter, str | None], bytes | None]:
@@ -50,6 +63,8 @@ def _hex_bytes(size: int) -> Callable[[click.Context, click.Parameter, str | Non
 def _settings(
     tcb_status: str, advisory_ids: tuple[str, ...], pck_revoked: bool, validity_days: int
 ) -> SimCollateralSettings:
+    from confserve.attestation import SimCollateralSettings
+
     return SimCollateralSettings(
         tcb_status=tcb_status,
         advisory_ids=advisory_ids,
@@ -95,6 +110,8 @@ def sim_init(
     directory: Path, tcb_status: str, advisory_ids: tuple[str, ...], pck_revoked: bool, validity_days: int
 ) -> None:
     """Create a simulated platform in DIRECTORY (private keys are written mode 0600)."""
+    from confserve.attestation import SimPlatform
+
     platform = SimPlatform.init(
         directory,
         now=int(time.time()),
@@ -119,6 +136,8 @@ def sim_refresh(
     validity_days: int | None,
 ) -> None:
     """Re-issue the collateral of the platform in DIRECTORY from now on (same keys)."""
+    from confserve.attestation import SimCollateralSettings, SimPlatform
+
     platform = SimPlatform.load(directory)
     old = platform.settings
     platform.refresh_collateral(
@@ -169,6 +188,8 @@ def attest_quote(
     debug: bool,
 ) -> None:
     """Write a simulated DCAP v3 quote for REPORT_DATA to OUT."""
+    from confserve.attestation import EnclaveIdentity, SimPlatform, SimulatedAttester
+
     identity = EnclaveIdentity(
         mr_enclave=mr_enclave or bytes(32),
         mr_signer=mr_signer or bytes(32),
@@ -181,6 +202,11 @@ def attest_quote(
 
 
 def _load_root(path: Path) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from confserve.attestation import AttestationError
+
     data = path.read_bytes()
     try:
         cert = (
@@ -251,6 +277,16 @@ def _verification_setup(
     policy_file: Path | None,
 ) -> tuple[Collateral, TrustConfig, Policy]:
     """Collateral, trust root and policy from the shared options; emits a refusal for an untrusted root."""
+    from confserve.attestation import (
+        INTEL_SGX_ROOT_CA_SHA256,
+        AllowRule,
+        Collateral,
+        Policy,
+        SimPlatform,
+        TrustConfig,
+        load_policy_file,
+    )
+
     if (collateral_file is None) == (platform_dir is None):
         raise click.UsageError("give exactly one of --collateral and --sim-platform")
     platform = SimPlatform.load(platform_dir) if platform_dir is not None else None
@@ -287,6 +323,8 @@ def _verify_and_emit(
     quote: bytes, setup: tuple[Collateral, TrustConfig, Policy], now: int | None, **extra: Any
 ) -> NoReturn:
     """Verify, apply the policy, print the JSON verdict (with `extra` fields first) and exit."""
+    from confserve.attestation import AttestationError, verify
+
     collateral, trust, policy = setup
     try:
         evidence = verify(quote, collateral, trust, int(time.time()) if now is None else now)
@@ -343,6 +381,9 @@ def attest_show_cert(
     key are checked and the quote's claims are shown as UNVERIFIED; with them, the quote is verified and
     the policy applied, and the exit code is 0 only if accepted.
     """
+    from confserve.attestation._ratls import extract_ratls_quote
+    from confserve.attestation._structs import parse_quote_v3
+
     fmt, quote = extract_ratls_quote(cert_file.read_bytes())
     body = parse_quote_v3(quote).report_body
     facts: dict[str, Any] = {

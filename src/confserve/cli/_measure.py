@@ -16,17 +16,24 @@ Signing key for simulated deployments (RSA-3072, e = 3, as SGX requires):
 Text output is the four lines of the reference's `get_image_enclave_mr.sh`; `--json` prints one object.
 """
 
+# ruff: noqa: PLC0415 - the attestation code is imported when a command runs, not for `--help`
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Final
 
 import click
-from cryptography.hazmat.primitives import serialization
 
-from confserve.attestation import _measure as measure
-from confserve.attestation._types import EnclaveIdentity
 from confserve.cli._common import fail, reports_errors
+
+if TYPE_CHECKING:
+    from confserve.attestation import EnclaveIdentity
+
+# The library's default (confserve.attestation._measure), repeated so that `--help` imports no
+# attestation code; tests/unit/cli/test_main_cli.py checks the two agree.
+DEFAULT_ENTRY_POINT: Final = "confserve.cli:main"
 
 
 def _parse_args(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -42,6 +49,8 @@ def _parse_args(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 def _emit(identity: EnclaveIdentity, as_json: bool, **extra: object) -> None:
+    from confserve.attestation import _measure as measure
+
     click.echo(
         measure.identity_to_json(identity, **extra) if as_json else measure.format_identity(identity),
         nl=False,
@@ -57,9 +66,7 @@ def _emit(identity: EnclaveIdentity, as_json: bool, **extra: object) -> None:
 )
 @click.option("--isv-prod-id", type=click.IntRange(0, 0xFFFF), default=None, help="ISVPRODID (default 0).")
 @click.option("--isv-svn", type=click.IntRange(0, 0xFFFF), default=None, help="ISVSVN (default 0).")
-@click.option(
-    "--entry-point", default=None, help=f"Measured entry point (default {measure.DEFAULT_ENTRY_POINT})."
-)
+@click.option("--entry-point", default=None, help=f"Measured entry point (default {DEFAULT_ENTRY_POINT}).")
 @click.option(
     "--package-root", type=click.Path(file_okay=False), default=None, help="Default: installed confserve."
 )
@@ -96,6 +103,9 @@ def measure_group(
         if sigstruct or simulated_given or describe or as_json:
             raise click.UsageError("measure options cannot be combined with a subcommand")
         return
+    from confserve.attestation import EnclaveIdentity
+    from confserve.attestation import _measure as measure
+
     if sigstruct is not None:
         if simulated_given or describe:
             raise click.UsageError("--sigstruct cannot be combined with simulated-deployment options")
@@ -120,7 +130,7 @@ def measure_group(
         else _parse_args(arg_pairs)
     )
     root = Path(package_root) if package_root else measure.find_package_root()
-    entry = entry_point or measure.DEFAULT_ENTRY_POINT
+    entry = entry_point or DEFAULT_ENTRY_POINT
     if describe:
         click.echo(measure.describe_simulated(root, entry, args).decode("ascii"))
         return
@@ -141,6 +151,10 @@ def measure_group(
 @reports_errors
 def gen_signing_key(out: str, force: bool) -> None:
     """Write a new enclave signing key (RSA-3072, e = 3; PEM PKCS#8, mode 0600) and print its mr_signer."""
+    from cryptography.hazmat.primitives import serialization
+
+    from confserve.attestation import _measure as measure
+
     key = measure.generate_signing_key()
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

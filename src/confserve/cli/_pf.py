@@ -40,7 +40,7 @@ def _bound_for_check(verify_path: bool, bound_path: str | None, input_path: str)
     return input_path if verify_path else None
 
 
-@click.group()
+@click.group("pf")
 def pf_group() -> None:
     """Gramine-compatible protected files (flags as in gramine-sgx-pf-crypt)."""
 

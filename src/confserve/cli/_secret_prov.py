@@ -14,6 +14,9 @@ confserve package, the entry point `REQUEST_ENTRY_POINT` and no measured argumen
 prints the same identity, so an owner can approve it for testing.
 """
 
+# ruff: noqa: PLC0415 - attestation, provisioning and certificate code are imported when a command
+# runs, not for `--help`
+
 from __future__ import annotations
 
 import datetime
@@ -22,47 +25,17 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import click
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from confserve.attestation import (
-    Attester,
-    EnclaveIdentity,
-    RaTlsFormat,
-    SimPlatform,
-    SimulatedAttester,
-    TrustConfig,
-    detect_attester,
-    find_package_root,
-    measure_simulated,
-    mr_signer_from_pem,
-)
-from confserve.attestation._measure import format_identity
 from confserve.cli._common import fail, reports_errors
 from confserve.pf import WrapKey
-from confserve.provisioning import (
-    ClientSettings,
-    RefusedError,
-    SecretProvisioningClient,
-    SecretProvisioningServer,
-    ServerLimits,
-    ServerSettings,
-    collateral_from_file,
-    collateral_from_pccs,
-    collateral_from_sim_platform,
-    load_certificate_chain,
-    load_private_key,
-    parse_secret_spec,
-    policy_from_file,
-    secrets_from_files,
-    trust_for_sim_platform,
-    verify_audit_log,
-)
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from confserve.attestation import Attester, EnclaveIdentity
 
 REQUEST_ENTRY_POINT: Final = "confserve secret-prov request"
 REQUEST_MEASURED_ARGS: Final[dict[str, str]] = {}
@@ -99,6 +72,8 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
 
 
 def _san(names: tuple[str, ...]) -> x509.SubjectAlternativeName:
+    from cryptography import x509
+
     entries: list[x509.GeneralName] = []
     for name in names:
         try:
@@ -110,6 +85,11 @@ def _san(names: tuple[str, ...]) -> x509.SubjectAlternativeName:
 
 def make_service_pki(hostnames: tuple[str, ...], now: datetime.datetime) -> tuple[bytes, bytes, bytes]:
     """(ca.crt PEM, server.crt PEM, server.key PEM): a P-256 CA and a server certificate for `hostnames`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name(
         [
@@ -236,6 +216,22 @@ def serve_command(
 ) -> None:
     """Release secrets to enclaves whose RA-TLS evidence the policy approves. SIGHUP reloads the policy,
     the secrets and the collateral; SIGTERM or SIGINT stops."""
+    from confserve.attestation import TrustConfig
+    from confserve.provisioning import (
+        SecretProvisioningServer,
+        ServerLimits,
+        ServerSettings,
+        collateral_from_file,
+        collateral_from_pccs,
+        collateral_from_sim_platform,
+        load_certificate_chain,
+        load_private_key,
+        parse_secret_spec,
+        policy_from_file,
+        secrets_from_files,
+        trust_for_sim_platform,
+    )
+
     if (ra_config is None) == (policy is None):
         raise click.UsageError("give exactly one of --ra-config and --policy")
     if not secret_specs:
@@ -306,6 +302,13 @@ def serve_command(
 def request_identity(signing_key_pem: bytes, isv_prod_id: int, isv_svn: int) -> EnclaveIdentity:
     """The simulated identity `secret-prov request` presents (see the module docstring); computed exactly
     as `confserve measure --signing-key KEY --entry-point "confserve secret-prov request"` does."""
+    from confserve.attestation import (
+        EnclaveIdentity,
+        find_package_root,
+        measure_simulated,
+        mr_signer_from_pem,
+    )
+
     return EnclaveIdentity(
         mr_enclave=measure_simulated(find_package_root(), REQUEST_ENTRY_POINT, REQUEST_MEASURED_ARGS),
         mr_signer=mr_signer_from_pem(signing_key_pem),
@@ -325,7 +328,9 @@ def _write_secret(directory: Path, name: str, value: bytes) -> None:
         os.close(fd)
 
 
-_FORMATS: Final = {fmt.value: fmt for fmt in RaTlsFormat}
+# The values of confserve.attestation.RaTlsFormat, repeated so that `--help` imports no attestation code;
+# tests/unit/cli/test_main_cli.py checks the two agree.
+RATLS_FORMATS: Final = ("gramine-1.3", "gramine-1.4", "gramine-1.8")
 
 
 @secret_prov_group.command("request")
@@ -339,8 +344,8 @@ _FORMATS: Final = {fmt.value: fmt for fmt in RaTlsFormat}
 @click.option("--gramine", is_flag=True, help="Speak Gramine's own request (one secret, 'default').")
 @click.option(
     "--ratls-format",
-    type=click.Choice(sorted(_FORMATS)),
-    default=RaTlsFormat.TCG_DICE.value,
+    type=click.Choice(RATLS_FORMATS),
+    default="gramine-1.8",
     show_default=True,
 )
 @click.option("--deadline", type=click.FloatRange(min=0.001), default=30.0, show_default=True)
@@ -362,6 +367,10 @@ def request_command(
     out_dir: str | None,
 ) -> None:
     """Fetch secrets as an enclave and print their names and sizes (values only go to --out)."""
+    from confserve.attestation import RaTlsFormat, SimPlatform, SimulatedAttester, detect_attester
+    from confserve.attestation._measure import format_identity
+    from confserve.provisioning import ClientSettings, RefusedError, SecretProvisioningClient
+
     attester: Attester
     if sim_platform is not None:
         if signing_key is None:
@@ -373,7 +382,7 @@ def request_command(
     else:
         attester = detect_attester()
     settings = ClientSettings.from_files(
-        servers, ca_path, ratls_format=_FORMATS[ratls_format], deadline_seconds=deadline
+        servers, ca_path, ratls_format=RaTlsFormat(ratls_format), deadline_seconds=deadline
     )
     client = SecretProvisioningClient(settings, attester)
     try:
@@ -401,6 +410,8 @@ def request_command(
 @reports_errors
 def audit_verify_command(path: str, expected_head: str | None) -> None:
     """Check the audit log's hash chain; exit 1 and name the first broken entry if it is not intact."""
+    from confserve.provisioning import verify_audit_log
+
     result = verify_audit_log(path, expected_head=expected_head)
     if result.ok:
         click.echo(f"ok: {result.entries} entries, head {result.head}")

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import click
 
 from confserve import pf
 from confserve.cli._common import reports_errors
-from confserve.owner import TlsMaterial, generate_tls_material
-from confserve.owner._tls import DEFAULT_SSL_CONFIG_BOUND_PATH
+
+if TYPE_CHECKING:
+    from confserve.owner import TlsMaterial
+
+# The library's default (confserve.owner._tls), repeated here so that `--help` need not import the
+# certificate code; tests/unit/cli/test_main_cli.py checks the two agree.
+DEFAULT_SSL_CONFIG_BOUND_PATH: Final = "ssl.cfg"
 
 _options = [
     click.option("--out", "out_dir", default="tls", show_default=True, type=click.Path(file_okay=False)),
@@ -74,6 +79,8 @@ def _run(
     wrap_key_path: str | None,
     bound_path: str,
 ) -> None:
+    from confserve.owner import generate_tls_material  # noqa: PLC0415 - only when the command runs
+
     wrap_key = pf.WrapKey.load(wrap_key_path) if wrap_key_path else None
     material = generate_tls_material(
         out_dir,
