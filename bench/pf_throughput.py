@@ -11,60 +11,15 @@ Usage: .venv/bin/python bench/pf_throughput.py [--size-mb 200] [--repeat 3]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-CHILD = r"""
-import os, resource, sys, time, json
-from confserve import pf
-op, src, dst, key_hex = sys.argv[1:5]
-key = pf.WrapKey(bytes.fromhex(key_hex))
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-t = time.perf_counter()
-if op == "encrypt":
-    pf.encrypt_file(src, dst, key, bound_path="bench/file")
-elif op == "decrypt":
-    pf.decrypt_file(src, dst, key, bound_path="bench/file")
-elif op == "verify":
-    pf.verify_file(src, key, bound_path="bench/file")
-elif op == "copy":
-    with open(src, "rb") as a, open(dst, "wb") as b:
-        while chunk := a.read(1 << 20):
-            b.write(chunk)
-elapsed = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"seconds": elapsed, "rss_growth_kib": peak - base}))
-"""
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def _child(op: str, src: Path, dst: Path, key_hex: str) -> dict[str, float]:
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, op, str(src), str(dst), key_hex],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
-
-
-def _gcm_baseline(path: Path) -> float:
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    aead = AESGCM(bytes(16))
-    iv = bytes(12)
-    t = time.perf_counter()
-    with open(path, "rb") as f:
-        while chunk := f.read(4096 * 256):
-            view = memoryview(chunk)
-            for i in range(0, len(view), 4096):
-                aead.encrypt(iv, view[i : i + 4096], None)
-    return time.perf_counter() - t
+import _common as c
 
 
 def main() -> None:
@@ -77,18 +32,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         plain, enc, out = Path(tmp, "plain"), Path(tmp, "enc"), Path(tmp, "out")
         print(f"writing {args.size_mb} MB of random plaintext ...", flush=True)
-        with open(plain, "wb") as f:
-            for _ in range(size // 1_000_000):
-                f.write(os.urandom(1_000_000))
+        c.write_random_file(plain, size)
         results: dict[str, list[dict[str, float]]] = {"copy": [], "encrypt": [], "decrypt": [], "verify": []}
         gcm: list[float] = []
         for i in range(args.repeat):
             print(f"round {i + 1}/{args.repeat} ...", flush=True)
-            results["copy"].append(_child("copy", plain, out, key_hex))
-            results["encrypt"].append(_child("encrypt", plain, enc, key_hex))
-            results["decrypt"].append(_child("decrypt", enc, out, key_hex))
-            results["verify"].append(_child("verify", enc, out, key_hex))
-            gcm.append(_gcm_baseline(plain))
+            results["copy"].append(c.pf_child("copy", plain, out, key_hex))
+            results["encrypt"].append(c.pf_child("encrypt", plain, enc, key_hex))
+            results["decrypt"].append(c.pf_child("decrypt", enc, out, key_hex))
+            results["verify"].append(c.pf_child("verify", enc, out, key_hex))
+            gcm.append(c.gcm_baseline_seconds(plain))
         mb = size / 1e6
         best_gcm = mb / min(gcm)
         print(
