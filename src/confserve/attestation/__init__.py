@@ -30,6 +30,7 @@ from confserve.attestation._policy import (
     load_policy_file,
     parse_policy_toml,
     parse_ra_config,
+    render_policy_toml,
 )
 from confserve.attestation._ratls import (
     RaTlsCredentials,
@@ -117,6 +118,7 @@ __all__ = [
     "parse_quote_v3",
     "parse_ra_config",
     "parse_sigstruct",
+    "render_policy_toml",
     "simulated_identity",
     "verify",
     "verify_ratls_certificate",

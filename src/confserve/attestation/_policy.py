@@ -65,6 +65,7 @@ __all__ = [
     "load_policy_file",
     "parse_policy_toml",
     "parse_ra_config",
+    "render_policy_toml",
 ]
 
 # A policy lists a few identities and names; the reference's ra_config.json holds at most 100 entries of
@@ -442,6 +443,48 @@ def parse_policy_toml(data: bytes) -> Policy:
         allow_simulated=flags["allow_simulated"],
         allow_debug=flags["allow_debug"],
     )
+
+
+def render_policy_toml(policy: Policy, *, comment: str = "") -> str:
+    """The native TOML text of `policy` (docs/policy.md); `parse_policy_toml` reads it back to an equal
+    Policy. `comment` becomes leading `#` lines. A rule with `exact_isv_svn` (ra_config.json semantics)
+    has no native form and raises PolicyError."""
+    import tomli_w  # noqa: PLC0415 - only writers of policies need it
+
+    doc: dict[str, Any] = {
+        "version": NATIVE_VERSION,
+        "allow_simulated": policy.allow_simulated,
+        "allow_debug": policy.allow_debug,
+        "allowed_tcb_statuses": sorted(policy.allowed_tcb_statuses),
+    }
+    if policy.allowed_advisory_ids:
+        doc["allowed_advisory_ids"] = sorted(policy.allowed_advisory_ids)
+    deny = {
+        key: sorted(v.hex() for v in values)
+        for key, values in (("mr_enclave", policy.deny_mr_enclave), ("mr_signer", policy.deny_mr_signer))
+        if values
+    }
+    if deny:
+        doc["deny"] = deny
+    doc["allow"] = [_native_table(rule) for rule in policy.rules]
+    header = "".join(f"# {line}".rstrip() + "\n" for line in comment.splitlines())
+    return header + tomli_w.dumps(doc)
+
+
+def _native_table(rule: AllowRule) -> dict[str, Any]:
+    if rule.exact_isv_svn is not None:
+        raise PolicyError(f"rule {rule.name!r}: an exact isv_svn (ra_config.json) has no native TOML form")
+    table: dict[str, Any] = {"name": rule.name}
+    if rule.mr_enclave is not None:
+        table["mr_enclave"] = rule.mr_enclave.hex()
+    if rule.mr_signer is not None:
+        table["mr_signer"] = rule.mr_signer.hex()
+    if rule.isv_prod_id is not None:
+        table["isv_prod_id"] = rule.isv_prod_id
+    if rule.min_isv_svn is not None:
+        table["min_isv_svn"] = rule.min_isv_svn
+    table["secrets"] = list(rule.secrets)
+    return table
 
 
 def _native_rule(raw: object, index: int) -> AllowRule:

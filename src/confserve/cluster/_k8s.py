@@ -34,10 +34,13 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from confserve.errors import ConfserveError, Status
 from confserve.replica import ServeOptions
+
+if TYPE_CHECKING:
+    from confserve.attestation import AllowRule
 
 __all__ = [
     "OVERLAYS",
@@ -862,12 +865,14 @@ def _secret_prov_network_policy() -> dict[str, object]:
     }
 
 
-_REFUSE_ALL_POLICY: Final = """\
-# Placeholder policy: no allow rule, so every enclave is refused until `confserve render k8s
-# --mr-enclave ...` (or the owner) writes the measured identities here.
-version = 1
-allow = []
-"""
+def _refuse_all_policy() -> str:
+    from confserve.attestation import Policy, render_policy_toml  # noqa: PLC0415 - heavy, only here
+
+    return render_policy_toml(
+        Policy(),
+        comment="Placeholder policy: no allow rule, so every enclave is refused until `confserve render k8s\n"
+        "--mr-enclave ...` (or the owner) writes the measured identities here.",
+    )
 
 
 def _secret_prov_tree() -> dict[str, str]:
@@ -896,7 +901,7 @@ def _secret_prov_tree() -> dict[str, str]:
         "service.yaml": to_yaml(*_secret_prov_services()),
         "pdb.yaml": to_yaml(_pdb("secret-prov", "secret-prov")),
         "networkpolicy.yaml": to_yaml(_secret_prov_network_policy()),
-        "policy.toml": _REFUSE_ALL_POLICY,
+        "policy.toml": _refuse_all_policy(),
     }
 
 
@@ -928,22 +933,26 @@ class Measurement:
     isv_prod_id: int | None = None
     min_isv_svn: int | None = None
 
-    def rule(self, name: str) -> list[str]:
+    def rule(self, name: str) -> AllowRule:
+        from confserve.attestation import AllowRule  # noqa: PLC0415 - heavy, only here
+
         if self.mr_enclave is None and None in (self.mr_signer, self.isv_prod_id, self.min_isv_svn):
             raise K8sError("a measurement pins mr_enclave, or all of mr_signer, isv_prod_id and isv_svn")
-        lines = ["[[allow]]", f'name = "{name}"']
+        hashes: dict[str, bytes | None] = {}
         for key, hexval in (("mr_enclave", self.mr_enclave), ("mr_signer", self.mr_signer)):
-            if hexval is not None:
-                if not _HEX64.fullmatch(hexval):
-                    raise K8sError(f"{key} must be 64 hex characters")
-                lines.append(f'{key} = "{hexval.lower()}"')
+            if hexval is not None and not _HEX64.fullmatch(hexval):
+                raise K8sError(f"{key} must be 64 hex characters")
+            hashes[key] = None if hexval is None else bytes.fromhex(hexval)
         for key, number in (("isv_prod_id", self.isv_prod_id), ("min_isv_svn", self.min_isv_svn)):
-            if number is not None:
-                if not 0 <= number <= 0xFFFF:
-                    raise K8sError(f"{key} {number} out of range 0..65535")
-                lines.append(f"{key} = {number}")
-        lines.append('secrets = ["default"]')
-        return lines
+            if number is not None and not 0 <= number <= 0xFFFF:
+                raise K8sError(f"{key} {number} out of range 0..65535")
+        return AllowRule(
+            name=name,
+            mr_enclave=hashes["mr_enclave"],
+            mr_signer=hashes["mr_signer"],
+            isv_prod_id=self.isv_prod_id,
+            min_isv_svn=self.min_isv_svn,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Measurement:
@@ -1028,16 +1037,15 @@ def _image_entry(name: str, image: str) -> dict[str, str]:
 
 
 def _policy(settings: K8sSettings) -> str:
-    lines = [
-        "# Rendered by `confserve render k8s`: the identities that receive the model key.",
-        "version = 1",
-        f"allow_simulated = {'true' if settings.overlay == 'simulation' else 'false'}",
-        "allow_debug = false",
-        'allowed_tcb_statuses = ["UpToDate"]',
-    ]
-    for i, measurement in enumerate(settings.measurements):
-        lines += ["", *measurement.rule(f"{settings.overlay}-{i}")]
-    return "\n".join(lines) + "\n"
+    from confserve.attestation import Policy, render_policy_toml  # noqa: PLC0415 - heavy, only here
+
+    policy = Policy(
+        rules=tuple(m.rule(f"{settings.overlay}-{i}") for i, m in enumerate(settings.measurements)),
+        allow_simulated=settings.overlay == "simulation",
+    )
+    return render_policy_toml(
+        policy, comment="Rendered by `confserve render k8s`: the identities that receive the model key."
+    )
 
 
 def _rel(target: Path, start: Path) -> str:
