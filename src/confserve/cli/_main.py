@@ -18,6 +18,7 @@ import click
 from click.utils import make_default_short_help
 
 from confserve import __version__
+from confserve.tf_runtime import install_import_guard
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,7 @@ COMMANDS: Final[Mapping[str, LazyCommand]] = {
 
 def load_command(entry: LazyCommand) -> click.Command:
     """Import the module of `entry` and return its command object."""
+    install_import_guard()  # whatever a command imports, TensorFlow's start-up lines stay off the terminal
     module_name, _, attribute = entry.target.partition(":")
     command = getattr(importlib.import_module(module_name), attribute)
     if not isinstance(command, click.Command):
