@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from google.protobuf import json_format
-from tensorflow.core.example import example_pb2
-from tensorflow_serving.apis import input_pb2, predict_pb2
 
-from confserve.serving import InvalidInputError, dtype_name
+from confserve.serving import InvalidInputError, ServingError
+from confserve.tensor_proto import DTYPES, TensorProtoError, dtype_name, to_array, to_proto
+from confserve.tfs_protos import example_pb2, input_pb2, predict_pb2
 
 __all__ = [
     "classify_response_json",
@@ -38,12 +38,6 @@ _DT_STRING = 7
 _B64 = "b64"
 # Deeper nesting than this is not a tensor anyone sends; the bound keeps the recursion small.
 _MAX_RANK = 64
-
-
-def _tf() -> Any:
-    import tensorflow as tf  # noqa: PLC0415  (lazy)
-
-    return tf
 
 
 def loads(body: bytes) -> dict[str, Any]:
@@ -92,7 +86,6 @@ def predict_request_from_json(
         _instances(body["instances"], signature) if has_instances else _columns(body["inputs"], signature)
     )
     request = predict_pb2.PredictRequest()
-    tf = _tf()
     for alias, value in columns.items():
         info = signature.inputs.get(alias)
         if info is None:
@@ -101,9 +94,7 @@ def predict_request_from_json(
                 f"input tensor alias not found in signature: {alias}. "
                 f"Inputs expected to be in the set {{{names}}}."
             )
-        request.inputs[alias].CopyFrom(
-            tf.make_tensor_proto(_to_array(alias, value, info.dtype), dtype=info.dtype)
-        )
+        request.inputs[alias].CopyFrom(to_proto(_to_array(alias, value, info.dtype)))
     return request, has_instances
 
 
@@ -135,18 +126,16 @@ def _columns(inputs: Any, signature: Any) -> dict[str, Any]:
 
 
 def _to_array(alias: str, value: Any, dtype_enum: int) -> npt.NDArray[Any]:
-    tf = _tf()
-    try:
-        dtype = tf.dtypes.as_dtype(dtype_enum)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"input '{alias}': unsupported dtype") from None
-    if dtype_enum == _DT_STRING:
+    row = DTYPES.get(dtype_enum)
+    if row is None or row.kind == "complex":
+        name = dtype_name(dtype_enum)
+        if name.startswith("DataType("):
+            raise InvalidInputError(f"input '{alias}': unsupported dtype")
+        raise InvalidInputError(f"input '{alias}': dtype {name} cannot be given as JSON")
+    if row.kind == "string":
         leaves: list[bytes] = []
         shape = _string_leaves(alias, value, leaves, 0)
         return np.array(leaves, dtype=object).reshape(shape)
-    name = dtype_name(dtype_enum)
-    if dtype.is_complex or not (dtype.is_floating or dtype.is_integer or dtype.is_bool):
-        raise InvalidInputError(f"input '{alias}': dtype {name} cannot be given as JSON")
     try:
         array = np.array(value)
     except (ValueError, TypeError, OverflowError):
@@ -154,21 +143,22 @@ def _to_array(alias: str, value: Any, dtype_enum: int) -> npt.NDArray[Any]:
         raise InvalidInputError(
             f"input '{alias}': nested lists must be rectangular, of rank at most {_MAX_RANK}"
         ) from None
+    dtype = row.numpy_dtype()
     kind: str = array.dtype.kind
     if array.size == 0:
         kind = "empty"
-    if dtype.is_bool:
+    if row.kind == "bool":
         ok = kind in ("b", "empty")
-    elif dtype.is_integer:
+    elif row.kind in ("int", "uint"):
         ok = kind in ("i", "u", "empty")
-        info = np.iinfo(dtype.as_numpy_dtype)
+        info = np.iinfo(dtype)
         if ok and array.size and (array.min() < info.min or array.max() > info.max):
-            raise InvalidInputError(f"input '{alias}': value out of range for {name}")
+            raise InvalidInputError(f"input '{alias}': value out of range for {row.name}")
     else:
         ok = kind in ("f", "i", "u", "empty")
     if not ok or (kind in ("f", "i", "u") and _has_bool(value)):
-        raise InvalidInputError(f"input '{alias}': expected {name} values")
-    return array.astype(dtype.as_numpy_dtype)
+        raise InvalidInputError(f"input '{alias}': expected {row.name} values")
+    return array.astype(dtype)
 
 
 def _has_bool(value: Any) -> bool:
@@ -207,8 +197,10 @@ def _bytes_value(what: str, value: Any) -> bytes:
 
 
 def predict_response_json(response: predict_pb2.PredictResponse, row_format: bool) -> dict[str, Any]:
-    tf = _tf()
-    arrays = {key: np.asarray(tf.make_ndarray(response.outputs[key])) for key in sorted(response.outputs)}
+    try:
+        arrays = {key: to_array(response.outputs[key]) for key in sorted(response.outputs)}
+    except TensorProtoError as e:  # the model's own outputs: not the caller's fault
+        raise ServingError(f"an output tensor cannot be read: {e}") from None
     if not row_format:
         values = {key: _json_value(key, array) for key, array in arrays.items()}
         return {"outputs": next(iter(values.values())) if len(values) == 1 else values}
