@@ -15,15 +15,11 @@ import numpy as np
 import numpy.typing as npt
 
 from confserve.client._errors import ClientError
-from confserve.client._predict import Signature, TensorSpec
+from confserve.client._predict import Signature
 
 __all__ = ["check_inputs", "inputs_from_image", "inputs_from_json", "inputs_from_npy", "random_inputs"]
 
 _MAX_INPUT_FILE_BYTES: Final = 512 * 1024 * 1024  # larger than any sane request; the server caps at 64 MiB
-
-
-def _dtype(spec: TensorSpec) -> Any:
-    return object if spec.dtype == "string" else np.dtype(spec.dtype)
 
 
 def _only_input(signature: Signature) -> str:
@@ -57,7 +53,7 @@ def check_inputs(signature: Signature, inputs: dict[str, npt.NDArray[Any]]) -> d
                     f"input {alias!r} has shape {list(array.shape)}; the signature wants {want}"
                 )
         try:
-            out[alias] = array.astype(_dtype(spec), copy=False)
+            out[alias] = array.astype(spec.numpy_dtype(), copy=False)
         except (TypeError, ValueError):
             raise ClientError(f"input {alias!r} cannot be converted to {spec.dtype}") from None
     return out
@@ -119,7 +115,7 @@ def inputs_from_json(signature: Signature, path: str | os.PathLike[str]) -> dict
         if spec is None:
             raise ClientError(f"signature {signature.name!r} has no input {alias!r}")
         try:
-            out[alias] = np.array(value, dtype=_dtype(spec))
+            out[alias] = np.array(value, dtype=spec.numpy_dtype())
         except (TypeError, ValueError):
             raise ClientError(f"input {alias!r} in {path} is not a regular array of {spec.dtype}") from None
     return check_inputs(signature, out)
@@ -159,12 +155,13 @@ def random_inputs(
         if spec.shape is None:
             raise ClientError(f"input {alias!r} has an unknown rank; give its data instead of --random")
         shape = tuple(batch if d < 0 else d for d in spec.shape)
+        dtype = spec.numpy_dtype()
         if spec.dtype == "string":
             out[alias] = np.array([b"x"] * int(np.prod(shape)), dtype=object).reshape(shape)
-        elif np.issubdtype(np.dtype(spec.dtype), np.integer):
-            out[alias] = rng.integers(0, 10, size=shape).astype(spec.dtype)
-        elif spec.dtype == "bool":
+        elif dtype.kind in "iu":
+            out[alias] = rng.integers(0, 10, size=shape).astype(dtype)
+        elif dtype.kind == "b":
             out[alias] = rng.integers(0, 2, size=shape).astype(bool)
-        else:
-            out[alias] = rng.random(shape, dtype=np.float64).astype(spec.dtype)
+        else:  # floats (bfloat16 included) and complex numbers
+            out[alias] = rng.random(shape, dtype=np.float64).astype(dtype)
     return out

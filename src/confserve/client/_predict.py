@@ -1,7 +1,8 @@
 """A TF Serving client over gRPC or REST, with TLS from a client bundle.
 
 It speaks TF Serving's public API only, so it works against confserve and against a real
-tensorflow_model_server alike. TensorFlow is imported lazily (for TensorProto conversion).
+tensorflow_model_server alike. It never loads the TensorFlow runtime: the protos come from
+confserve.tfs_protos and tensors are converted by confserve.tensor_proto (see docs/client.md).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy.typing as npt
 from confserve.client._attest import AttestationCheck, AttestedServer, attest_server
 from confserve.client._errors import ClientError, RemoteError
 from confserve.client._tls import ClientTls
+from confserve.tensor_proto import DTYPES, TensorProtoError, dtype_name, to_array, to_proto
 
 __all__ = ["PredictClient", "Signature", "TensorSpec"]
 
@@ -28,19 +30,17 @@ Protocol_ = Literal["grpc", "rest"]
 DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024  # the server's default limit (GrpcSettings)
 
 
-def _tf() -> Any:
-    import os  # noqa: PLC0415
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf  # noqa: PLC0415
-
-    return tf
-
-
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
-    dtype: str  # numpy dtype name, or "string" for DT_STRING
+    dtype: str  # numpy dtype name, or "string" for DT_STRING (TensorFlow's name for other dtypes)
     shape: tuple[int, ...] | None  # -1 for an unknown dimension; None for unknown rank
+
+    def numpy_dtype(self) -> np.dtype[Any]:
+        """The numpy dtype of this input or output (object for strings); ClientError if there is none."""
+        row = _BY_SPEC_NAME.get(self.dtype)
+        if row is None:
+            raise ClientError(f"dtype {self.dtype} has no numpy counterpart")
+        return row.numpy_dtype()
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +51,29 @@ class Signature:
     outputs: dict[str, TensorSpec]
 
 
+_BY_SPEC_NAME: Final = {"string" if row.kind == "string" else row.numpy: row for row in DTYPES.values()}
+_ENUM_BY_NAME: Final = {row.enum_name: row.enum for row in DTYPES.values()}
+
+
 def _spec_from_enum(dtype_enum: int, dims: list[int] | None) -> TensorSpec:
-    tf = _tf()
-    dtype = tf.dtypes.as_dtype(dtype_enum)
-    name = "string" if dtype == tf.string else np.dtype(dtype.as_numpy_dtype).name
+    row = DTYPES.get(dtype_enum)
+    name = dtype_name(dtype_enum) if row is None else ("string" if row.kind == "string" else row.numpy)
     return TensorSpec(name, None if dims is None else tuple(dims))
+
+
+def _spec_from_json(dtype: str, dims: list[int] | None) -> TensorSpec:
+    """From REST metadata, which names dtypes as the enum does ("DT_FLOAT")."""
+    enum = _ENUM_BY_NAME.get(dtype)
+    if enum is None:
+        return TensorSpec(dtype.removeprefix("DT_").lower(), None if dims is None else tuple(dims))
+    return _spec_from_enum(enum, dims)
+
+
+def _arrays(protos: Mapping[str, Any]) -> dict[str, npt.NDArray[Any]]:
+    try:
+        return {alias: to_array(proto) for alias, proto in sorted(protos.items())}
+    except TensorProtoError as e:
+        raise ClientError(f"server returned an output that cannot be read: {e}") from None
 
 
 class _Transport(Protocol):
@@ -79,7 +97,8 @@ class _Transport(Protocol):
 class _Grpc:
     def __init__(self, target: str, tls: ClientTls | None, timeout: float, max_message_bytes: int) -> None:
         import grpc  # noqa: PLC0415
-        from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: PLC0415
+
+        from confserve.tfs_protos import prediction_service_pb2_grpc  # noqa: PLC0415
 
         self._grpc = grpc
         options: list[tuple[str, Any]] = [
@@ -106,7 +125,7 @@ class _Grpc:
             raise RemoteError(e.code().name, e.details() or "") from None
 
     def signature(self, model: str, signature_name: str, version: int | None) -> Signature:
-        from tensorflow_serving.apis import get_model_metadata_pb2  # noqa: PLC0415
+        from confserve.tfs_protos import get_model_metadata_pb2  # noqa: PLC0415
 
         request = get_model_metadata_pb2.GetModelMetadataRequest()
         request.model_spec.name = model
@@ -143,9 +162,8 @@ class _Grpc:
         label: str | None,
         outputs: tuple[str, ...],
     ) -> dict[str, npt.NDArray[Any]]:
-        from tensorflow_serving.apis import predict_pb2  # noqa: PLC0415
+        from confserve.tfs_protos import predict_pb2  # noqa: PLC0415
 
-        tf = _tf()
         request = predict_pb2.PredictRequest()
         request.model_spec.name = model
         request.model_spec.signature_name = signature_name
@@ -154,10 +172,13 @@ class _Grpc:
         if label is not None:
             request.model_spec.version_label = label
         for alias, array in inputs.items():
-            request.inputs[alias].CopyFrom(tf.make_tensor_proto(array))
+            try:
+                request.inputs[alias].CopyFrom(to_proto(array))
+            except TensorProtoError as e:
+                raise ClientError(f"input {alias!r}: {e}") from None
         request.output_filter.extend(outputs)
         response = self._call(self._stub.Predict, request)
-        return {alias: tf.make_ndarray(proto) for alias, proto in sorted(response.outputs.items())}
+        return _arrays(response.outputs)
 
     def evidence(self, request: bytes) -> bytes:
         call = self._channel.unary_unary("/confserve.Attestation/GetEvidence")
@@ -196,7 +217,7 @@ def _json_array(value: Any, spec: TensorSpec) -> npt.NDArray[Any]:
             return str(v).encode()
 
         return np.array(decode(value), dtype=object)
-    return np.asarray(value, dtype=spec.dtype)
+    return np.asarray(value, dtype=spec.numpy_dtype())
 
 
 def _json_value(array: npt.NDArray[Any]) -> Any:
@@ -279,9 +300,6 @@ class _Rest:
         return self._signatures[key]
 
     def _fetch_signature(self, model: str, signature_name: str, version: int | None) -> Signature:
-        _tf()
-        from tensorflow.core.framework import types_pb2  # noqa: PLC0415
-
         meta = self._request("GET", self._path(model, version, None) + "/metadata")
         try:
             sigs = meta["metadata"]["signature_def"]["signature_def"]
@@ -299,7 +317,7 @@ class _Rest:
                     dims = (
                         None if shape.get("unknown_rank") else [int(d["size"]) for d in shape.get("dim", [])]
                     )
-                    out[alias] = _spec_from_enum(types_pb2.DataType.Value(info["dtype"]), dims)
+                    out[alias] = _spec_from_json(info["dtype"], dims)
                 return out
 
             return Signature(
