@@ -296,7 +296,7 @@ class VersionInfo:
 
 
 def _tensor_infos(infos: Any) -> dict[str, tuple[str, tuple[int, ...] | None]]:
-    from tensorflow.core.framework import types_pb2  # noqa: PLC0415
+    from confserve.tfs_protos import types_pb2  # noqa: PLC0415
 
     out: dict[str, tuple[str, tuple[int, ...] | None]] = {}
     for alias, info in sorted(infos.items()):
@@ -307,8 +307,8 @@ def _tensor_infos(infos: Any) -> dict[str, tuple[str, tuple[int, ...] | None]]:
 
 
 def _signatures(saved_model_pb: bytes) -> list[SignatureInfo]:
-    _quiet_tensorflow()
-    from tensorflow.core.protobuf import saved_model_pb2  # noqa: PLC0415
+    # Reading the signatures needs TensorFlow's protos only, not its runtime.
+    from confserve.tfs_protos import saved_model_pb2  # noqa: PLC0415
 
     saved = saved_model_pb2.SavedModel()
     try:

@@ -120,7 +120,7 @@ class _OneVersion:
 
 
 def _requests(records: list[bytes]) -> Iterator[tuple[str, Any]]:
-    from tensorflow_serving.apis import prediction_log_pb2  # noqa: PLC0415
+    from confserve.tfs_protos import prediction_log_pb2  # noqa: PLC0415  (the proto, not the runtime)
 
     for record in records:
         log = prediction_log_pb2.PredictionLog()
