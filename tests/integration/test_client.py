@@ -22,6 +22,7 @@ from confserve.frontends import TlsConfig
 from confserve.frontends.grpc import GrpcServer, GrpcSettings
 from confserve.frontends.rest import RestServer, RestSettings
 from tests.integration.conftest import tls_for
+from tests.unit.client.test_no_tensorflow import CLI, no_tensorflow, run_python
 from tests.unit.serving.models import expected_probabilities
 
 X = np.array([[1.0, 2.0, 3.0, 4.0], [0.5, -1.0, 0.0, 2.0]], dtype=np.float32)
@@ -327,3 +328,59 @@ def test_expired_server_certificate_is_refused(
     finally:
         grpc_server.stop(0)
         rest_server.stop()
+
+
+def test_predict_process_loads_no_tensorflow(
+    servers: dict[str, int], bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    np.save(tmp_path / "x.npy", X)
+    for protocol, server, bundle in (("grpc", "grpc-mutual", "mutual"), ("rest", "rest", "oneway")):
+        run = run_python(
+            CLI,
+            "predict",
+            f"localhost:{servers[server]}",
+            "-m",
+            "clf",
+            "--protocol",
+            protocol,
+            "--tls-bundle",
+            str(bundles[bundle]),
+            "--input",
+            str(tmp_path / "x.npy"),
+            "--json",
+            tmp_path=tmp_path,
+        )
+        assert run.returncode == 0, run.stderr
+        outputs = json.loads(run.stdout)["outputs"]
+        np.testing.assert_allclose(outputs["probabilities"]["value"], expected_probabilities(X), rtol=1e-5)
+        assert "confserve.tfs_protos" in run.modules
+        no_tensorflow(run)
+
+
+def test_bench_client_processes_load_no_tensorflow(
+    servers: dict[str, int], bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    run = run_python(
+        CLI,
+        "bench-client",
+        f"localhost:{servers['grpc']}",
+        "-m",
+        "clf",
+        "--tls-bundle",
+        str(bundles["oneway"]),
+        "-n",
+        "10",
+        "-c",
+        "2",
+        "-p",
+        "2",
+        "--json",
+        tmp_path=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    data = json.loads(run.stdout.strip().splitlines()[-1])
+    assert (data["requests"], data["errors"]) == (10, 0)
+    # The parent and each of the two spawned workers imported the load generator: the import-time lines
+    # (checked for TensorFlow by no_tensorflow) cover the workers too.
+    assert run.imported.count("confserve.client._loadgen") == 3
+    no_tensorflow(run)

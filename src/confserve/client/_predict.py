@@ -14,20 +14,24 @@ import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from confserve.client._attest import AttestationCheck, AttestedServer, attest_server
 from confserve.client._errors import ClientError, RemoteError
 from confserve.client._tls import ClientTls
 from confserve.tensor_proto import DTYPES, TensorProtoError, dtype_name, to_array, to_proto
+
+if TYPE_CHECKING:  # the attestation stack is imported only by a client that attests
+    from confserve.client._attest import AttestationCheck, AttestedServer
 
 __all__ = ["PredictClient", "Signature", "TensorSpec"]
 
 Protocol_ = Literal["grpc", "rest"]
 DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024  # the server's default limit (GrpcSettings)
+# How gRPC core begins the details of an UNAVAILABLE status when no connection could be made.
+_NO_CONNECTION: Final = "failed to connect to all addresses"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +105,7 @@ class _Grpc:
         from confserve.tfs_protos import prediction_service_pb2_grpc  # noqa: PLC0415
 
         self._grpc = grpc
+        self._target = target
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -122,7 +127,11 @@ class _Grpc:
         try:
             return method(request, timeout=self._timeout)
         except self._grpc.RpcError as e:
-            raise RemoteError(e.code().name, e.details() or "") from None
+            details = e.details() or ""
+            if e.code() == self._grpc.StatusCode.UNAVAILABLE and details.startswith(_NO_CONNECTION):
+                # No server answered at all (refused, unreachable, TLS handshake failed): not a server error.
+                raise ClientError(f"cannot reach {self._target}: {details}") from None
+            raise RemoteError(e.code().name, details) from None
 
     def signature(self, model: str, signature_name: str, version: int | None) -> Signature:
         from confserve.tfs_protos import get_model_metadata_pb2  # noqa: PLC0415
@@ -409,6 +418,8 @@ class PredictClient:
     def attest(self, check: AttestationCheck) -> AttestedServer:
         """Prove the endpoint is an approved enclave before sending data (see confserve.client._attest);
         raises ClientError unless it is."""
+        from confserve.client._attest import attest_server  # noqa: PLC0415
+
         if self._tls is None:
             raise ClientError("attestation needs TLS: the evidence is bound to the server's TLS key")
         return attest_server(self._target, self._tls, check, self._transport.evidence)
