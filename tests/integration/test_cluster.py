@@ -4,15 +4,20 @@ modified code never gets the key while the others keep serving."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
+import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +26,7 @@ from click.testing import CliRunner
 
 from confserve.cli import main
 from confserve.client import ClientError, ClientTls, PredictClient
-from confserve.cluster._local import ClusterState, LocalCluster
+from confserve.cluster._local import ClusterState, LocalCluster, free_port
 from confserve.cluster._workspace import SERVICE_DOMAIN, Workspace, confserve_command
 from confserve.owner._models import load_digits_dataset
 
@@ -133,7 +138,8 @@ def test_status_scale_kill_under_load(
     detached: LocalCluster, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ws = detached.ws
-    # The live status view prints one line per tick (stopped after the first, as Ctrl-C would).
+    # Without a terminal the live view prints a plain snapshot per tick (stopped after the first, as
+    # Ctrl-C would).
     from confserve.cli import _cluster
 
     def interrupt(_: float) -> None:
@@ -143,8 +149,9 @@ def test_status_scale_kill_under_load(
     with pytest.raises(KeyboardInterrupt):
         _cluster._watch(detached)
     monkeypatch.undo()
-    line = capsys.readouterr().out
-    assert "secret-prov ok | nginx ok | #0 ready" in line
+    lines = capsys.readouterr().out.splitlines()
+    assert "| key service ok: 1 releases, 0 refusals | nginx ok: " in lines[0]
+    assert lines[1].startswith("  replica #0 ready: - req/s")
     info = json.loads(run("status", "--workspace", str(ws.root), "--json").stdout)
     assert info["service_name"] == SERVICE_DOMAIN
     assert info["grpc"].startswith("127.0.0.1:")
@@ -171,6 +178,85 @@ def test_status_scale_kill_under_load(
     assert len(counts["replicas"]) == 1
 
 
+def _read_pty(master: int, until: Callable[[bytes], bool], timeout: float) -> bytes:
+    """What the terminal received, until `until(output)` holds, the other end closes or `timeout`."""
+    out = b""
+    deadline = time.monotonic() + timeout
+    while not until(out) and time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+    return out
+
+
+def test_status_watch_redraws_in_a_terminal(detached: LocalCluster) -> None:
+    """`confserve status --watch` in a pseudo-terminal, under load: the table is redrawn in place
+    (the cursor moves up over the last frame instead of the output growing), the figures come from
+    the replica's metrics, and Ctrl-C (SIGINT) ends it cleanly."""
+    ws = detached.ws
+    state = ClusterState.load(ws.state_file)
+    title = b"confserve cluster - model digits"
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE")}
+    env.update(TERM="xterm-256color", COLUMNS="160", LINES="50")
+    with Load(ws, state) as load:
+        load.wait_for(5)
+        proc = subprocess.Popen(
+            confserve_command("status", "--watch", "--interval", "0.5", "--workspace", str(ws.root)),
+            stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True,
+        )  # fmt: skip
+        os.close(slave)
+        try:
+            out = _read_pty(master, lambda o: o.count(title) >= 6, timeout=120)
+            proc.send_signal(signal.SIGINT)
+            out += _read_pty(master, lambda o: False, timeout=10)
+            assert proc.wait(timeout=20) == 0, out[-2000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            os.close(master)
+    assert load.failed == [], load.failed
+    text = out.decode(errors="replace")
+    frames = text.split("confserve cluster - model digits")[1:]
+    assert len(frames) >= 6, text[-3000:]
+    # Redrawn in place: between frames rich moves the cursor up (ESC[1A) and erases lines (ESC[2K),
+    # so the net lines advanced stay about one frame high however many frames were drawn.
+    frame_lines = frames[-1].count("\n")
+    assert text.count("\x1b[1A") >= (len(frames) - 2) * (frame_lines - 1)
+    assert text.count("\n") - text.count("\x1b[1A") <= frame_lines + 3
+    assert "Traceback" not in text
+    assert text.rstrip("\r\n").endswith("\x1b[?25h")  # the cursor shown again on the way out
+    # The figures: every frame shows the replica ready with its loaded version; under load, frames
+    # after the first show a positive rate and a latency.
+    rows = []
+    for frame in frames:
+        plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", frame)
+        row = next(line for line in plain.splitlines() if "#0" in line)
+        rows.append([c.strip() for c in row.split("│")])
+        assert "key service ok: 1 releases, 0 refusals" in plain
+        assert "nginx ok: " in plain
+    assert all(cells[2] == "ready" and cells[9] == "v1" for cells in rows), rows
+    assert rows[0][3] == "-"  # one view: no rate yet
+    busy = [cells for cells in rows[1:] if float(cells[3]) > 0]
+    assert busy, rows
+    assert all(cells[4].endswith(" ms") and cells[5].endswith(" ms") for cells in busy), busy
+    # Without a terminal: the same snapshot once, as plain lines.
+    once = run("status", "--workspace", str(ws.root))
+    assert once.returncode == 0, once.stderr
+    assert "\x1b" not in once.stdout
+    assert re.search(r"^  replica #0 ready: - req/s, p50 [0-9.]+ ms, .*models v1$", once.stdout, re.M), (
+        once.stdout
+    )
+
+
 def test_modified_replica_never_gets_the_key(detached: LocalCluster, tmp_path: Path) -> None:
     ws = detached.ws
     state = ClusterState.load(ws.state_file)
@@ -181,11 +267,9 @@ def test_modified_replica_never_gets_the_key(detached: LocalCluster, tmp_path: P
     shutil.copytree(package, tmp_path / "patched" / "confserve", ignore=shutil.ignore_patterns("__pycache__"))
     target = tmp_path / "patched" / "confserve" / "serving" / "_dataplane.py"
     target.write_text(target.read_text() + "\n# exfiltrate tensors here\n")
-    flags = detached.replica_flags(state.model, 0, 0, state.prov_port)
-    flags = [f for f in flags if not f.startswith("--rest_api_port")] + [
-        "--no_rest",
-        "--secret_provision_deadline_seconds=3",
-    ]
+    # The replicas' own flags (metrics on the REST port included), so only the code differs.
+    flags = detached.replica_flags(state.model, free_port(), free_port(), state.prov_port)
+    flags += ["--secret_provision_deadline_seconds=3"]
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "patched")}
     command = [sys.executable, "-m", "confserve", "serve", *flags]
     proc = subprocess.run(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import click
 
@@ -98,21 +101,31 @@ def up(workspace: Path, replicas: int, model: str, tls_mode: str, once: bool, de
         cluster.down()
 
 
-def _watch(cluster: Any) -> None:
-    from confserve.cluster._check import nginx_connections  # noqa: PLC0415
+_WATCH_INTERVAL_SECONDS: Final = 2.0  # figures move visibly; a scrape costs a few ms per component
 
-    while True:
-        status = cluster.status()
-        connections = nginx_connections(cluster.ws)
-        parts = []
-        for r in status["replicas"]:
-            mark = "ready" if r["ready"] else ("up" if r["alive"] else "DOWN")
-            upstream = "127.0.0.1:" + str(r["grpc_port"])
-            parts.append(f"#{r['index']} {mark} conns={connections.get(upstream, 0)}")
-        prov = "ok" if status["secret_provisioning"]["alive"] else "DOWN"
-        lb = "ok" if status["load_balancer"]["alive"] else "DOWN"
-        click.echo(f"{time.strftime('%H:%M:%S')} secret-prov {prov} | nginx {lb} | " + " | ".join(parts))
-        time.sleep(2)
+
+def _interactive() -> bool:
+    """Whether stdout is a terminal that understands cursor movement (else: plain lines)."""
+    return sys.stdout.isatty() and os.environ.get("TERM", "") != "dumb"
+
+
+def _watch(cluster: Any, interval: float = _WATCH_INTERVAL_SECONDS) -> None:
+    """The live view until Ctrl-C (KeyboardInterrupt, left to the caller): a table redrawn in place on
+    a terminal, one plain snapshot every `interval` seconds otherwise."""
+    from confserve.cluster._dashboard import Dashboard, render_table, render_text  # noqa: PLC0415
+    from confserve.cluster._monitor import Monitor  # noqa: PLC0415
+
+    monitor, dashboard = Monitor(cluster), Dashboard()
+    if not _interactive():
+        while True:
+            click.echo(render_text(dashboard.update(monitor.scrape())) + "\n")
+            time.sleep(interval)
+    from rich.live import Live  # noqa: PLC0415
+
+    with Live(auto_refresh=False) as live:  # redrawn by moving the cursor up over the last frame
+        while True:
+            live.update(render_table(dashboard.update(monitor.scrape()), "Ctrl-C to stop"), refresh=True)
+            time.sleep(interval)
 
 
 @click.command("down")
@@ -130,20 +143,41 @@ def down(workspace: Path) -> None:
 @click.command("status")
 @_WORKSPACE
 @click.option("--json", "as_json", is_flag=True, help="Endpoints and state for scripts and other clients.")
+@click.option("--watch", is_flag=True, help="Redraw the live view until Ctrl-C.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.1, 3600),
+    default=_WATCH_INTERVAL_SECONDS,
+    show_default=True,
+    help="Seconds between two views with --watch.",
+)
 @reports_errors
-def status(workspace: Path, as_json: bool) -> None:
+def status(workspace: Path, as_json: bool, watch: bool, interval: float) -> None:
     """Endpoints, identity and the state of every component."""
-    info = _cluster(workspace).status()
+    from confserve.cluster._dashboard import Dashboard, render_table, render_text  # noqa: PLC0415
+    from confserve.cluster._monitor import Monitor  # noqa: PLC0415
+
+    if as_json and watch:
+        fail("--json and --watch exclude each other")
+    cluster = _cluster(workspace)
+    if watch:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how the view ends
+            _watch(cluster, interval)
+        return
+    info = cluster.status()
     if as_json:
         click.echo(json.dumps(info, indent=1))
         return
     click.echo(f"model {info['model']!r} over {info['tls']} TLS, server name {info['service_name']}")
     click.echo(f"gRPC {info['grpc']}  REST {info['rest']}  client bundle {info['client_bundle']['ca']}")
     click.echo(f"mr_enclave {info['identity']['mr_enclave']}")
-    for r in info["replicas"]:
-        click.echo(
-            f"replica {r['index']}: pid {r['pid']} {'ready' if r['ready'] else 'not ready'} ({r['log']})"
-        )
+    view = Dashboard().update(Monitor(cluster).scrape(info))
+    if _interactive():
+        from rich.console import Console  # noqa: PLC0415
+
+        Console().print(render_table(view))
+    else:
+        click.echo(render_text(view))
 
 
 @click.command("scale")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,7 +14,7 @@ from confserve.client._attest import AttestationCheck
 from confserve.cluster._local import ClusterState
 from confserve.cluster._workspace import SERVICE_DOMAIN, Workspace
 
-__all__ = ["CheckResult", "audit_entries", "check_cluster", "nginx_connections"]
+__all__ = ["CheckResult", "audit_entries", "check_cluster"]
 
 
 @dataclass(frozen=True)
@@ -76,18 +75,3 @@ def audit_entries(ws: Workspace) -> list[dict[str, Any]]:
         if isinstance(entry, dict):
             entries.append(entry)
     return entries
-
-
-def nginx_connections(ws: Workspace) -> dict[str, int]:
-    """Connections nginx passed to each upstream address (from its access log)."""
-    counts: dict[str, int] = {}
-    log = Path(ws.root / "nginx" / "nginx-access.log")
-    try:
-        text = log.read_text()
-    except OSError:
-        return counts
-    for line in text.splitlines():
-        upstream = line.rpartition("upstream=")[2].strip()
-        if upstream:
-            counts[upstream] = counts.get(upstream, 0) + 1
-    return counts

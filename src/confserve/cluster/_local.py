@@ -25,12 +25,14 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from confserve.cluster._dashboard import ReplicaCondition, replica_state
 from confserve.cluster._nginx import NginxConfig, NginxError, find_nginx, find_stream_module, render_nginx
 from confserve.cluster._workspace import (
     SERVICE_DOMAIN,
@@ -41,9 +43,16 @@ from confserve.cluster._workspace import (
     prepare_workspace,
 )
 
-__all__ = ["ClusterState", "LocalCluster", "ReplicaState", "free_port"]
+__all__ = ["METRICS_PATH", "MONITORING_CONFIG", "ClusterState", "LocalCluster", "ReplicaState", "free_port"]
 
 _READY_TIMEOUT_SECONDS: Final = 240.0  # a replica imports TensorFlow, attests and loads (ResNet-50: ~20 s)
+_PROBE_TIMEOUT_SECONDS: Final = 2.0  # a loopback answer takes milliseconds; a stopped process never answers
+# The replicas serve Prometheus metrics on their REST port (TF Serving's MonitoringConfig text proto, at
+# TF Serving's default path), for the live view. The file is measured by content, so it is written once,
+# identically, before the replicas are measured and started.
+METRICS_PATH: Final = "/monitoring/prometheus/metrics"
+MONITORING_CONFIG: Final = "monitoring.cfg"
+_MONITORING_TEXT: Final = f'prometheus_config {{\n  enable: true\n  path: "{METRICS_PATH}"\n}}\n'
 Progress = Callable[[str], None]
 
 
@@ -194,7 +203,14 @@ class LocalCluster:
             "--secret_provision_ca_chain_path=provisioning-ca.crt",
             f"--sim_platform={ws.sim.resolve()}",
             f"--signing_key={ws.signer.resolve()}",
+            f"--monitoring_config_file={MONITORING_CONFIG}",  # written by write_monitoring_config
         ]
+
+    def write_monitoring_config(self) -> None:
+        """The replicas' MonitoringConfig (in host/, their working directory); the same bytes on every
+        `up`, since its hash is part of the identity the policy approves."""
+        self.ws.host.mkdir(parents=True, exist_ok=True)
+        (self.ws.host / MONITORING_CONFIG).write_text(_MONITORING_TEXT)
 
     def measure(self, model: str) -> dict[str, Any]:
         args = confserve_command("serve", *self.replica_flags(model, 1, 2, 3), "--print_measurement")
@@ -226,6 +242,7 @@ class LocalCluster:
                     )
         find_nginx()  # fail before any work when the load balancer cannot run
         name = prepare_workspace(self.ws, model=model, tls=tls, progress=self.progress)
+        self.write_monitoring_config()
         self.progress("measuring the replicas (confserve serve --print_measurement)")
         identity = self.measure(name)
         self.write_policy(identity)
@@ -370,16 +387,36 @@ class LocalCluster:
 
         return ClientTls.from_bundle(self.ws.client, server_name=SERVICE_DOMAIN).ssl_context()
 
-    def replica_ready(self, replica: ReplicaState) -> bool:
+    def client_context(self) -> ssl.SSLContext:
+        """The client bundle's TLS context for probing the replicas directly (by address: the server
+        name is checked by real clients, which go through the load balancer)."""
         context = self._client_context()
-        context.check_hostname = False  # the name is checked by real clients; here we only probe
+        context.check_hostname = False
+        return context
+
+    def probe_ready(self, replica: ReplicaState, context: ssl.SSLContext | None = None) -> int | None:
+        """The HTTP status of the replica's `GET /v1/confserve/ready`, or None when nothing answers."""
+        url = f"https://127.0.0.1:{replica.rest_port}/v1/confserve/ready"
         try:
             with urllib.request.urlopen(
-                f"https://127.0.0.1:{replica.rest_port}/v1/confserve/ready", context=context, timeout=2
+                url, context=context or self.client_context(), timeout=_PROBE_TIMEOUT_SECONDS
             ) as response:
-                return bool(response.status == 200)
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
         except (OSError, ValueError):
-            return False
+            return None
+
+    def replica_ready(self, replica: ReplicaState) -> bool:
+        return self.probe_ready(replica) == 200
+
+    def replica_condition(
+        self, replica: ReplicaState, context: ssl.SSLContext | None = None
+    ) -> tuple[ReplicaCondition, str]:
+        """starting / ready / not ready / dead, and the reason (see `replica_state`)."""
+        alive = self._alive(replica.pid)
+        status = self.probe_ready(replica, context) if alive else None
+        return replica_state(alive, status, "" if status == 200 else _tail(replica.log, 1))
 
     def _wait_http(self, url: str, pid: int, log: str) -> None:
         deadline = time.monotonic() + 60
@@ -443,6 +480,7 @@ class LocalCluster:
 
     def status(self) -> dict[str, Any]:
         state = self._require_state()
+        context = self.client_context()
         return {
             "workspace": state.workspace,
             "model": state.model,
@@ -455,22 +493,31 @@ class LocalCluster:
                 "cert": str(self.ws.client / "client.crt") if state.tls == "twoway" else None,
                 "key": str(self.ws.client / "client.key") if state.tls == "twoway" else None,
             },
-            "secret_provisioning": {"port": state.prov_port, "alive": self._alive(state.prov_pid)},
+            "secret_provisioning": {
+                "port": state.prov_port,
+                "alive": self._alive(state.prov_pid),
+                "pid": state.prov_pid,
+                "metrics": f"http://127.0.0.1:{state.metrics_port}/metrics",
+            },
             "load_balancer": {"pid": state.nginx_pid, "alive": self._alive(state.nginx_pid)},
             "identity": {k: state.identity[k] for k in ("mr_enclave", "mr_signer", "isv_prod_id", "isv_svn")},
             "signature": state.signature,
-            "replicas": [
-                {
-                    "index": r.index,
-                    "pid": r.pid,
-                    "grpc_port": r.grpc_port,
-                    "rest_port": r.rest_port,
-                    "alive": self._alive(r.pid),
-                    "ready": self._alive(r.pid) and self.replica_ready(r),
-                    "log": r.log,
-                }
-                for r in state.replicas
-            ],
+            "replicas": [self._replica_status(r, context) for r in state.replicas],
+        }
+
+    def _replica_status(self, r: ReplicaState, context: ssl.SSLContext) -> dict[str, Any]:
+        condition, reason = self.replica_condition(r, context)
+        return {
+            "index": r.index,
+            "pid": r.pid,
+            "grpc_port": r.grpc_port,
+            "rest_port": r.rest_port,
+            "alive": condition != "dead",
+            "ready": condition == "ready",
+            "state": condition,  # starting, ready, not ready or dead
+            "reason": reason,  # why it is not ready ("" when ready)
+            "metrics": f"https://127.0.0.1:{r.rest_port}{METRICS_PATH}",
+            "log": r.log,
         }
 
     def down(self) -> None:
