@@ -52,6 +52,13 @@ from confserve.attestation._structs import (
     parse_quote_header,
     parse_quote_v3,
 )
+from confserve.attestation._trust import (
+    SIM_COLLATERAL_FILE,
+    SIM_ROOT_FILE,
+    VerifierTrust,
+    load_simulated_root,
+    verifier_trust,
+)
 from confserve.attestation._types import EnclaveIdentity, VerifiedEvidence
 from confserve.attestation._verify import (
     INTEL_SGX_ROOT_CA_DER,
@@ -70,6 +77,8 @@ __all__ = [
     "INTEL_SGX_ROOT_CA_DER",
     "INTEL_SGX_ROOT_CA_SHA256",
     "SGX_TCB_STATUSES",
+    "SIM_COLLATERAL_FILE",
+    "SIM_ROOT_FILE",
     "AllowRule",
     "AttestationError",
     "AttestationFiles",
@@ -103,6 +112,7 @@ __all__ = [
     "TrustConfig",
     "VerificationError",
     "VerifiedEvidence",
+    "VerifierTrust",
     "build_sigstruct",
     "create_ratls_credentials",
     "describe_simulated",
@@ -110,6 +120,7 @@ __all__ = [
     "find_package_root",
     "generate_signing_key",
     "load_policy_file",
+    "load_simulated_root",
     "measure_simulated",
     "mr_signer_from_pem",
     "mr_signer_from_public_key",
@@ -120,6 +131,7 @@ __all__ = [
     "parse_sigstruct",
     "render_policy_toml",
     "simulated_identity",
+    "verifier_trust",
     "verify",
     "verify_ratls_certificate",
 ]

@@ -105,6 +105,7 @@ _XFRM_X87_SSE_AVX_AVX512: Final = 0xE7  # xfrm of the real sample quote: x87, SS
 
 _PLATFORM_FILE: Final = "platform.json"
 _COLLATERAL_FILE: Final = "collateral.json"
+_ROOT_CERT_FILE: Final = "root_ca.cert.pem"  # also what a published (public) directory holds
 # (file stem, role) of every key pair; certificates are <stem>.cert.pem, keys <stem>.key.pem (0600).
 _ROLES: Final = ("root_ca", "pck_ca", "pck", "tcb_signing")
 _ATTESTATION_KEY_FILE: Final = "attestation_key.key.pem"
@@ -726,6 +727,18 @@ class SimPlatform:
         return dataclasses.replace(
             unsigned, signature_data=dataclasses.replace(unsigned.signature_data, isv_signature=signature)
         )
+
+    # -- the public part --
+
+    def publish(self, directory: str | os.PathLike[str]) -> Path:
+        """Write what verifiers need and nothing else: the root certificate and the current collateral
+        (what a PCCS would serve). The key service and clients verify with this directory; the platform's
+        own directory, with its private keys, stays with whoever plays the platform (the host)."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        _write(out / _ROOT_CERT_FILE, _pem(self._pki.certs["root_ca"]).encode("ascii"), 0o644)
+        _write(out / _COLLATERAL_FILE, self.collateral_json.encode(), 0o644)
+        return out
 
     # -- persistence --
 

@@ -153,6 +153,26 @@ def sim_refresh(
     click.echo(f"collateral refreshed; next update at {platform.next_update} (Unix seconds)")
 
 
+@sim_platform.command("publish")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to write the public part (root certificate and current collateral).",
+)
+@reports_errors
+def sim_publish(directory: Path, out: Path) -> None:
+    """Write the public part of the platform in DIRECTORY: what the key service and clients verify
+    with (root_ca.cert.pem, collateral.json), no private key. Run again after `refresh`."""
+    from confserve.attestation import SimPlatform
+
+    if out.resolve() == directory.resolve():
+        raise click.UsageError("--out must be another directory: the platform's own holds its private keys")
+    SimPlatform.load(directory).publish(out)
+    click.echo(f"public part of the simulated platform written to {out} (root_ca.cert.pem, collateral.json)")
+
+
 # --- attest ---------------------------------------------------------------------------------------
 
 

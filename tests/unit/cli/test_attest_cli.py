@@ -292,3 +292,13 @@ def test_show_cert(sim: Path, tmp_path: Path) -> None:
     result = run("attest", "show-cert", plain)
     assert result.exit_code == 1
     assert "not a parsable X.509 certificate" in result.output
+
+
+def test_publish_writes_the_public_part_only(sim: Path, tmp_path: Path) -> None:
+    result = run("sim-platform", "publish", sim, "--out", tmp_path / "public")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "public").iterdir()) == ["collateral.json", "root_ca.cert.pem"]
+    assert (tmp_path / "public" / "root_ca.cert.pem").read_bytes() == (sim / "root_ca.cert.pem").read_bytes()
+    refused = run("sim-platform", "publish", sim, "--out", sim)
+    assert refused.exit_code == 2
+    assert "private keys" in refused.output
