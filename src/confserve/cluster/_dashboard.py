@@ -14,7 +14,8 @@ is the increase. A percentile comes from a histogram's cumulative buckets as in 
 two scrapes the percentiles cover the requests between them; with one (`confserve status`) they cover
 every request since the replica started, and there is no rate.
 
-What each component exposes (see docs/server.md and docs/secret-provisioning.md):
+What each component exposes (docs/operations.md explains the view; docs/server.md and
+docs/secret-provisioning.md the endpoints):
 
 | component   | source                                            | read here                                |
 |-------------|---------------------------------------------------|------------------------------------------|
