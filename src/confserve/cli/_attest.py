@@ -270,7 +270,8 @@ _SIM_PLATFORM = click.option(
     "--sim-platform",
     "platform_dir",
     type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="Take collateral (and, by default, the root) from a simulated platform.",
+    help="Take collateral (and, by default, the root) from a simulated platform's directory or its "
+    "public part (sim-platform publish).",
 )
 _NOW = click.option(
     "--now", type=click.IntRange(min=0), help="Verification time, Unix seconds [default: now]."
@@ -299,24 +300,25 @@ def _verification_setup(
     """Collateral, trust root and policy from the shared options; emits a refusal for an untrusted root."""
     from confserve.attestation import (
         INTEL_SGX_ROOT_CA_SHA256,
+        SIM_COLLATERAL_FILE,
         AllowRule,
         Collateral,
         Policy,
-        SimPlatform,
         TrustConfig,
         load_policy_file,
+        load_simulated_root,
     )
 
     if (collateral_file is None) == (platform_dir is None):
         raise click.UsageError("give exactly one of --collateral and --sim-platform")
-    platform = SimPlatform.load(platform_dir) if platform_dir is not None else None
-    if platform is not None:
-        collateral = Collateral.from_json(platform.collateral_json)
-    else:
-        assert collateral_file is not None
+    # A platform's directory or its published public part: only the root and the collateral are read.
+    if collateral_file is not None:
         collateral = Collateral.from_file(collateral_file)
+    else:
+        assert platform_dir is not None
+        collateral = Collateral.from_file(platform_dir / SIM_COLLATERAL_FILE)
     if root is None:
-        root_der = platform.root_ca_der if platform is not None else None
+        root_der = load_simulated_root(platform_dir).root_ca_der if platform_dir is not None else None
     elif root == "intel":
         root_der = None
     else:
