@@ -6,18 +6,23 @@ registry), so a renamed metric fails here rather than in front of an operator.""
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import math
+import ssl
+import threading
 from pathlib import Path
 from typing import Any
 
 import prometheus_client
 import pytest
+import trustme
 from click.testing import CliRunner
 from rich.console import Console
 
 from confserve.cli import _cluster
+from confserve.cluster import _monitor
 from confserve.cluster._dashboard import (
     ClusterScrape,
     Dashboard,
@@ -36,7 +41,9 @@ from confserve.cluster._dashboard import (
     replica_state,
     serving_figures,
 )
+from confserve.cluster._local import free_port
 from confserve.cluster._monitor import UpstreamCounter
+from confserve.cluster._workspace import Workspace
 from confserve.provisioning._server import _Metrics as KeyServiceMetrics
 from confserve.serving import ServingMetrics
 
@@ -514,3 +521,107 @@ def test_json_and_watch_exclude_each_other() -> None:
     result = CliRunner().invoke(_cluster.status, ["--json", "--watch"])
     assert result.exit_code == 1
     assert "exclude each other" in result.output
+
+
+# -- the I/O half against stand-ins on loopback --------------------------------------------------------
+class StandIn:
+    """An HTTP(S) server on 127.0.0.1 port 0 answering fixed (status, body) per path."""
+
+    def __init__(self, answers: dict[str, tuple[int, bytes]], tls: ssl.SSLContext | None = None) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                status, body = answers.get(self.path, (404, b"not found"))
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> StandIn:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def test_get_turns_every_failure_into_a_reason() -> None:
+    answers = {
+        "/ok": (200, b"fine"),
+        "/big": (200, b"x" * (_monitor._MAX_ANSWER_BYTES + 1)),
+        "/binary": (200, b"\xff\xfe"),
+        "/gone": (503, b"stopping"),
+    }
+    with StandIn(answers) as stand_in:
+        base = f"http://127.0.0.1:{stand_in.port}"
+        assert _monitor._get(f"{base}/ok", None) == ("fine", "")
+        assert _monitor._get(f"{base}/big", None) == (None, "answer too large")
+        assert _monitor._get(f"{base}/binary", None) == (None, "answer is not UTF-8")
+        assert _monitor._get(f"{base}/gone", None) == (None, "HTTP 503")
+    closed = free_port()
+    body, problem = _monitor._get(f"http://127.0.0.1:{closed}/metrics", None)
+    assert body is None
+    assert "refused" in problem.lower()
+
+
+def test_monitor_scrapes_every_component(tmp_path: Path) -> None:
+    """Monitor against stand-ins: a replica over TLS (metrics, model status), the key service over HTTP,
+    nginx's access log; the resulting view holds what each said, and a broken key service shows why."""
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
+    replica_answers = {
+        "/monitoring/prometheus/metrics": (200, serving_text(ok=4, failed=1).encode()),
+        "/v1/models/digits": (200, MODEL_STATUS.encode()),
+    }
+    key_answers = {"/metrics": (200, b"not prometheus {")}
+    with StandIn(replica_answers, server_tls) as replica, StandIn(key_answers) as key_service:
+        (tmp_path / "nginx").mkdir()
+        (tmp_path / "nginx" / "nginx-access.log").write_text(
+            f"1 upstream=127.0.0.1:{replica.port}\n2 upstream=127.0.0.1:9\n"
+        )
+        status = {
+            "model": "digits",
+            "secret_provisioning": {"alive": True, "metrics": f"http://127.0.0.1:{key_service.port}/metrics"},
+            "load_balancer": {"alive": True},
+            "replicas": [
+                {"index": 0, "state": "ready", "reason": "", "grpc_port": 9, "rest_port": replica.port,
+                 "metrics": f"https://127.0.0.1:{replica.port}/monitoring/prometheus/metrics"},
+                {"index": 1, "state": "dead", "reason": "exited", "grpc_port": 1, "rest_port": 1,
+                 "metrics": "https://127.0.0.1:1/monitoring/prometheus/metrics"},
+            ],
+        }  # fmt: skip
+
+        class Cluster:
+            ws = Workspace(tmp_path)
+
+            def status(self) -> dict[str, Any]:
+                return status
+
+            def client_context(self) -> ssl.SSLContext:
+                return client_tls
+
+        monitor = _monitor.Monitor(Cluster(), clock=lambda: 7.0, wall_clock=lambda: "01:02:03")  # type: ignore[arg-type]
+        scrape = monitor.scrape()
+    assert (scrape.at_seconds, scrape.clock, scrape.balancer_connections) == (7.0, "01:02:03", 2)
+    view = Dashboard().update(scrape)
+    ready, dead = view.replicas
+    assert ready.figures is not None
+    assert (ready.figures.requests, ready.figures.errors, ready.versions) == (5, 1, ("v2",))
+    assert ready.connections == 2  # the gRPC port (9) and the REST port each got one
+    assert (dead.state, dead.reason, dead.figures) == ("dead", "exited", None)
+    assert view.key_service.releases is None
+    assert "malformed metrics text" in view.key_service.problem
