@@ -7,7 +7,7 @@ the dtype's typed `*_val` field. Reading, it accepts both forms, as TensorFlow d
 (tensorflow/core/framework/tensor.cc, Tensor::FromProto; `tf.make_ndarray`): `tensor_content` must hold
 exactly the tensor's bytes; a `*_val` field may hold fewer values than the shape has elements, and the
 last value then fills the rest (one value and a large shape is a "broadcast"); an empty field means
-zeros. The property tests in tests/unit/serving/test_tensor_proto.py compare both directions with
+zeros. The property tests in tests/unit/test_tensor_proto.py compare both directions with
 TensorFlow's functions for every dtype below.
 
 Everything a peer sends is checked before numpy allocates: a known dtype, a fully defined shape of at
