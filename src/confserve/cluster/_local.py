@@ -6,8 +6,8 @@
 | model-server replicas (N) | confserve serve (own enclave)    | gRPC and REST port each        |
 | load balancer             | nginx (stream, TLS passthrough)  | gRPC and REST ports            |
 
-Order: workspace (see `_workspace`) -> the replicas' measurement, asked from `confserve serve
---print_measurement` with the replicas' exact flags -> the provisioning policy that approves exactly
+Order: workspace (see `_workspace`) -> the replicas' measurement, computed in-process from the same
+`ServeOptions` the replicas run with (`replica.identity`) -> the provisioning policy that approves exactly
 that identity -> the provisioning service -> the replicas (each attests, gets the key, loads the
 encrypted model, opens its ports) -> nginx -> readiness of every replica -> the check: an attested
 inference through nginx. The state (pids, ports, files) goes to `cluster.json`, so `confserve status`,
@@ -30,7 +30,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from confserve.cluster._dashboard import ReplicaCondition, replica_state
 from confserve.cluster._nginx import NginxConfig, NginxError, find_nginx, find_stream_module, render_nginx
@@ -42,6 +42,9 @@ from confserve.cluster._workspace import (
     confserve_command,
     prepare_workspace,
 )
+
+if TYPE_CHECKING:
+    from confserve.replica import ServeOptions
 
 __all__ = ["METRICS_PATH", "MONITORING_CONFIG", "ClusterState", "LocalCluster", "ReplicaState", "free_port"]
 
@@ -190,21 +193,25 @@ class LocalCluster:
             child.wait()
 
     # -- the replicas' command line --------------------------------------------------------------------
-    def replica_flags(self, model: str, grpc_port: int, rest_port: int, prov_port: int) -> list[str]:
+    def replica_options(self, model: str, grpc_port: int, rest_port: int, prov_port: int) -> ServeOptions:
+        """A replica's options. It runs in `host/`, so the model and ssl.cfg are named by their bound
+        paths (relative, measured as written); the files measured by content are named absolutely."""
+        from confserve.replica import ServeOptions  # noqa: PLC0415
+
         ws = self.ws
-        return [
-            "--host=127.0.0.1",
-            f"--port={grpc_port}",
-            f"--rest_api_port={rest_port}",
-            f"--model_name={model}",
-            f"--model_base_path=models/{model}",
-            "--ssl_config_file=ssl.cfg",
-            f"--secret_provision_servers=localhost:{prov_port}",
-            "--secret_provision_ca_chain_path=provisioning-ca.crt",
-            f"--sim_platform={ws.sim.resolve()}",
-            f"--signing_key={ws.signer.resolve()}",
-            f"--monitoring_config_file={MONITORING_CONFIG}",  # written by write_monitoring_config
-        ]
+        return ServeOptions(
+            host="127.0.0.1",
+            port=grpc_port,
+            rest_api_port=rest_port,
+            model_name=model,
+            model_base_path=f"models/{model}",
+            ssl_config_file="ssl.cfg",
+            secret_provision_servers=f"localhost:{prov_port}",
+            secret_provision_ca_chain_path=str(ws.host / "provisioning-ca.crt"),
+            sim_platform=str(ws.sim),
+            signing_key=str(ws.signer),
+            monitoring_config_file=str(ws.host / MONITORING_CONFIG),
+        )
 
     def write_monitoring_config(self) -> None:
         """The replicas' MonitoringConfig (in host/, their working directory); the same bytes on every
@@ -212,13 +219,22 @@ class LocalCluster:
         self.ws.host.mkdir(parents=True, exist_ok=True)
         (self.ws.host / MONITORING_CONFIG).write_text(_MONITORING_TEXT)
 
+    def replica_flags(self, model: str, grpc_port: int, rest_port: int, prov_port: int) -> list[str]:
+        return self.replica_options(model, grpc_port, rest_port, prov_port).to_argv()
+
     def measure(self, model: str) -> dict[str, Any]:
-        args = confserve_command("serve", *self.replica_flags(model, 1, 2, 3), "--print_measurement")
-        result = subprocess.run(args, cwd=self.ws.host, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise WorkspaceError(f"measuring the replicas failed: {result.stderr.strip()[-300:]}")
-        identity: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
-        return identity
+        """The replicas' identity, computed in-process from the same options they run with (ports are
+        not measured)."""
+        from confserve import replica  # noqa: PLC0415
+
+        ident, measured = replica.identity(self.replica_options(model, 1, 2, 3))
+        return {
+            "mr_enclave": ident.mr_enclave.hex(),
+            "mr_signer": ident.mr_signer.hex(),
+            "isv_prod_id": ident.isv_prod_id,
+            "isv_svn": ident.isv_svn,
+            "measured_args": measured,
+        }
 
     def write_policy(self, identity: dict[str, Any]) -> None:
         self.ws.policy.write_text(
@@ -243,7 +259,7 @@ class LocalCluster:
         find_nginx()  # fail before any work when the load balancer cannot run
         name = prepare_workspace(self.ws, model=model, tls=tls, progress=self.progress)
         self.write_monitoring_config()
-        self.progress("measuring the replicas (confserve serve --print_measurement)")
+        self.progress("measuring the replicas")
         identity = self.measure(name)
         self.write_policy(identity)
         prov_port, metrics_port = free_port(), free_port()
