@@ -49,6 +49,7 @@ __all__ = [
     "KeyServiceFigures",
     "KeyServiceScrape",
     "MetricsError",
+    "ReadyProbe",
     "ReplicaCondition",
     "ReplicaRow",
     "ReplicaScrape",
@@ -66,12 +67,15 @@ __all__ = [
 ]
 
 ReplicaCondition = Literal["starting", "ready", "not ready", "dead"]
+# What a replica's ready check gave: its HTTP status, or why there was none.
+ReadyProbe = int | Literal["refused", "no answer"]
 
 # Names: TF Serving's (util.cc; the `/` of its names written as `:`) and the key service's own.
 REQUEST_COUNT: Final = ":tensorflow:serving:request_count"
 REQUEST_LATENCY: Final = ":tensorflow:serving:request_latency"
 KEY_RELEASES: Final = "confserve_secret_prov_releases"
 KEY_REFUSALS: Final = "confserve_secret_prov_refusals"
+NOT_ANSWERING: Final = "not answering"  # the reason of a replica whose port accepts but never answers
 _OK: Final = "OK"  # the status label of a successful request (canonical code name, as TF Serving)
 _REASON_CHARS: Final = 120  # a reason is one line of a table cell, not a log
 
@@ -263,18 +267,20 @@ def model_versions(text: str) -> tuple[tuple[str, ...], str]:
     return tuple(label for _, label in sorted(shown)), error[:_REASON_CHARS]
 
 
-def replica_state(alive: bool, ready_status: int | None, log_line: str) -> tuple[ReplicaCondition, str]:
-    """A replica's state and the reason for it, from whether its process runs, what
-    `GET /v1/confserve/ready` answered (None: nothing answered) and the last line of its log. A
-    replica opens its ports only once attested, keyed and loaded, so "nothing answers" while it runs is
-    "starting"."""
+def replica_state(alive: bool, ready: ReadyProbe, log_line: str) -> tuple[ReplicaCondition, str]:
+    """A replica's state and the reason for it, from whether its process runs, what its
+    `GET /v1/confserve/ready` gave and the last line of its log. A replica opens its ports only once
+    attested, keyed and loaded, so a port nobody listens on while the process runs means "starting";
+    a port that accepts but does not answer means a hung or stopped process."""
     if not alive:
-        return "dead", log_line
-    if ready_status is None:
+        return "dead", f"exited; its log ends: {log_line}" if log_line else "exited"
+    if ready == "refused":
         return "starting", log_line
-    if ready_status == 200:
+    if ready == "no answer":
+        return "not ready", NOT_ANSWERING
+    if ready == 200:
         return "ready", ""
-    return "not ready", f"ready check answered {ready_status}"
+    return "not ready", f"ready check answered {ready}"
 
 
 def count_upstreams(log_text: str) -> dict[str, int]:
@@ -453,7 +459,7 @@ def _count(value: float | None) -> str:
 
 def _key_service_line(view: ClusterView) -> str:
     key = view.key_service
-    status = "ok" if key.alive else "DOWN"
+    status = "DOWN" if not key.alive else ("ok" if key.releases is not None else "running")
     if key.releases is None:
         figures = f"metrics unavailable ({key.problem})" if key.problem else "metrics unavailable"
     else:

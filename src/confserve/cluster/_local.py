@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from confserve.cluster._dashboard import ReplicaCondition, replica_state
+from confserve.cluster._dashboard import ReadyProbe, ReplicaCondition, replica_state
 from confserve.cluster._nginx import NginxConfig, NginxError, find_nginx, find_stream_module, render_nginx
 from confserve.cluster._workspace import (
     SERVICE_DOMAIN,
@@ -410,8 +410,9 @@ class LocalCluster:
         context.check_hostname = False
         return context
 
-    def probe_ready(self, replica: ReplicaState, context: ssl.SSLContext | None = None) -> int | None:
-        """The HTTP status of the replica's `GET /v1/confserve/ready`, or None when nothing answers."""
+    def probe_ready(self, replica: ReplicaState, context: ssl.SSLContext | None = None) -> ReadyProbe:
+        """The HTTP status of the replica's `GET /v1/confserve/ready`; "refused" when nothing listens on
+        its port, "no answer" when something does but no HTTP answer came (hung, stopped, TLS failed)."""
         url = f"https://127.0.0.1:{replica.rest_port}/v1/confserve/ready"
         try:
             with urllib.request.urlopen(
@@ -420,8 +421,12 @@ class LocalCluster:
                 return int(response.status)
         except urllib.error.HTTPError as exc:
             return int(exc.code)
+        except urllib.error.URLError as exc:
+            return "refused" if isinstance(exc.reason, ConnectionRefusedError) else "no answer"
+        except ConnectionRefusedError:
+            return "refused"
         except (OSError, ValueError):
-            return None
+            return "no answer"
 
     def replica_ready(self, replica: ReplicaState) -> bool:
         return self.probe_ready(replica) == 200
@@ -431,8 +436,8 @@ class LocalCluster:
     ) -> tuple[ReplicaCondition, str]:
         """starting / ready / not ready / dead, and the reason (see `replica_state`)."""
         alive = self._alive(replica.pid)
-        status = self.probe_ready(replica, context) if alive else None
-        return replica_state(alive, status, "" if status == 200 else _tail(replica.log, 1))
+        probe = self.probe_ready(replica, context) if alive else "refused"
+        return replica_state(alive, probe, "" if probe == 200 else _tail(replica.log, 1))
 
     def _wait_http(self, url: str, pid: int, log: str) -> None:
         deadline = time.monotonic() + 60

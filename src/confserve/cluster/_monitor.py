@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from confserve.cluster._dashboard import ClusterScrape, ReplicaScrape, count_upstreams
+from confserve.cluster._dashboard import NOT_ANSWERING, ClusterScrape, ReplicaScrape, count_upstreams
 from confserve.cluster._local import LocalCluster
 from confserve.cluster._workspace import Workspace
 
@@ -66,6 +66,12 @@ def nginx_connections(ws: Workspace) -> dict[str, int]:
     return UpstreamCounter(_access_log(ws)).read()
 
 
+def _why(reason: object) -> str:
+    if isinstance(reason, TimeoutError):
+        return "timed out"
+    return str(getattr(reason, "strerror", None) or getattr(reason, "reason", None) or reason)
+
+
 def _get(url: str, context: ssl.SSLContext | None) -> tuple[str | None, str]:
     """(body, "") or (None, why not)."""
     try:
@@ -74,9 +80,9 @@ def _get(url: str, context: ssl.SSLContext | None) -> tuple[str | None, str]:
     except urllib.error.HTTPError as exc:
         return None, f"HTTP {exc.code}"
     except urllib.error.URLError as exc:
-        return None, str(getattr(exc.reason, "strerror", None) or exc.reason)
+        return None, _why(exc.reason)
     except (OSError, ValueError) as exc:  # timeouts, resets, TLS errors
-        return None, str(getattr(exc, "strerror", None) or type(exc).__name__)
+        return None, _why(exc)
     if len(body) > _MAX_ANSWER_BYTES:
         return None, "answer too large"
     try:
@@ -115,7 +121,7 @@ class Monitor:
             replicas=replicas,
             key_service_alive=prov["alive"],
             key_service_metrics=key_text,
-            key_service_problem=key_problem and f"metrics: {key_problem}",
+            key_service_problem=key_problem,
             balancer_alive=status["load_balancer"]["alive"],
             balancer_connections=sum(connections.values()),
         )
@@ -127,7 +133,7 @@ class Monitor:
         conns = sum(connections.get(f"127.0.0.1:{r[port]}", 0) for port in ("grpc_port", "rest_port"))
         metrics = model_status = None
         problems = []
-        if r["state"] in ("ready", "not ready"):  # its ports are open
+        if r["state"] in ("ready", "not ready") and r["reason"] != NOT_ANSWERING:  # it answers HTTP
             metrics, problem = _get(r["metrics"], context)
             if problem:
                 problems.append(f"metrics: {problem}")

@@ -10,6 +10,8 @@ import http.server
 import io
 import json
 import math
+import os
+import socket
 import ssl
 import threading
 from pathlib import Path
@@ -22,13 +24,14 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from confserve.cli import _cluster
-from confserve.cluster import _monitor
+from confserve.cluster import _local, _monitor
 from confserve.cluster._dashboard import (
     ClusterScrape,
     Dashboard,
     Histogram,
     KeyServiceScrape,
     MetricsError,
+    ReadyProbe,
     ReplicaScrape,
     ServingScrape,
     count_upstreams,
@@ -308,16 +311,18 @@ def test_malformed_model_status_is_refused(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("alive", "status", "expected"),
+    ("alive", "probe", "log_line", "expected"),
     [
-        (False, None, ("dead", "last words")),
-        (True, None, ("starting", "last words")),
-        (True, 200, ("ready", "")),
-        (True, 503, ("not ready", "ready check answered 503")),
+        (False, "refused", "last words", ("dead", "exited; its log ends: last words")),
+        (False, "refused", "", ("dead", "exited")),
+        (True, "refused", "asking for the key", ("starting", "asking for the key")),
+        (True, "no answer", "serving", ("not ready", "not answering")),
+        (True, 200, "", ("ready", "")),
+        (True, 503, "", ("not ready", "ready check answered 503")),
     ],
 )
-def test_replica_state(alive: bool, status: int | None, expected: tuple[str, str]) -> None:
-    assert replica_state(alive, status, "last words") == expected
+def test_replica_state(alive: bool, probe: ReadyProbe, log_line: str, expected: tuple[str, str]) -> None:
+    assert replica_state(alive, probe, log_line) == expected
 
 
 def test_count_upstreams() -> None:
@@ -556,7 +561,8 @@ class StandIn:
         self.thread.join(5)
 
 
-def test_get_turns_every_failure_into_a_reason() -> None:
+def test_get_turns_every_failure_into_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_monitor, "_TIMEOUT_SECONDS", 0.2)
     answers = {
         "/ok": (200, b"fine"),
         "/big": (200, b"x" * (_monitor._MAX_ANSWER_BYTES + 1)),
@@ -573,6 +579,36 @@ def test_get_turns_every_failure_into_a_reason() -> None:
     body, problem = _monitor._get(f"http://127.0.0.1:{closed}/metrics", None)
     assert body is None
     assert "refused" in problem.lower()
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts (backlog), never answers
+        assert _monitor._get(f"http://127.0.0.1:{silent.getsockname()[1]}/metrics", None) == (
+            None,
+            "timed out",
+        )
+
+
+def test_ready_probe_tells_starting_from_hung(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing listening: the replica is starting; listening without answering: hung or stopped."""
+    monkeypatch.setattr(_local, "_PROBE_TIMEOUT_SECONDS", 0.2)
+    cluster = _local.LocalCluster(Workspace(tmp_path))
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
+
+    def replica(port: int) -> _local.ReplicaState:
+        return _local.ReplicaState(0, os.getpid(), 1, port, str(tmp_path / "replica.log"))
+
+    assert cluster.probe_ready(replica(free_port()), client_tls) == "refused"
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        assert cluster.probe_ready(replica(silent.getsockname()[1]), client_tls) == "no answer"
+    answers = {"/v1/confserve/ready": (503, b'{"ready": false}')}
+    with StandIn(answers, server_tls) as stand_in:
+        assert cluster.probe_ready(replica(stand_in.port), client_tls) == 503
+        assert cluster.replica_condition(replica(stand_in.port), client_tls) == (
+            "not ready",
+            "ready check answered 503",
+        )
 
 
 def test_monitor_scrapes_every_component(tmp_path: Path) -> None:
@@ -602,6 +638,9 @@ def test_monitor_scrapes_every_component(tmp_path: Path) -> None:
                  "metrics": f"https://127.0.0.1:{replica.port}/monitoring/prometheus/metrics"},
                 {"index": 1, "state": "dead", "reason": "exited", "grpc_port": 1, "rest_port": 1,
                  "metrics": "https://127.0.0.1:1/monitoring/prometheus/metrics"},
+                # A hung replica is not asked again: its port would only time out once more.
+                {"index": 2, "state": "not ready", "reason": "not answering", "grpc_port": 2,
+                 "rest_port": replica.port, "metrics": f"https://127.0.0.1:{replica.port}/monitoring/prometheus/metrics"},
             ],
         }  # fmt: skip
 
@@ -618,10 +657,12 @@ def test_monitor_scrapes_every_component(tmp_path: Path) -> None:
         scrape = monitor.scrape()
     assert (scrape.at_seconds, scrape.clock, scrape.balancer_connections) == (7.0, "01:02:03", 2)
     view = Dashboard().update(scrape)
-    ready, dead = view.replicas
+    ready, dead, hung = view.replicas
     assert ready.figures is not None
     assert (ready.figures.requests, ready.figures.errors, ready.versions) == (5, 1, ("v2",))
     assert ready.connections == 2  # the gRPC port (9) and the REST port each got one
     assert (dead.state, dead.reason, dead.figures) == ("dead", "exited", None)
+    assert (hung.state, hung.reason, hung.figures, hung.versions) == ("not ready", "not answering", None, ())
     assert view.key_service.releases is None
     assert "malformed metrics text" in view.key_service.problem
+    assert "key service running: metrics unavailable (malformed metrics text" in render_text(view)
