@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from confserve.cli._common import reports_errors
 
@@ -69,20 +72,59 @@ def _serve_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def _with_config(config: Path, values: dict[str, Any]) -> dict[str, Any]:
+    """The options of a replica configuration file, overlaid with what the command line set itself.
+    The command line may set only unmeasured options (ports, limits, the platform): what the replica
+    does is what the owner measured from the same file."""
+    from confserve import replica  # noqa: PLC0415
+
+    ctx = click.get_current_context()
+    try:
+        data = config.read_bytes()
+    except OSError as e:
+        raise replica.OptionsError(f"cannot read {config}: {e.strerror}") from None
+    merged = replica.ServeOptions.from_toml(data, where=str(config))
+    measured = {spec.name for spec in replica.option_specs() if spec.measured}
+    for name, value in values.items():
+        source = ctx.get_parameter_source(name)
+        if source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            if name in measured:
+                raise click.UsageError(
+                    f"--{name} is measured: set it in {config} (the owner measures that file), not here"
+                )
+            merged[name] = value
+    return merged
+
+
 @click.command("serve")
 @_serve_options
 @click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Replica configuration (TOML, the names of these flags): the file the owner measures. The replica "
+    "runs in its directory; the command line may add only unmeasured options (ports, limits, platform).",
+)
+@click.option(
     "--print_measurement", "--print-measurement", "print_measurement", is_flag=True,
-    help="Print this replica's identity; exit.",
+    help="Print this replica's identity (simulated SGX) and exit; needs no platform.",
 )  # fmt: skip
 @reports_errors
-def serve(print_measurement: bool, **values: Any) -> None:
+def serve(print_measurement: bool, config: Path | None, **values: Any) -> None:
     """Serve TensorFlow SavedModels over TF Serving's gRPC and REST APIs."""
     from confserve import replica  # noqa: PLC0415
 
+    base_dir = None
+    if config is not None:
+        # Paths given on the command line keep naming what the user meant after the change of directory.
+        for spec in replica.option_specs():
+            if spec.path is not None and values.get(spec.name) is not None:
+                values[spec.name] = os.path.abspath(values[spec.name])
+        values = _with_config(config, values)
+        base_dir = config.parent
     options = replica.ServeOptions(**values)
     if print_measurement:
-        ident, measured = replica.identity(options)
+        ident, measured = replica.identity(options, base_dir=base_dir)
         click.echo(
             json.dumps(
                 {
@@ -95,6 +137,8 @@ def serve(print_measurement: bool, **values: Any) -> None:
             )
         )
         return
+    if base_dir is not None:
+        os.chdir(base_dir)  # the replica's files are named relative to its configuration (the enclave's view)
     stop = threading.Event()
     install_stop_handlers(stop)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from confserve.replica._options import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    MAX_CONFIG_BYTES,
     OptionsError,
     OptionSpec,
     ServeOptions,
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
         EnclaveSettings,
         file_sha256,
         serve_measured_args,
+        simulated_replica_identity,
     )
     from confserve.replica._start import (
         ReplicaError,
@@ -45,6 +47,7 @@ _LAZY = {
     "EnclaveSettings": "_enclave",
     "file_sha256": "_enclave",
     "serve_measured_args": "_enclave",
+    "simulated_replica_identity": "_enclave",
     "ReplicaError": "_start",
     "build": "_start",
     "enclave_runtime": "_start",
@@ -55,6 +58,7 @@ _LAZY = {
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "MAX_CONFIG_BYTES",
     "SERVE_ENTRY_POINT",
     "EnclaveError",
     "EnclaveRuntime",
@@ -71,6 +75,7 @@ __all__ = [
     "option_specs",
     "serve_measured_args",
     "server_settings",
+    "simulated_replica_identity",
 ]
 
 

@@ -55,6 +55,7 @@ __all__ = [
     "EnclaveRuntime",
     "EnclaveSettings",
     "serve_measured_args",
+    "simulated_replica_identity",
 ]
 
 _log = logging.getLogger("confserve.enclave")
@@ -125,7 +126,10 @@ class EnclaveSettings:
 
 
 def _load_signer(path: Path) -> rsa.RSAPublicKey:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise EnclaveError(f"cannot read the enclave signing key {path}: {e.strerror}") from None
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError:
@@ -136,6 +140,21 @@ def _load_signer(path: Path) -> rsa.RSAPublicKey:
     if not isinstance(key, rsa.RSAPublicKey):
         raise EnclaveError(f"{path} is not an RSA key")
     return key
+
+
+def simulated_replica_identity(
+    signing_key: Path, measured_args: Mapping[str, str], *, isv_prod_id: int = 0, isv_svn: int = 0
+) -> EnclaveIdentity:
+    """The identity a simulated replica attests as: confserve's installed code, the serve entry point
+    and its measured arguments (MRENCLAVE), the signer's key (MRSIGNER; the public key is enough)."""
+    return simulated_identity(
+        find_package_root(),
+        SERVE_ENTRY_POINT,
+        measured_args,
+        _load_signer(signing_key),
+        isv_prod_id=isv_prod_id,
+        isv_svn=isv_svn,
+    )
 
 
 class EnclaveRuntime:
@@ -158,11 +177,9 @@ class EnclaveRuntime:
                     "no SGX (no /dev/attestation): simulation needs --sim_platform DIR and --signing_key PEM"
                 )
             self._platform = SimPlatform.load(settings.sim_platform)
-            self.identity = simulated_identity(
-                find_package_root(),
-                SERVE_ENTRY_POINT,
+            self.identity = simulated_replica_identity(
+                settings.signing_key,
                 measured_args,
-                _load_signer(settings.signing_key),
                 isv_prod_id=settings.isv_prod_id,
                 isv_svn=settings.isv_svn,
             )

@@ -20,7 +20,14 @@ from typing import Any, Final, Literal
 
 from confserve.errors import ConfserveError, Status
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "OptionSpec", "OptionsError", "ServeOptions", "option_specs"]
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "MAX_CONFIG_BYTES",
+    "OptionSpec",
+    "OptionsError",
+    "ServeOptions",
+    "option_specs",
+]
 
 AttestationMode = Literal["auto", "gramine", "simulated"]
 PathKind = Literal["file", "dir"]
@@ -210,6 +217,66 @@ class ServeOptions:
 
     def replace(self, **changes: Any) -> ServeOptions:
         return dataclasses.replace(self, **changes)
+
+    # -- the replica configuration file ---------------------------------------------------------------------
+    def to_toml(self, *, comment: str = "") -> str:
+        """A replica configuration file (docs/server.md, "Replica configuration"): the options that differ
+        from the defaults, one `name = value` line each; `from_toml` reads it back to equal options."""
+        import tomli_w  # noqa: PLC0415 - only writers of configurations need it
+
+        values = {
+            spec.name: getattr(self, spec.name)
+            for spec in option_specs()
+            if not spec.cli_only and getattr(self, spec.name) not in (None, spec.default)
+        }
+        header = "".join(f"# {line}".rstrip() + "\n" for line in comment.splitlines())
+        return header + tomli_w.dumps(values)
+
+    @classmethod
+    def from_toml(cls, data: bytes, *, where: str = "replica configuration") -> dict[str, Any]:
+        """The options a configuration file sets (name -> value), checked against the declarations:
+        unknown names, wrong types and out-of-range values are refused with the name. Returns a mapping,
+        so the command line can overlay its own flags before building ServeOptions."""
+        import tomllib  # noqa: PLC0415
+
+        if len(data) > MAX_CONFIG_BYTES:
+            raise OptionsError(f"{where} is larger than {MAX_CONFIG_BYTES} bytes")
+        try:
+            doc = tomllib.loads(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise OptionsError(f"{where} is not UTF-8 text") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise OptionsError(f"{where} is not valid TOML: {exc}") from None
+        specs = {spec.name: spec for spec in option_specs() if not spec.cli_only}
+        values: dict[str, Any] = {}
+        for name, value in doc.items():
+            spec = specs.get(name)
+            if spec is None:
+                raise OptionsError(f"{where}: unknown option {name!r} (the names are serve's flags)")
+            values[name] = _checked(spec, value, where)
+        return values
+
+
+# A configuration names a few dozen options; bound what is parsed from a file the host could swap.
+MAX_CONFIG_BYTES: Final = 64 * 1024
+
+
+def _checked(spec: OptionSpec, raw: object, where: str) -> Any:
+    """`raw` from a configuration file, of the option's type and within its range."""
+    kind = spec.kind
+    converted = float(raw) if kind is float and type(raw) is int else raw
+    if type(converted) is not kind:
+        raise OptionsError(f"{where}: {spec.name} must be a {kind.__name__}, not {type(raw).__name__}")
+    value: Any = converted
+    if spec.minimum is not None and value < spec.minimum:
+        raise OptionsError(f"{where}: {spec.name} must be at least {spec.minimum}")
+    if spec.maximum is not None and value > spec.maximum:
+        raise OptionsError(f"{where}: {spec.name} must be at most {spec.maximum}")
+    if spec.choices is not None and value not in spec.choices:
+        raise OptionsError(f"{where}: {spec.name} must be one of {', '.join(spec.choices)}")
+    if kind is str and ("\x00" in value or len(value) > 4096):
+        raise OptionsError(f"{where}: {spec.name} is not a plain string")
+    return value
 
 
 _KINDS: Final = {"bool": bool, "int": int, "float": float, "str": str, "str | None": str}

@@ -28,6 +28,7 @@ from confserve.replica._enclave import (
     EnclaveSettings,
     file_sha256,
     serve_measured_args,
+    simulated_replica_identity,
 )
 from confserve.replica._options import OptionsError, ServeOptions
 
@@ -56,34 +57,44 @@ class ReplicaError(ConfserveError):
 
 
 # -- identity ---------------------------------------------------------------------------------------------
-def _file_identity(path: str | None) -> str:
-    return "none" if path is None else "sha256:" + file_sha256(path)
+# What is measured depends on what the options mean, not on how a path was spelled: paths are measured in
+# Gramine's lexical normal form (the enclave's view: `./ssl.cfg` and `ssl.cfg` are one file), files that
+# only configure behaviour by their content hash. Content is read relative to `base_dir` (the directory a
+# replica runs in; the owner measures a copy of the host's directory without being in it).
+def _file_identity(path: str | None, base_dir: Path | None) -> str:
+    return "none" if path is None else "sha256:" + file_sha256(_at(path, base_dir))
 
 
-def _config_protected(options: ServeOptions) -> bool:
-    return options.model_config_file is not None and pf.is_protected(options.model_config_file)
+def _at(path: str, base_dir: Path | None) -> Path:
+    return Path(path) if base_dir is None else base_dir / path
 
 
-def _model_identity(options: ServeOptions) -> str:
+def _config_protected(options: ServeOptions, base_dir: Path | None = None) -> bool:
+    return options.model_config_file is not None and pf.is_protected(_at(options.model_config_file, base_dir))
+
+
+def _model_identity(options: ServeOptions, base_dir: Path | None) -> str:
     """What the measurement says about the models: an owner-encrypted config by its bound path (only the
     owner can change its content, so it may be reloaded); a plaintext config by its content hash."""
-    if options.model_config_file is not None and _config_protected(options):
+    if options.model_config_file is not None and _config_protected(options, base_dir):
         return "protected-config:" + pf.normalize_path(options.model_config_file)
     if options.model_config_file is not None:
-        return "config-sha256:" + file_sha256(options.model_config_file)
-    return f"{options.model_name}={options.model_base_path}"
+        return "config-sha256:" + file_sha256(_at(options.model_config_file, base_dir))
+    assert options.model_base_path is not None
+    return f"{options.model_name}={pf.normalize_path(options.model_base_path)}"
 
 
-def measured_args(options: ServeOptions) -> dict[str, str]:
+def measured_args(options: ServeOptions, *, base_dir: Path | None = None) -> dict[str, str]:
     """The measured description of this replica (docs/server.md, "What is measured")."""
     if not options.secret_provision_ca_chain_path:
         raise OptionsError("--secret_provision_ca_chain_path is required with secret provisioning")
     set_key = options.secret_provision_set_key
+    ssl_bound = options.ssl_config_bound_path
     return serve_measured_args(
-        models=_model_identity(options),
-        ssl_config_file=options.ssl_config_file,
-        ssl_config_bound_path=options.ssl_config_bound_path,
-        provisioning_ca_sha256=file_sha256(options.secret_provision_ca_chain_path),
+        models=_model_identity(options, base_dir),
+        ssl_config_file=pf.normalize_path(options.ssl_config_file) if options.ssl_config_file else None,
+        ssl_config_bound_path=pf.normalize_path(ssl_bound) if ssl_bound else None,
+        provisioning_ca_sha256=file_sha256(_at(options.secret_provision_ca_chain_path, base_dir)),
         secret_name=options.secret_provision_secret_name,
         insecure=options.insecure,
         allow_plaintext_models=options.allow_plaintext,
@@ -91,11 +102,13 @@ def measured_args(options: ServeOptions) -> dict[str, str]:
             "key_delivery": f"gramine-key:{set_key}" if set_key else "memory",
             # What the replica exposes and how it treats requests are behaviour, so they are measured
             # too (by content hash for files); ports, limits and thread counts are not.
-            "monitoring": _file_identity(options.monitoring_config_file),
+            "monitoring": _file_identity(options.monitoring_config_file, base_dir),
             "warmup": "true" if options.enable_model_warmup else "false",
-            "batching": _file_identity(options.batching_parameters_file)
-            if options.enable_batching
-            else "off",
+            "batching": (
+                _file_identity(options.batching_parameters_file, base_dir)
+                if options.enable_batching
+                else "off"
+            ),
         },
     )
 
@@ -119,16 +132,28 @@ def enclave_runtime(options: ServeOptions) -> EnclaveRuntime:
     )
 
 
-def identity(options: ServeOptions) -> tuple[EnclaveIdentity, dict[str, str]]:
-    """The identity a simulated replica with these options attests as, and its measured arguments.
-    Under Gramine the identity comes from the SIGSTRUCT (`confserve measure --sigstruct`)."""
+def identity(
+    options: ServeOptions, *, base_dir: Path | None = None
+) -> tuple[EnclaveIdentity, dict[str, str]]:
+    """The identity a simulated replica with these options attests as, and its measured arguments,
+    computed from the options and the files they name (relative to `base_dir`), without a platform:
+    the owner can compute it on its own machine. The signer's public key is enough. Under Gramine the
+    identity comes from the SIGSTRUCT (`confserve measure --sigstruct`)."""
     options.validate()
-    runtime = enclave_runtime(options)
-    if runtime.identity is None:
+    if options.attestation == "gramine":
         raise ReplicaError(
             "under Gramine the identity comes from the SIGSTRUCT: use confserve measure --sigstruct"
         )
-    return runtime.identity, measured_args(options)
+    if options.signing_key is None:
+        raise ReplicaError(
+            "measuring a simulated replica needs --signing_key (the enclave signer's key; "
+            "the public key is enough)"
+        )
+    measured = measured_args(options, base_dir=base_dir)
+    ident = simulated_replica_identity(
+        _at(options.signing_key, base_dir), measured, isv_prod_id=options.isv_prod_id, isv_svn=options.isv_svn
+    )
+    return ident, measured
 
 
 # -- files read at start ------------------------------------------------------------------------------------

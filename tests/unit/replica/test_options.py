@@ -16,6 +16,7 @@ def parse(argv: list[str]) -> ServeOptions:
     ctx = serve.make_context("serve", list(argv))
     values = dict(ctx.params)
     values.pop("print_measurement")
+    values.pop("config")
     return ServeOptions(**values)
 
 
