@@ -119,7 +119,7 @@ _TABLE: Final = (
 )
 # fmt: on
 DTYPES: Final[Mapping[int, DType]] = MappingProxyType({row.enum: row for row in _TABLE})
-_BY_NUMPY: Final = {row.numpy: row for row in _TABLE if row.kind != "string"}
+_BY_NUMPY: Final = {row.numpy: row for row in _TABLE if row.kind != "string" and row.numpy != "bfloat16"}
 _STRING: Final = DTYPES[7]
 # numpy types of the repeated fields' elements (their wire types), for reading them in one step.
 _FIELD_DTYPE: Final = {
@@ -262,7 +262,7 @@ def _from_content(
     array = np.frombuffer(content, dtype=dtype.newbyteorder("<"))
     if row.kind == "bool":
         array = array.view(np.uint8) != 0  # any non-zero byte is true, as in C++
-    elif array.dtype != dtype:  # a big-endian machine
+    elif array.dtype != dtype:  # pragma: no cover - a big-endian machine
         array = array.astype(dtype)
     elif writable:
         array = array.copy()

@@ -101,20 +101,21 @@ _MODULES: Final[dict[str, str]] = {
     "model_server_config_pb2": "tensorflow_serving.config.model_server_config_pb2",
 }
 
-# `from tensorflow.core.framework import tensor_pb2 as ...`: what a generated module imports.
-_FROM_IMPORT: Final = re.compile(r"^from\s+(tensorflow[\w.]*)\s+import\s+(\w+)", re.MULTILINE)
+_TOP = "tensorflow"  # the package whose __init__.py must not run (a test points it at a fake one)
+# `from tensorflow.core.framework import tensor_pb2 as ...`: how a generated module imports another.
+_FROM_IMPORT: Final = re.compile(r"^from\s+([\w.]+)\s+import\s+(\w+)", re.MULTILINE)
 
 _lock = threading.Lock()
 
 
 def _register_tensorflow_package(name: str) -> None:
     """Import `tensorflow.<x>` (a package whose `__init__.py` is empty) without importing `tensorflow`."""
-    top = importlib.util.find_spec("tensorflow")  # a top-level lookup runs no package code
+    top = importlib.util.find_spec(_TOP)  # a top-level lookup runs no package code
     locations = top.submodule_search_locations if top is not None else None
     spec = importlib.machinery.PathFinder.find_spec(name, list(locations)) if locations else None
     if spec is None or spec.loader is None or spec.submodule_search_locations is None:
         raise ImportError(
-            f"TF Serving's protos need the installed 'tensorflow' package's {name} (its generated proto "
+            f"TF Serving's protos need the installed '{_TOP}' package's {name} (its generated proto "
             "modules are used; its runtime is not loaded)"
         )
     module = importlib.util.module_from_spec(spec)
@@ -131,10 +132,10 @@ def _import_proto(name: str) -> ModuleType:
     loaded = sys.modules.get(name)
     if loaded is not None:
         return loaded
-    if "tensorflow" not in sys.modules:
+    if _TOP not in sys.modules:
         parts = name.split(".")
         package = ".".join(parts[:2])
-        if parts[0] == "tensorflow" and len(parts) > 2 and package not in sys.modules:
+        if parts[0] == _TOP and len(parts) > 2 and package not in sys.modules:
             _register_tensorflow_package(package)
         # Parents first, with import_module: importlib.util.find_spec would import a missing parent
         # with __import__, which imports the top-level package as well (rule 2 above).
@@ -143,7 +144,8 @@ def _import_proto(name: str) -> ModuleType:
         if spec is not None and spec.origin is not None and spec.origin.endswith(".py"):
             with open(spec.origin, encoding="utf-8") as source:
                 for match in _FROM_IMPORT.finditer(source.read()):
-                    _import_proto(f"{match[1]}.{match[2]}")
+                    if match[1].startswith(_TOP):  # tensorflow.* and tensorflow_serving.*
+                        _import_proto(f"{match[1]}.{match[2]}")
     return importlib.import_module(name)
 
 

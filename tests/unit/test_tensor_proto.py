@@ -14,6 +14,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from confserve import tensor_proto
 from confserve.errors import Status
 from confserve.tensor_proto import (
     DTYPES,
@@ -166,6 +167,19 @@ def test_byte_order_and_layout_do_not_change_the_proto() -> None:
     half = np.array([1.5, -2.0], np.float16)
     assert serialized(to_proto(half[:1].astype(">f2"))) == serialized(to_proto(half[:1]))
     assert serialized(to_proto(native.T)) == serialized(tf.make_tensor_proto(native.T))
+
+
+def test_text_is_utf8() -> None:
+    for array in (np.array(["é", "x"]), np.array(["é", b"x"], dtype=object)):
+        assert serialized(to_proto(array)) == serialized(tf.make_tensor_proto(array))
+        assert to_array(to_proto(array)).tolist() == [b"\xc3\xa9", b"x"]
+
+
+def test_content_over_the_protobuf_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tensor_proto, "_MAX_CONTENT_BYTES", 16)  # rather than allocate 2 GiB
+    assert to_proto(np.zeros(3, np.float32)).tensor_content
+    with pytest.raises(TensorProtoError, match=r"a float tensor of shape \[4\] exceeds 2 GiB"):
+        to_proto(np.zeros(4, np.float32))
 
 
 def test_bool_content_bytes_other_than_one_are_true() -> None:

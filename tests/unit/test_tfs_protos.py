@@ -3,10 +3,12 @@ TensorFlow afterwards. Each case runs in a fresh interpreter, since what matters
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -90,3 +92,51 @@ def test_unknown_names_and_a_missing_tensorflow_are_errors(monkeypatch: pytest.M
     monkeypatch.setattr(tfs_protos.importlib.util, "find_spec", lambda _name: None)
     with pytest.raises(ImportError, match=r"need the installed 'tensorflow' package's tensorflow.core"):
         tfs_protos._register_tensorflow_package("tensorflow.core")
+
+
+FAKE_TREE = {  # a package whose __init__.py is "the runtime", and generated-style modules below it
+    "fakeflow/__init__.py": "raise RuntimeError('the runtime must not load')\n",
+    "fakeflow/core/__init__.py": "",
+    "fakeflow/core/framework/__init__.py": "",
+    "fakeflow/core/framework/b_pb2.py": "VALUE = 'b'\n",
+    "fakeflow/core/framework/a_pb2.py": "from fakeflow.core.framework import b_pb2 as b\nVALUE = 'a' + b.VALUE\n",
+    "fakeflow/core/framework/d_pb2.py": (
+        "from fakeflow.compiler.xla import c_pb2 as c\nfrom fakeflow.compiler.xla.c_pb2 import *\nVALUE = c.VALUE\n"
+    ),
+    "fakeflow/compiler/__init__.py": "",
+    "fakeflow/compiler/xla/__init__.py": "",
+    "fakeflow/compiler/xla/c_pb2.py": "VALUE = 'c'\n",
+    "fakeflow_serving/__init__.py": "",
+    "fakeflow_serving/apis/__init__.py": "",
+    "fakeflow_serving/apis/p_pb2.py": (
+        "from google.protobuf import descriptor as _descriptor\n"
+        "from fakeflow.core.framework import a_pb2 as a\n"
+        "from fakeflow.core.framework import d_pb2 as d\n"
+        "VALUE = a.VALUE + d.VALUE\n"
+    ),
+}
+
+
+def _forget_fake() -> None:
+    for name in [m for m in sys.modules if m.startswith("fakeflow")]:
+        del sys.modules[name]
+
+
+def test_the_loading_order_keeps_the_top_package_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for relative, text in FAKE_TREE.items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    try:
+        with pytest.raises(RuntimeError, match="the runtime must not load"):  # what a plain import does
+            importlib.import_module("fakeflow_serving.apis.p_pb2")
+        _forget_fake()
+        monkeypatch.setattr(tfs_protos, "_TOP", "fakeflow")
+        module = tfs_protos._import_proto("fakeflow_serving.apis.p_pb2")
+        assert module.VALUE == "abc"
+        assert "fakeflow" not in sys.modules
+        assert {"fakeflow.core", "fakeflow.compiler", "fakeflow.compiler.xla.c_pb2"} <= set(sys.modules)
+        assert tfs_protos._import_proto("fakeflow_serving.apis.p_pb2") is module
+    finally:
+        _forget_fake()
