@@ -30,6 +30,7 @@ from confserve.attestation._policy import (
     load_policy_file,
     parse_policy_toml,
     parse_ra_config,
+    policy_for_identities,
     render_policy_toml,
 )
 from confserve.attestation._ratls import (
@@ -129,6 +130,7 @@ __all__ = [
     "parse_quote_v3",
     "parse_ra_config",
     "parse_sigstruct",
+    "policy_for_identities",
     "render_policy_toml",
     "simulated_identity",
     "verifier_trust",

@@ -48,7 +48,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,7 @@ __all__ = [
     "load_policy_file",
     "parse_policy_toml",
     "parse_ra_config",
+    "policy_for_identities",
     "render_policy_toml",
 ]
 
@@ -443,6 +444,35 @@ def parse_policy_toml(data: bytes) -> Policy:
         allow_simulated=flags["allow_simulated"],
         allow_debug=flags["allow_debug"],
     )
+
+
+def policy_for_identities(
+    identities: Sequence[EnclaveIdentity],
+    *,
+    allow_simulated: bool = False,
+    secrets: Sequence[str] = (DEFAULT_SECRET,),
+    names: Sequence[str] | None = None,
+) -> Policy:
+    """A policy approving exactly these identities: each rule pins MRENCLAVE and the full signer triple
+    (MRSIGNER, ISVPRODID and the ISVSVN as a minimum), so a rule can never match other code, another
+    product or another signer's enclave."""
+    if not identities:
+        raise PolicyError("a policy from measurements needs at least one measurement")
+    rule_names = list(names) if names is not None else [f"replica-{i}" for i in range(len(identities))]
+    if len(rule_names) != len(identities):
+        raise PolicyError("one rule name per identity")
+    rules = tuple(
+        AllowRule(
+            name=name,
+            mr_enclave=ident.mr_enclave,
+            mr_signer=ident.mr_signer,
+            isv_prod_id=ident.isv_prod_id,
+            min_isv_svn=ident.isv_svn,
+            secrets=tuple(secrets),
+        )
+        for name, ident in zip(rule_names, identities, strict=True)
+    )
+    return Policy(rules=rules, allow_simulated=allow_simulated)
 
 
 def render_policy_toml(policy: Policy, *, comment: str = "") -> str:

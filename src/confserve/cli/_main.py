@@ -51,6 +51,9 @@ COMMANDS: Final[Mapping[str, LazyCommand]] = {
         "confserve.cli._pf:pf_group",
         "Gramine-compatible protected files (flags as in gramine-sgx-pf-crypt).",
     ),
+    "policy": LazyCommand(
+        "confserve.cli._policy:policy", "Write the key service's policy from measurements (JSON files)."
+    ),
     "predict": LazyCommand(
         "confserve.cli._predict:predict",
         "Send one Predict request to TARGET (HOST:PORT) and print the result.",
