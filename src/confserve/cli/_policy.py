@@ -68,7 +68,9 @@ def _identity(path: Path) -> Any:
 def policy(
     measurements: tuple[Path, ...], out: Path, allow_simulated: bool, secrets: tuple[str, ...], force: bool
 ) -> None:
-    """Write a policy approving exactly the MEASUREMENTS (JSON files)."""
+    """Write the key service's policy from measurements (JSON files).
+
+    The policy approves exactly the MEASUREMENTS."""
     from confserve.attestation import policy_for_identities, render_policy_toml  # noqa: PLC0415
 
     identities = [_identity(path) for path in measurements]
