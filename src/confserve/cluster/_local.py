@@ -237,14 +237,23 @@ class LocalCluster:
         }
 
     def write_policy(self, identity: dict[str, Any]) -> None:
+        """Approve exactly the replicas' identity: MRENCLAVE and the signer triple (MRSIGNER, product
+        id, minimum SVN); simulated evidence, since the local cluster runs on a simulated platform."""
+        from confserve.attestation import EnclaveIdentity, policy_for_identities, render_policy_toml  # noqa: PLC0415
+
+        ident = EnclaveIdentity(
+            mr_enclave=bytes.fromhex(identity["mr_enclave"]),
+            mr_signer=bytes.fromhex(identity["mr_signer"]),
+            isv_prod_id=int(identity["isv_prod_id"]),
+            isv_svn=int(identity["isv_svn"]),
+        )
+        policy = policy_for_identities([ident], allow_simulated=True, names=["replica"])
         self.ws.policy.write_text(
-            "# Written by confserve up from the replicas' measurement (serve --print_measurement).\n"
-            "version = 1\n"
-            "allow_simulated = true   # the local cluster runs on a simulated SGX platform\n\n"
-            "[[allow]]\n"
-            'name = "replica"\n'
-            f'mr_enclave = "{identity["mr_enclave"]}"\n'
-            'secrets = ["default"]\n'
+            render_policy_toml(
+                policy,
+                comment="Written by confserve up from the replicas' measurement (the local cluster runs on\n"
+                "a simulated SGX platform, hence allow_simulated).",
+            )
         )
 
     # -- starting ----------------------------------------------------------------------------------------
