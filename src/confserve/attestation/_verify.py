@@ -352,7 +352,11 @@ def _check_embedded_root(parsed: QuoteV3, trust: TrustConfig) -> None:
         raise VerificationError("the quote's PCK chain ends in a malformed certificate") from exc
     if last != trust.root_ca_der:
         _log.info("quote's chain ends at a root with sha256 %s", hashlib.sha256(last).hexdigest())
-        raise VerificationError("the quote's PCK chain does not end at the trusted root")
+        hint = ""
+        if not trust.is_simulated and hashlib.sha256(last).hexdigest() != INTEL_SGX_ROOT_CA_SHA256:
+            # Not Intel's root: most often a simulated platform's quote checked against Intel's root.
+            hint = " (it ends at a non-Intel root: for a simulated platform, trust its root explicitly)"
+        raise VerificationError("the quote's PCK chain does not end at the trusted root" + hint)
 
 
 def _check_attributes(flags: int) -> None:

@@ -20,16 +20,19 @@ def _split_input(value: str) -> tuple[str | None, str]:
 
 
 def attestation_check(policy_file: str, sim_platform: str | None, collateral_file: str | None) -> Any:
-    """The client's trust for --attest: the policy, Intel's root or a simulated platform's, collateral."""
-    from confserve.attestation import Collateral, SimPlatform, TrustConfig, load_policy_file  # noqa: PLC0415
+    """The client's trust for --attest: the policy, Intel's root or a simulated platform's (its public
+    part is enough: root certificate, and collateral when the directory holds it), collateral."""
+    from confserve.attestation import SIM_COLLATERAL_FILE, Collateral, load_policy_file, verifier_trust  # noqa: PLC0415
     from confserve.client._attest import AttestationCheck  # noqa: PLC0415
 
     policy = load_policy_file(Path(policy_file))
+    sim_root = Path(sim_platform) if sim_platform else None
+    chosen = verifier_trust(sim_root=sim_root)
+    # Collateral for when the server sends none: the file given, else the platform's published set.
+    if collateral_file is None and sim_root is not None and (sim_root / SIM_COLLATERAL_FILE).is_file():
+        collateral_file = str(sim_root / SIM_COLLATERAL_FILE)
     collateral = Collateral.from_file(collateral_file) if collateral_file else None
-    if sim_platform is None:
-        return AttestationCheck(policy, TrustConfig.intel(), collateral)
-    platform = SimPlatform.load(sim_platform)
-    return AttestationCheck(policy, TrustConfig.simulated(platform.root_ca_der), collateral)
+    return AttestationCheck(policy, chosen.trust, collateral)
 
 
 def client_tls_options(func: Any) -> Any:
@@ -109,7 +112,8 @@ def client_tls(
 @click.option(
     "--attest-sim-platform",
     type=click.Path(file_okay=False, exists=True),
-    help="Trust this simulated platform's root for --attest (default: Intel's root only).",
+    help="Trust this simulated platform's root for --attest: its public part (sim-platform publish) or "
+    "its root certificate (default: Intel's root only).",
 )
 @click.option(
     "--attest-collateral",

@@ -84,3 +84,12 @@ def test_intel_by_default_and_one_collateral_source(platform: SimPlatform, tmp_p
     bad.write_text("{}")
     with pytest.raises(VerificationError, match="malformed"):
         verifier_trust(collateral=bad)
+
+
+def test_simulated_quote_against_intel_says_what_to_do(platform: SimPlatform) -> None:
+    quote = SimulatedAttester(platform, IDENTITY).quote(bytes(64))
+    now = int(time.time())
+    collateral = verifier_trust(sim_root=platform.directory).collateral
+    assert collateral is not None
+    with pytest.raises(VerificationError, match="non-Intel root: for a simulated platform, trust its root"):
+        verify(quote, collateral.get(quote, now), verifier_trust().trust, now=now)
