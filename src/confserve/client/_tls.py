@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,9 @@ class ClientTls:
 
     @classmethod
     def from_bundle(cls, bundle: str | os.PathLike[str], *, server_name: str | None = None) -> ClientTls:
-        """Read `bundle/ca.crt` and, when present, `bundle/client.crt` + `bundle/client.key`."""
+        """Read `bundle/ca.crt` and, when present, `bundle/client.crt` + `bundle/client.key` and
+        `bundle/server_name` (the name the server's certificate carries, used unless `server_name`
+        is given)."""
         root = Path(bundle)
         try:
             ca = (root / "ca.crt").read_bytes()
@@ -40,6 +43,8 @@ class ClientTls:
         cert, key = root / "client.crt", root / "client.key"
         if cert.exists() != key.exists():
             raise ClientError(f"client bundle {root} has only one of client.crt and client.key")
+        if server_name is None:
+            server_name = _bundle_server_name(root)
         return cls(ca, cert if cert.exists() else None, key if key.exists() else None, server_name)
 
     @property
@@ -62,3 +67,22 @@ class ClientTls:
 
     def __repr__(self) -> str:
         return f"ClientTls(mutual={self.mutual}, server_name={self.server_name!r})"
+
+
+_SERVER_NAME_FILE = "server_name"  # written by `confserve tls` (owner/_tls.py SERVER_NAME_FILE)
+_DNS_NAME = re.compile(r"[A-Za-z0-9*]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
+def _bundle_server_name(root: Path) -> str | None:
+    path = root / _SERVER_NAME_FILE
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(256)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ClientError(f"cannot read {path}: {e.strerror}") from None
+    name = raw.decode("ascii", errors="replace").strip()
+    if not _DNS_NAME.fullmatch(name):
+        raise ClientError(f"{path} does not hold a DNS name")
+    return name

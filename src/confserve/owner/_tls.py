@@ -34,7 +34,9 @@ from confserve import pf
 from confserve.errors import ConfserveError, Status
 from confserve.tfs_config import SSLConfig, format_text
 
-__all__ = ["KeyType", "TlsMaterial", "TlsMaterialError", "generate_tls_material"]
+SERVER_NAME_FILE = "server_name"  # in a client bundle: the server certificate's DNS name
+
+__all__ = ["SERVER_NAME_FILE", "KeyType", "TlsMaterial", "TlsMaterialError", "generate_tls_material"]
 
 KeyType = Literal["ecdsa-p256", "rsa-3072"]
 DEFAULT_SSL_CONFIG_BOUND_PATH: Final = "ssl.cfg"  # the server opens its config relative to its root
@@ -202,6 +204,8 @@ def generate_tls_material(
     _write(owner / "server.crt", _pem(server_cert), 0o644)
     _write(owner / "ssl.cfg", ssl_cfg, 0o600)
     _write(client / "ca.crt", _pem(ca), 0o644)
+    # The name the server's certificate carries: clients of the bundle check it without --server-name.
+    _write(client / SERVER_NAME_FILE, (service_domain + "\n").encode("ascii"), 0o644)
     if client_domain is not None:
         client_key = _new_key(key_type)
         client_cert = _cert(

@@ -94,7 +94,13 @@ def test_serials_distinct_keys_modern_validity_bounded(twoway: Path) -> None:
 
 
 def test_bundles_are_split_by_holder(twoway: Path) -> None:
-    assert sorted(p.name for p in (twoway / "client").iterdir()) == ["ca.crt", "client.crt", "client.key"]
+    assert sorted(p.name for p in (twoway / "client").iterdir()) == [
+        "ca.crt",
+        "client.crt",
+        "client.key",
+        "server_name",
+    ]
+    assert (twoway / "client" / "server_name").read_text() == SERVICE + "\n"
     assert sorted(p.name for p in (twoway / "server").iterdir()) == ["ssl.cfg"]
     for path in (twoway / "server").rglob("*"):
         data = path.read_bytes()
@@ -121,7 +127,7 @@ def test_oneway_rsa(tmp_path: Path) -> None:
     material = generate_tls_material(tmp_path, "10.0.0.7", key_type="rsa-3072", days=30)
     assert material.ssl_config_encrypted is None
     assert not (tmp_path / "server").exists()
-    assert sorted(p.name for p in (tmp_path / "client").iterdir()) == ["ca.crt"]
+    assert sorted(p.name for p in (tmp_path / "client").iterdir()) == ["ca.crt", "server_name"]
     config = parse_text(SSLConfig, (tmp_path / "owner/ssl.cfg").read_bytes(), what="ssl.cfg")
     assert config.client_verify is False
     assert config.custom_ca == ""
@@ -174,3 +180,19 @@ def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result = runner.invoke(main, ["tls", "oneway", "bad name", "--out", "b"])
     assert result.exit_code == 1
     assert "not a valid host name" in result.output
+
+
+def test_client_bundle_names_the_server(twoway: Path, tmp_path: Path) -> None:
+    from confserve.client import ClientError, ClientTls
+
+    assert ClientTls.from_bundle(twoway / "client").server_name == SERVICE
+    assert (
+        ClientTls.from_bundle(twoway / "client", server_name="other.example").server_name == "other.example"
+    )
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "ca.crt").write_bytes((twoway / "client" / "ca.crt").read_bytes())
+    assert ClientTls.from_bundle(bundle).server_name is None  # older bundles: the target's host
+    (bundle / "server_name").write_text("not a name!\n")
+    with pytest.raises(ClientError, match="does not hold a DNS name"):
+        ClientTls.from_bundle(bundle)
