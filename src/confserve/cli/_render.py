@@ -36,7 +36,9 @@ def render_group() -> None:
 )
 @click.option("--rest-backend", "rest_backends", multiple=True, help="Replica REST HOST:PORT (repeatable).")
 @click.option("--listen", default="0.0.0.0:8500", show_default=True, help="gRPC listen HOST:PORT.")
-@click.option("--rest-listen", help="REST listen HOST:PORT (with --rest-backend).")
+@click.option(
+    "--rest-listen", help="REST listen HOST:PORT [default with --rest-backend: the gRPC host, port 8501]."
+)
 @click.option(
     "--run-dir",
     default=".",
@@ -60,6 +62,8 @@ def render_nginx_cmd(
 ) -> None:
     """nginx stream configuration: TLS passthrough to the replicas, passive health checks."""
     module = None if stream_module == "none" else (stream_module or find_stream_module())
+    if rest_backends and rest_listen is None:
+        rest_listen = listen.rpartition(":")[0] + ":8501"  # TF Serving's REST port
     text = render_nginx(
         NginxConfig(
             grpc_listen=listen,
@@ -71,6 +75,12 @@ def render_nginx_cmd(
         )
     )
     _emit(text, out)
+    if out is not None:
+        run = run_dir.resolve()
+        click.echo(
+            f"run it with: nginx -p {run} -c {out.resolve()} -e {run}/nginx-error.log -g 'daemon off;'",
+            err=True,
+        )
 
 
 def _emit(text: str, out: Path | None) -> None:

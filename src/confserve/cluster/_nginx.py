@@ -130,7 +130,11 @@ def render_nginx(config: NginxConfig) -> str:
     run = config.run_dir.resolve()
     if any(c in str(run) for c in ";{}'\"\n"):
         raise NginxError(f"run directory {run} contains characters nginx cannot take")
-    lines = ["# Rendered by confserve: TCP/TLS passthrough load balancer. nginx holds no key."]
+    lines = [
+        "# Rendered by confserve: TCP/TLS passthrough load balancer. nginx holds no key.",
+        f"# Run it with: nginx -p {run} -c THIS_FILE -e {run}/nginx-error.log -g 'daemon off;'",
+        "# (drop -g 'daemon off;' to run it in the background; reload after a change with nginx -s reload)",
+    ]
     if config.stream_module:
         lines.append(f"load_module {config.stream_module};")
     lines += [

@@ -43,3 +43,18 @@ def test_render_nginx_refuses_a_bad_backend() -> None:
     result = CliRunner().invoke(main, ["render", "nginx", "--backend", "nowhere", "--stream-module", "none"])
     assert result.exit_code == 1
     assert "is not HOST:PORT" in result.output
+
+
+def test_rest_listen_defaults_and_the_file_says_how_to_run_it(tmp_path: Path) -> None:
+    out = tmp_path / "lb.conf"
+    result = CliRunner().invoke(
+        main,
+        ["render", "nginx", "--backend", "10.0.0.1:8500", "--rest-backend", "10.0.0.1:8501",
+         "--listen", "0.0.0.0:8500", "--run-dir", str(tmp_path), "--stream-module", "none", "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert "listen 0.0.0.0:8501;" in text  # REST forwarded too, on TF Serving's REST port
+    assert "server 10.0.0.1:8501" in text
+    assert f"# Run it with: nginx -p {tmp_path.resolve()} -c THIS_FILE" in text
+    assert f"run it with: nginx -p {tmp_path.resolve()} -c {out.resolve()}" in result.stderr
