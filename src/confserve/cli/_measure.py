@@ -148,8 +148,14 @@ def measure_group(
 @measure_group.command("gen-signing-key")
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--force", is_flag=True, help="Replace an existing file (changes mr_signer).")
+@click.option(
+    "--public",
+    "public_out",
+    type=click.Path(dir_okay=False),
+    help="Also write the public key here (PEM): what a simulated host needs to attest as this signer.",
+)
 @reports_errors
-def gen_signing_key(out: str, force: bool) -> None:
+def gen_signing_key(out: str, force: bool, public_out: str | None) -> None:
     """Write a new enclave signing key (RSA-3072, e = 3; PEM PKCS#8, mode 0600) and print its mr_signer."""
     from cryptography.hazmat.primitives import serialization
 
@@ -168,4 +174,11 @@ def gen_signing_key(out: str, force: bool) -> None:
     os.fchmod(fd, 0o600)  # --force over an existing file keeps its old mode otherwise
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)
+    if public_out is not None:
+        public_pem = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        with open(public_out, "wb") as handle:
+            handle.write(public_pem)
+        click.echo(f"public key:  {public_out}")
     click.echo(f"mr_signer:   {measure.mr_signer_from_public_key(key).hex()}")

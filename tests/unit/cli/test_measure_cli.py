@@ -232,3 +232,14 @@ def test_gen_signing_key_unwritable(tmp_path: Path) -> None:
     code, _, err = run("gen-signing-key", str(tmp_path / "no" / "such" / "dir.pem"))
     assert code == 1
     assert err.startswith("confserve: error: ")
+
+
+def test_gen_signing_key_public_part(tmp_path: Path) -> None:
+    private, public = tmp_path / "signer.pem", tmp_path / "signer.pub.pem"
+    code, out, _ = run("gen-signing-key", str(private), "--public", str(public))
+    assert code == 0
+    assert b"PRIVATE" not in public.read_bytes()
+    key = serialization.load_pem_public_key(public.read_bytes())
+    assert isinstance(key, rsa.RSAPublicKey)
+    assert mr_signer_from_pem(public.read_bytes()) == mr_signer_from_pem(private.read_bytes())
+    assert f"public key:  {public}" in out
