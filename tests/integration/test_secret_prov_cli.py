@@ -98,6 +98,18 @@ def test_init_files_modes_and_names(tmp_path: Path) -> None:
     assert "not replacing" in again.stderr
 
 
+def test_init_defaults_to_this_machines_name(tmp_path: Path) -> None:
+    import socket
+
+    result = run("secret-prov", "init", tmp_path / "svc")
+    assert result.exit_code == 0, result.output
+    cert = load_certificate_chain(str(tmp_path / "svc" / "server.crt"))[0]
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == list(dict.fromkeys([socket.gethostname(), "localhost"]))
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert "clients must use one" in result.output
+
+
 # -- request against an in-process server -----------------------------------------------------------------
 
 

@@ -61,6 +61,7 @@ def render_nginx_cmd(
     out: Path | None,
 ) -> None:
     """nginx stream configuration: TLS passthrough to the replicas, passive health checks."""
+    run_dir.mkdir(parents=True, exist_ok=True)  # nginx keeps its pid and logs there
     module = None if stream_module == "none" else (stream_module or find_stream_module())
     if rest_backends and rest_listen is None:
         rest_listen = listen.rpartition(":")[0] + ":8501"  # TF Serving's REST port
@@ -87,6 +88,7 @@ def _emit(text: str, out: Path | None) -> None:
     if out is None:
         click.echo(text, nl=False)
     else:
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
         click.echo(f"wrote {out}", err=True)
 

@@ -138,6 +138,14 @@ def make_service_pki(hostnames: tuple[str, ...], now: datetime.datetime) -> tupl
     return ca.public_bytes(pem), server.public_bytes(pem), key_pem
 
 
+def _default_hostnames() -> tuple[str, ...]:
+    """This machine's host name (what other machines most often reach it by), then the loopback names."""
+    import socket
+
+    own = socket.gethostname()  # no DNS lookup: getfqdn() may wait for a resolver
+    return tuple(dict.fromkeys(n for n in (own, "localhost", "127.0.0.1") if n))
+
+
 @secret_prov_group.command("init")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option(
@@ -145,7 +153,8 @@ def make_service_pki(hostnames: tuple[str, ...], now: datetime.datetime) -> tupl
     "hostnames",
     multiple=True,
     metavar="NAME",
-    help="DNS name or IP address clients use for the service (repeat; default localhost and 127.0.0.1).",
+    help="DNS name or IP address clients use for the service (repeat) [default: this machine's host name, "
+    "localhost and 127.0.0.1].",
 )
 @reports_errors
 def init_command(directory: str, hostnames: tuple[str, ...]) -> None:
@@ -153,7 +162,7 @@ def init_command(directory: str, hostnames: tuple[str, ...]) -> None:
 
     The CA's private key is not kept: to rotate, run init again and give clients the new ca.crt.
     """
-    names = hostnames or ("localhost", "127.0.0.1")
+    names = hostnames or _default_hostnames()
     target = Path(directory)
     target.mkdir(mode=0o700, parents=True, exist_ok=True)
     files = ("ca.crt", "server.crt", "server.key", "wrap_key")
@@ -167,7 +176,7 @@ def init_command(directory: str, hostnames: tuple[str, ...]) -> None:
     wrap_key = WrapKey.generate()
     wrap_key.save(target / "wrap_key")
     click.echo(f"wrote {target}/ca.crt, server.crt, server.key (0600), wrap_key (0600)")
-    click.echo(f"server certificate names: {', '.join(names)}")
+    click.echo(f"server certificate names: {', '.join(names)} (clients must use one; --hostname for others)")
     click.echo(f"wrap key fingerprint: {wrap_key.fingerprint()}")
 
 

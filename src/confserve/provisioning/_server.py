@@ -47,6 +47,7 @@ import prometheus_client
 from cryptography import x509
 
 from confserve.attestation import (
+    SIM_COLLATERAL_FILE,
     AttestationError,
     CachingCollateralSource,
     Collateral,
@@ -54,11 +55,11 @@ from confserve.attestation import (
     Decision,
     PccsCollateralSource,
     Policy,
-    SimPlatform,
     StaticCollateralSource,
     TrustConfig,
     VerifiedEvidence,
     load_policy_file,
+    load_simulated_root,
     parse_ra_config,
     verify,
     verify_ratls_certificate,
@@ -188,10 +189,9 @@ def collateral_from_sim_platform(directory: Path) -> CollateralLoader:
 
     def load() -> CollateralSource:
         try:
-            platform = SimPlatform.load(directory)
+            return StaticCollateralSource(Collateral.from_file(directory / SIM_COLLATERAL_FILE))
         except AttestationError as exc:
-            raise ConfigError(str(exc)) from None
-        return StaticCollateralSource(Collateral.from_json(platform.collateral_json))
+            raise ConfigError(f"{directory}: {exc}") from None
 
     return load
 
@@ -212,8 +212,10 @@ def collateral_from_pccs(url: str) -> CollateralLoader:
 
 
 def trust_for_sim_platform(directory: Path) -> TrustConfig:
+    """The simulated root, from the platform's public part (sim-platform publish) or its directory:
+    only root_ca.cert.pem is read, never a private key."""
     try:
-        return TrustConfig.simulated(SimPlatform.load(directory).root_ca_der)
+        return load_simulated_root(directory)
     except AttestationError as exc:
         raise ConfigError(str(exc)) from None
 
