@@ -113,7 +113,11 @@ def test_classify_regress_multi_inference_metadata(stub: Any) -> None:
             "Servable not found for request: Latest(nope)",
         ),
         (predict_request(version=9), grpc.StatusCode.NOT_FOUND, "Specific(clf, 9)"),
-        (predict_request(signature_name="nope"), grpc.StatusCode.NOT_FOUND, 'signature key "nope" not found'),
+        (  # TF Serving answers an unknown signature with FAILED_PRECONDITION for Predict
+            predict_request(signature_name="nope"),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            'signature key "nope" not found',
+        ),
         (
             predict_request(version_label="x"),
             grpc.StatusCode.INVALID_ARGUMENT,

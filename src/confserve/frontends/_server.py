@@ -19,6 +19,7 @@ from confserve.frontends.grpc import GrpcServer, GrpcSettings
 from confserve.frontends.rest import RestServer, RestSettings
 from confserve.serving import (
     DEFAULT_METRICS_PATH,
+    DEFAULT_SAVED_MODEL_TAGS,
     DataPlane,
     FileOpener,
     Loader,
@@ -63,6 +64,12 @@ class ServerSettings:
     enable_model_warmup: bool = False
     # TF Serving's --enable_batching with --batching_parameters_file; None: every request runs alone.
     batching: BatchingSettings | None = None
+    # TF Serving's --saved_model_tags: the MetaGraphDef served from each SavedModel.
+    saved_model_tags: tuple[str, ...] = DEFAULT_SAVED_MODEL_TAGS
+    # TF Serving's --enable_signature_method_name_check (off: TF2 exports label every signature "predict").
+    enable_signature_method_name_check: bool = False
+    # TF Serving's --enable_serialization_as_tensor_content: Predict outputs in tensor_content.
+    serialize_outputs_as_tensor_content: bool = False
 
 
 class ModelServer:
@@ -84,7 +91,12 @@ class ModelServer:
         set_tensorflow_threads(
             self.settings.tensorflow_intra_op_parallelism, self.settings.tensorflow_inter_op_parallelism
         )
-        loader = loader or SavedModelLoader(opener)
+        loader = loader or SavedModelLoader(
+            opener,
+            tags=self.settings.saved_model_tags,
+            intra_op_parallelism=self.settings.tensorflow_intra_op_parallelism,
+            inter_op_parallelism=self.settings.tensorflow_inter_op_parallelism,
+        )
         if self.settings.batching is not None:
             loader = BatchingLoader(loader, self.settings.batching)
         if self.settings.enable_model_warmup:
@@ -93,7 +105,11 @@ class ModelServer:
         self.store = ModelStore(models, opener, manager)
         self.metrics = None if self.settings.metrics_path is None else ServingMetrics()
         self.dataplane = DataPlane(
-            manager, max_concurrent_requests=self.settings.max_concurrent_requests, metrics=self.metrics
+            manager,
+            max_concurrent_requests=self.settings.max_concurrent_requests,
+            metrics=self.metrics,
+            method_name_check=self.settings.enable_signature_method_name_check,
+            output_tensor_content=self.settings.serialize_outputs_as_tensor_content,
         )
         self.ops = OpsEndpoints(
             self.dataplane,

@@ -21,6 +21,7 @@ from confserve.serving._config import (
 )
 from confserve.serving._errors import (
     ConfigError,
+    FailedPreconditionError,
     InvalidInputError,
     LoadError,
     ModelUnavailableError,
@@ -28,6 +29,7 @@ from confserve.serving._errors import (
     PermissionDeniedError,
     ResourceExhaustedError,
     ServingError,
+    UnimplementedError,
     log_unexpected,
 )
 from confserve.serving._manager import (
@@ -50,14 +52,17 @@ from confserve.serving._tensors import dtype_name
 if TYPE_CHECKING:
     from confserve.serving._dataplane import GRPC, REST, DataPlane, Servable
     from confserve.serving._savedmodel import (
+        DEFAULT_SAVED_MODEL_TAGS,
         SavedModelLoader,
         SavedModelServable,
+        parse_saved_model_tags,
         set_tensorflow_threads,
     )
     from confserve.serving._warmup import WarmupLoader
 
 __all__ = [
     "DEFAULT_METRICS_PATH",
+    "DEFAULT_SAVED_MODEL_TAGS",
     "GRPC",
     "REST",
     "TRANSITIONS",
@@ -66,6 +71,7 @@ __all__ = [
     "AspiredVersions",
     "ConfigError",
     "DataPlane",
+    "FailedPreconditionError",
     "FileOpener",
     "FileSystemSource",
     "InvalidInputError",
@@ -90,6 +96,7 @@ __all__ = [
     "ServingMetrics",
     "SpecificVersions",
     "State",
+    "UnimplementedError",
     "VersionPolicy",
     "VersionStatus",
     "WarmupLoader",
@@ -97,6 +104,7 @@ __all__ = [
     "log_unexpected",
     "model_configs_from_proto",
     "parse_model_server_config",
+    "parse_saved_model_tags",
     "select_versions",
     "set_tensorflow_threads",
 ]
@@ -108,6 +116,8 @@ _LAZY = {
     "Servable": "confserve.serving._dataplane",
     "SavedModelLoader": "confserve.serving._savedmodel",
     "SavedModelServable": "confserve.serving._savedmodel",
+    "DEFAULT_SAVED_MODEL_TAGS": "confserve.serving._savedmodel",
+    "parse_saved_model_tags": "confserve.serving._savedmodel",
     "set_tensorflow_threads": "confserve.serving._savedmodel",
     "WarmupLoader": "confserve.serving._warmup",
 }

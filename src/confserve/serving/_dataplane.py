@@ -5,6 +5,15 @@ they only convert formats and map `ServingError.status` to their transport's cod
 decides per request lives here: ModelSpec resolution (version / version_label / latest), signature lookup
 (default `serving_default`), input validation, output_filter, and the Classify/Regress/MultiInference
 contracts (tensorflow_serving/servables/tensorflow/{predict_util,classifier,regressor,multi_inference}.cc).
+
+As in TF Serving, input shapes are not checked against the SignatureDef (the model's graph decides, see
+`SavedModelServable`); dtypes are, with TensorFlow's own wording, and every TensorProto is checked before
+it is allocated (element limit, content length). The status of an unknown signature depends on the RPC,
+as in TF Serving: FAILED_PRECONDITION for Predict, INVALID_ARGUMENT for Classify, Regress and
+MultiInference. SignatureDef method names are checked only with `method_name_check`
+(--enable_signature_method_name_check, off by default: TF2's saver writes "predict" for every signature).
+Predict responses carry values in the typed `*_val` fields (TF Serving's Tensor::AsProtoField) unless
+`output_tensor_content` (--enable_serialization_as_tensor_content) asks for `tensor_content`.
 """
 
 from __future__ import annotations
@@ -16,7 +25,6 @@ from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from tensorflow.core.example import example_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -29,10 +37,24 @@ from tensorflow_serving.apis import (
 
 from confserve.errors import ConfserveError, Status
 from confserve.serving._admission import Admission
-from confserve.serving._errors import InvalidInputError, NotFoundError, PermissionDeniedError
+from confserve.serving._errors import (
+    FailedPreconditionError,
+    InvalidInputError,
+    PermissionDeniedError,
+    ServingError,
+    UnimplementedError,
+)
 from confserve.serving._manager import ServableHandle, VersionStatus
 from confserve.serving._metrics import ServingMetrics
-from confserve.serving._tensors import DEFAULT_MAX_TENSOR_ELEMENTS, check_compatible, from_proto, to_proto
+from confserve.serving._tensors import (
+    DEFAULT_MAX_TENSOR_ELEMENTS,
+    check_dtype,
+    data_type_name,
+    dtype_name,
+    from_proto,
+    response_proto,
+    tensor_shape_string,
+)
 
 __all__ = ["DEFAULT_SIGNATURE", "GRPC", "REST", "DataPlane", "Servable", "Servables"]
 
@@ -42,12 +64,16 @@ DEFAULT_SIGNATURE = "serving_default"
 GRPC: Final = "GRPC"
 REST: Final = "REST"
 # tensorflow/cc/saved_model/signature_constants.h
+PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 _CLASSIFY_INPUTS = "inputs"
 _CLASSIFY_CLASSES = "classes"
 _CLASSIFY_SCORES = "scores"
+_REGRESS_INPUTS = "inputs"
 _REGRESS_OUTPUTS = "outputs"
+_DT_STRING = 7
+_DT_FLOAT = 1
 _METADATA_SIGNATURE_DEF = "signature_def"
 _UNKNOWN_ERROR_CODE = 2  # tensorflow.error.Code.UNKNOWN: a failed load's original code is not kept
 
@@ -92,6 +118,10 @@ def _braces(names: Sequence[str]) -> str:
     return "{" + ",".join(sorted(names)) + "}"
 
 
+def _signature_key(model_spec: Any) -> str:
+    return str(model_spec.signature_name) or DEFAULT_SIGNATURE
+
+
 class DataPlane:
     """Predict, Classify, Regress, MultiInference, GetModelMetadata and GetModelStatus.
 
@@ -108,12 +138,16 @@ class DataPlane:
         max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS,
         max_concurrent_requests: int | None = None,
         metrics: ServingMetrics | None = None,
+        method_name_check: bool = False,
+        output_tensor_content: bool = False,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._manager = manager
         self._max_elements = max_tensor_elements
         self.admission = Admission(max_concurrent_requests)
         self._metrics = metrics
+        self._method_name_check = method_name_check
+        self._output_tensor_content = output_tensor_content
         self._clock = clock
 
     @contextmanager
@@ -144,7 +178,9 @@ class DataPlane:
     def _acquire(self, request: Any) -> ServableHandle[Servable]:
         if not request.HasField("model_spec"):
             raise InvalidInputError("Missing ModelSpec")
-        spec = request.model_spec
+        return self._acquire_spec(request.model_spec)
+
+    def _acquire_spec(self, spec: Any) -> ServableHandle[Servable]:
         if not spec.name:
             raise InvalidInputError("Missing model name in ModelSpec")
         choice = spec.WhichOneof("version_choice")
@@ -153,14 +189,6 @@ class DataPlane:
         if choice == "version_label":
             return self._manager.acquire(spec.name, label=spec.version_label)
         return self._manager.acquire(spec.name)
-
-    @staticmethod
-    def _signature(servable: Servable, name: str) -> tuple[str, Any]:
-        key = name or DEFAULT_SIGNATURE
-        signature = servable.signature_defs.get(key)
-        if signature is None:
-            raise NotFoundError(f'Serving signature key "{key}" not found.')
-        return key, signature
 
     @staticmethod
     def _fill_spec(target: Any, handle: ServableHandle[Servable], signature_name: str | None) -> None:
@@ -172,32 +200,54 @@ class DataPlane:
     def resolve_signature(self, model_spec: Any) -> tuple[int, Any]:
         """The version a ModelSpec selects now and its SignatureDef (REST needs the input dtypes to parse
         JSON). Pin the returned version in the follow-up request so both use the same version."""
-        request = get_model_metadata_pb2.GetModelMetadataRequest()
-        request.model_spec.CopyFrom(model_spec)
-        with self._acquire(request) as handle:
-            _, signature = self._signature(handle.servable, model_spec.signature_name)
+        with self._acquire_spec(model_spec) as handle:
+            key = _signature_key(model_spec)
+            signature = handle.servable.signature_defs.get(key)
+            if signature is None:
+                # TF Serving's text (http_rest_api_handler.cc, GetInfoMap).
+                raise InvalidInputError(f'Serving signature name: "{key}" not found in signature def')
             return handle.version, signature
 
     # -- Predict ----------------------------------------------------------------------------------------
 
     def predict(
-        self, request: predict_pb2.PredictRequest, *, entrypoint: str = GRPC
+        self,
+        request: predict_pb2.PredictRequest,
+        *,
+        entrypoint: str = GRPC,
+        output_tensor_content: bool | None = None,
     ) -> predict_pb2.PredictResponse:
+        """TF Serving's Predict (predict_util.cc). `output_tensor_content` overrides the server's choice of
+        output encoding for one call (the REST front end reads the response itself and wants the fast one)."""
+        as_content = self._output_tensor_content if output_tensor_content is None else output_tensor_content
         with self._serving("Predict", request.model_spec.name, entrypoint), self._acquire(request) as handle:
-            name, signature = self._signature(handle.servable, request.model_spec.signature_name)
+            name = _signature_key(request.model_spec)
+            signature = handle.servable.signature_defs.get(name)
+            if signature is None:
+                raise FailedPreconditionError(f'Serving signature key "{name}" not found.')
+            if self._method_name_check and signature.method_name not in (
+                PREDICT_METHOD,
+                CLASSIFY_METHOD,
+                REGRESS_METHOD,
+            ):
+                raise ServingError(  # INTERNAL, as in TF Serving
+                    f"Expected prediction signature method_name to be one of {{{PREDICT_METHOD}, "
+                    f"{CLASSIFY_METHOD}, {REGRESS_METHOD}}}. Was: {signature.method_name}"
+                )
             inputs = self._predict_inputs(request, signature)
             output_keys = self._output_keys(request, signature)
             outputs = handle.servable.run(name, inputs, output_keys)
             response = predict_pb2.PredictResponse()
             self._fill_spec(response.model_spec, handle, name)
             for key in output_keys:
-                response.outputs[key].CopyFrom(to_proto(outputs[key]))
+                response.outputs[key].CopyFrom(response_proto(outputs[key], as_content=as_content))
             return response
 
     def _predict_inputs(self, request: Any, signature: Any) -> dict[str, npt.NDArray[Any]]:
         sent = list(request.inputs)
         expected = list(signature.inputs)
-        if len(sent) != len(expected):
+        defaults = signature.defaults
+        if len(sent) > len(expected) or (len(sent) < len(expected) and not defaults):
             extra = [a for a in sent if a not in signature.inputs]
             missing = [a for a in expected if a not in request.inputs]
             # TF Serving's text (predict_util.cc, VerifyRequestInputsSize).
@@ -206,16 +256,19 @@ class DataPlane:
                 f"len({_braces(sent)}) != len({_braces(expected)}). "
                 f"Sent extra: {_braces(extra)}. Missing but required: {_braces(missing)}."
             )
-        arrays: dict[str, npt.NDArray[Any]] = {}
-        for index, alias in enumerate(sorted(sent)):
-            info = signature.inputs.get(alias)
-            if info is None:
+        for alias in sorted(sent):
+            if alias not in signature.inputs:
                 raise InvalidInputError(
                     f"input tensor alias not found in signature: {alias}. "
                     f"Inputs expected to be in the set {_braces(expected)}."
                 )
-            tensor = request.inputs[alias]
-            check_compatible(alias, index, tensor, info)
+        arrays: dict[str, npt.NDArray[Any]] = {}
+        # Argument numbers follow the feed order, the aliases sorted (SavedModelServable.run).
+        for index, alias in enumerate(sorted(expected)):
+            tensor = request.inputs[alias] if alias in request.inputs else defaults.get(alias)
+            if tensor is None:
+                raise InvalidInputError(f"Missing input: {alias}, and the signature has no default for it")
+            check_dtype(alias, index, tensor, signature.inputs[alias])
             arrays[alias] = from_proto(alias, tensor, max_elements=self._max_elements)
         return arrays
 
@@ -244,152 +297,116 @@ class DataPlane:
             self._serving("Classify", request.model_spec.name, entrypoint),
             self._acquire(request) as handle,
         ):
-            name, signature = self._signature(handle.servable, request.model_spec.signature_name)
+            name, signature = self._examples_signature(handle.servable, request.model_spec, CLASSIFY_METHOD)
             response = classification_pb2.ClassificationResponse()
             self._fill_spec(response.model_spec, handle, name)
-            response.result.CopyFrom(self._run_classify(handle.servable, name, signature, request.input))
+            _check_classify_signature(signature)
+            examples = _serialized_examples(request.input)
+            outputs = self._run_examples(
+                handle.servable, name, signature, examples, _classify_outputs(signature)
+            )
+            response.result.CopyFrom(_classification_result(outputs, len(examples)))
             return response
 
     def regress(
         self, request: regression_pb2.RegressionRequest, *, entrypoint: str = GRPC
     ) -> regression_pb2.RegressionResponse:
         with self._serving("Regress", request.model_spec.name, entrypoint), self._acquire(request) as handle:
-            name, signature = self._signature(handle.servable, request.model_spec.signature_name)
+            name, signature = self._examples_signature(handle.servable, request.model_spec, REGRESS_METHOD)
             response = regression_pb2.RegressionResponse()
             self._fill_spec(response.model_spec, handle, name)
-            response.result.CopyFrom(self._run_regress(handle.servable, name, signature, request.input))
+            _check_regress_signature(signature)
+            examples = _serialized_examples(request.input)
+            outputs = self._run_examples(handle.servable, name, signature, examples, [_REGRESS_OUTPUTS])
+            response.result.CopyFrom(_regression_result(outputs[_REGRESS_OUTPUTS], len(examples)))
             return response
 
-    def _run_classify(self, servable: Servable, name: str, signature: Any, model_input: Any) -> Any:
-        if signature.method_name != CLASSIFY_METHOD:
+    def _examples_signature(self, servable: Servable, spec: Any, method: str) -> tuple[str, Any]:
+        """GetClassificationSignatureDef / GetRegressionSignatureDef (classifier.cc, regressor.cc)."""
+        name = _signature_key(spec)
+        signature = servable.signature_defs.get(name)
+        if signature is None:
+            raise InvalidInputError(f"No signature was found with the name: {name}")
+        if self._method_name_check and signature.method_name != method:
+            kind = "classification" if method == CLASSIFY_METHOD else "regression"
             raise InvalidInputError(
-                f"Expected classification signature method_name to be {CLASSIFY_METHOD}. "
-                f"Was: {signature.method_name}"
+                f"Expected {kind} signature method_name to be {method}. Was: {signature.method_name}"
             )
-        input_key = self._examples_input_key(signature)
-        keys = [k for k in (_CLASSIFY_CLASSES, _CLASSIFY_SCORES) if k in signature.outputs]
-        if not keys:
-            raise InvalidInputError("Expected classification signature outputs to contain classes or scores")
-        examples = self._serialized_examples(model_input)
-        outputs = servable.run(name, {input_key: examples}, keys)
-        count = len(examples)
-        classes = outputs.get(_CLASSIFY_CLASSES)
-        scores = outputs.get(_CLASSIFY_SCORES)
-        for key, array in outputs.items():
-            if array.ndim != 2 or array.shape[0] != count:
-                raise InvalidInputError(
-                    f"Expected output Tensor {key} of shape [batch_size, num_classes] "
-                    f"with batch_size {count}, got {list(array.shape)}"
-                )
-        if classes is not None and scores is not None and classes.shape != scores.shape:
-            raise InvalidInputError("Tensors class and score should match in shape")
-        result = classification_pb2.ClassificationResult()
-        width = (classes if classes is not None else scores).shape[1]  # type: ignore[union-attr]
-        for row in range(count):
-            classification = result.classifications.add()
-            for column in range(width):
-                cls = classification.classes.add()
-                if classes is not None:
-                    value = classes[row, column]
-                    cls.label = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-                if scores is not None:
-                    cls.score = float(scores[row, column])
-        return result
-
-    def _run_regress(self, servable: Servable, name: str, signature: Any, model_input: Any) -> Any:
-        if signature.method_name != REGRESS_METHOD:
-            raise InvalidInputError(
-                f"Expected regression signature method_name to be {REGRESS_METHOD}. "
-                f"Was: {signature.method_name}"
-            )
-        input_key = self._examples_input_key(signature)
-        if _REGRESS_OUTPUTS not in signature.outputs:
-            raise InvalidInputError(f"Expected regression signature outputs to contain {_REGRESS_OUTPUTS}")
-        examples = self._serialized_examples(model_input)
-        values = servable.run(name, {input_key: examples}, [_REGRESS_OUTPUTS])[_REGRESS_OUTPUTS]
-        count = len(examples)
-        if values.shape not in ((count,), (count, 1)):
-            raise InvalidInputError(
-                f"Expected output Tensor outputs of shape [batch_size] or [batch_size, 1] "
-                f"with batch_size {count}, got {list(values.shape)}"
-            )
-        result = regression_pb2.RegressionResult()
-        for value in values.reshape(count):
-            result.regressions.add().value = float(value)
-        return result
+        return name, signature
 
     @staticmethod
-    def _examples_input_key(signature: Any) -> str:
-        if len(signature.inputs) != 1:
-            raise InvalidInputError("Expected one input Tensor.")
-        (key,) = signature.inputs
-        if signature.inputs[key].dtype != 7:  # DT_STRING: serialized tf.Example protos
-            raise InvalidInputError("Expected input Tensor of type string (serialized tf.Example)")
-        return str(key)
-
-    @staticmethod
-    def _serialized_examples(model_input: Any) -> npt.NDArray[Any]:
-        kind = model_input.WhichOneof("kind")
-        if kind == "example_list":
-            serialized = [e.SerializeToString() for e in model_input.example_list.examples]
-        elif kind == "example_list_with_context":
-            context = model_input.example_list_with_context.context
-            serialized = []
-            for example in model_input.example_list_with_context.examples:
-                merged = example_pb2.Example()
-                merged.CopyFrom(context)
-                for feature, value in example.features.feature.items():
-                    merged.features.feature[feature].CopyFrom(value)
-                serialized.append(merged.SerializeToString())
-        else:
-            serialized = []
-        if not serialized:
-            raise InvalidInputError("Input is empty.")  # TF Serving's text
-        return np.array(serialized, dtype=object)
+    def _run_examples(
+        servable: Servable, name: str, signature: Any, examples: npt.NDArray[Any], output_keys: list[str]
+    ) -> Mapping[str, npt.NDArray[Any]]:
+        info = signature.inputs[_CLASSIFY_INPUTS]
+        if info.dtype != _DT_STRING:
+            # What TensorFlow answers when a string tensor is fed to another dtype (TF Serving feeds it).
+            raise InvalidInputError(f"Expects arg[0] to be {dtype_name(info.dtype)} but string is provided")
+        return servable.run(name, {_CLASSIFY_INPUTS: examples}, output_keys)
 
     # -- MultiInference ---------------------------------------------------------------------------------
 
     def multi_inference(
         self, request: inference_pb2.MultiInferenceRequest, *, entrypoint: str = GRPC
     ) -> inference_pb2.MultiInferenceResponse:
+        """TF Serving's MultiInference (multi_inference.cc): every task on the servable the first task's
+        ModelSpec selects, all checked before any runs, each classify or regress on the same examples."""
         model_name = request.tasks[0].model_spec.name if request.tasks else ""
         with self._serving("MultiInference", model_name, entrypoint):
             if not request.tasks:
                 raise InvalidInputError("MultiInferenceRequest must contain at least one task")
-            first = request.tasks[0].model_spec
-            seen: set[str] = set()
-            for task in request.tasks:
-                if task.model_spec.name != first.name:
-                    raise InvalidInputError(
-                        "All ModelSpecs in a MultiInferenceRequest must access the same model name"
-                    )
-                if _version_choice(task.model_spec) != _version_choice(first):
-                    raise InvalidInputError(
-                        "All ModelSpecs in a MultiInferenceRequest must access the same version"
-                    )
-                signature_name = task.model_spec.signature_name or DEFAULT_SIGNATURE
-                if signature_name in seen:
-                    raise InvalidInputError(f"Duplicate evaluation of signature: {signature_name}")
-                seen.add(signature_name)
-            with self._acquire(request.tasks[0]) as handle:
+            with self._acquire_spec(request.tasks[0].model_spec) as handle:
+                plan = self._multi_inference_plan(request, handle.servable)
+                examples = _serialized_examples(request.input)
                 response = inference_pb2.MultiInferenceResponse()
-                for task in request.tasks:
-                    name, signature = self._signature(handle.servable, task.model_spec.signature_name)
+                for task, name, signature in plan:
                     result = response.results.add()
-                    self._fill_spec(result.model_spec, handle, name)
                     if task.method_name == CLASSIFY_METHOD:
-                        result.classification_result.CopyFrom(
-                            self._run_classify(handle.servable, name, signature, request.input)
+                        outputs = self._run_examples(
+                            handle.servable, name, signature, examples, _classify_outputs(signature)
                         )
-                    elif task.method_name == REGRESS_METHOD:
-                        result.regression_result.CopyFrom(
-                            self._run_regress(handle.servable, name, signature, request.input)
-                        )
+                        result.classification_result.CopyFrom(_classification_result(outputs, len(examples)))
                     else:
-                        raise InvalidInputError(f"Unsupported signature method_name: {task.method_name}")
+                        outputs = self._run_examples(
+                            handle.servable, name, signature, examples, [_REGRESS_OUTPUTS]
+                        )
+                        result.regression_result.CopyFrom(
+                            _regression_result(outputs[_REGRESS_OUTPUTS], len(examples))
+                        )
+                    self._fill_spec(result.model_spec, handle, name)
                 return response
 
-        # -- metadata and status ----------------------------------------------------------------------------
+    @staticmethod
+    def _multi_inference_plan(request: Any, servable: Servable) -> list[tuple[Any, str, Any]]:
+        plan = []
+        model_name = ""
+        seen: set[str] = set()
+        for task in request.tasks:
+            if not task.model_spec.name:
+                raise InvalidInputError("Found ModelSpec with an empty model name.")
+            if not model_name:
+                model_name = task.model_spec.name
+            elif task.model_spec.name != model_name:
+                raise InvalidInputError(
+                    "All ModelSpecs in a MultiInferenceRequest must access the same model name."
+                )
+            name = _signature_key(task.model_spec)
+            if name in seen:
+                raise InvalidInputError(f"Duplicate evaluation of signature: {name}")
+            seen.add(name)
+            signature = servable.signature_defs.get(name)
+            if signature is None:
+                raise InvalidInputError(f"Requested signature not found in model graph: {name}")
+            if task.method_name == CLASSIFY_METHOD:
+                _check_classify_signature(signature)
+            elif task.method_name == REGRESS_METHOD:
+                _check_regress_signature(signature)
+            else:
+                raise UnimplementedError(f"Unsupported signature method_name: {task.method_name}")
+            plan.append((task, name, signature))
+        return plan
+
+    # -- metadata and status ----------------------------------------------------------------------------
 
     def get_model_metadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest
@@ -437,3 +454,120 @@ class DataPlane:
         """HandleReloadConfigRequest. Refused: in a confidential deployment the set of served models is
         part of the attested configuration, so a network peer may not replace it."""
         raise PermissionDeniedError("HandleReloadConfigRequest is disabled on this server")
+
+
+# -- Classify / Regress contracts (classifier.cc, regressor.cc, util.cc) -----------------------------------
+
+
+def _check_classify_signature(signature: Any) -> None:
+    """PreProcessClassification: one input named "inputs", one or two outputs, classes and/or scores."""
+    if len(signature.inputs) != 1:
+        raise InvalidInputError("Expected one input Tensor.")
+    if len(signature.outputs) not in (1, 2):
+        raise InvalidInputError(f"Expected one or two output Tensors, found {len(signature.outputs)}")
+    if _CLASSIFY_INPUTS not in signature.inputs:
+        raise InvalidInputError(
+            f'No classification inputs found in SignatureDef (expected "{_CLASSIFY_INPUTS}")'
+        )
+    if _CLASSIFY_CLASSES not in signature.outputs and _CLASSIFY_SCORES not in signature.outputs:
+        raise InvalidInputError(
+            "Expected classification signature outputs to contain at least one of "
+            f'"{_CLASSIFY_CLASSES}" or "{_CLASSIFY_SCORES}".'
+        )
+
+
+def _check_regress_signature(signature: Any) -> None:
+    """PreProcessRegression: one input named "inputs", one output named "outputs"."""
+    if len(signature.inputs) != 1:
+        raise InvalidInputError("Expected one input Tensor.")
+    if len(signature.outputs) != 1:
+        raise InvalidInputError("Expected one output Tensor.")
+    if _REGRESS_INPUTS not in signature.inputs:
+        raise InvalidInputError(f'No regression inputs found in SignatureDef (expected "{_REGRESS_INPUTS}")')
+    if _REGRESS_OUTPUTS not in signature.outputs:
+        raise InvalidInputError(
+            f'No regression outputs found in SignatureDef (expected "{_REGRESS_OUTPUTS}")'
+        )
+
+
+def _classify_outputs(signature: Any) -> list[str]:
+    return [key for key in (_CLASSIFY_CLASSES, _CLASSIFY_SCORES) if key in signature.outputs]
+
+
+def _serialized_examples(model_input: Any) -> npt.NDArray[Any]:
+    """InputToSerializedExampleTensor: one serialized tf.Example per example; with a context, the context's
+    bytes followed by the example's, so the example's features win (protobuf's merge of concatenated
+    messages)."""
+    kind = model_input.WhichOneof("kind")
+    if kind == "example_list":
+        serialized = [e.SerializeToString() for e in model_input.example_list.examples]
+    elif kind == "example_list_with_context":
+        with_context = model_input.example_list_with_context
+        context = with_context.context.SerializeToString()
+        serialized = [context + e.SerializeToString() for e in with_context.examples]
+    else:
+        serialized = []
+    if not serialized:
+        raise InvalidInputError("Input is empty.")  # TF Serving's text
+    array = np.empty(len(serialized), dtype=object)
+    array[:] = serialized
+    return array
+
+
+def _check_classification_output(
+    array: npt.NDArray[Any] | None, what: str, dtype: Any, dtype_enum_name: str, count: int
+) -> None:
+    if array is None:
+        return
+    if array.ndim != 2:
+        raise InvalidInputError(
+            f"Expected Tensor shape: [batch_size num_classes] but got {tensor_shape_string(array)}"
+        )
+    if array.dtype != dtype:
+        raise InvalidInputError(f"Expected {what} Tensor of {dtype_enum_name}. Got: {data_type_name(array)}")
+    if array.shape[0] != count:
+        raise InvalidInputError(f"Expected {what} output batch size of {count}. Got: {array.shape[0]}")
+
+
+def _classification_result(outputs: Mapping[str, npt.NDArray[Any]], count: int) -> Any:
+    """PostProcessClassificationResult, with TF Serving's checks and texts."""
+    classes = outputs.get(_CLASSIFY_CLASSES)
+    scores = outputs.get(_CLASSIFY_SCORES)
+    _check_classification_output(classes, "classes", np.object_, "DT_STRING", count)
+    _check_classification_output(scores, "scores", np.float32, "DT_FLOAT", count)
+    if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
+        raise InvalidInputError(
+            "Tensors class and score should match in dim_size(1). "
+            f"Got {classes.shape[1]} vs. {scores.shape[1]}"
+        )
+    width = (classes if classes is not None else scores).shape[1]  # type: ignore[union-attr]
+    result = classification_pb2.ClassificationResult()
+    for row in range(count):
+        classification = result.classifications.add()
+        for column in range(width):
+            cls = classification.classes.add()
+            if classes is not None:
+                label = classes[row, column]
+                cls.label = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
+            if scores is not None:
+                cls.score = float(scores[row, column])
+    return result
+
+
+def _regression_result(values: npt.NDArray[Any], count: int) -> Any:
+    """PostProcessRegressionResult, with TF Serving's checks and texts."""
+    if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
+        raise InvalidInputError(
+            "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
+            f"{tensor_shape_string(values)}"
+        )
+    if values.shape[0] != count:
+        raise InvalidInputError(
+            f"Input batch size did not match output batch size: {count} vs. {values.shape[0]}"
+        )
+    if values.dtype != np.float32:
+        raise InvalidInputError(f"Expected output Tensor of DT_FLOAT.  Got: {data_type_name(values)}")
+    result = regression_pb2.RegressionResult()
+    for value in values.reshape(count):
+        result.regressions.add().value = float(value)
+    return result

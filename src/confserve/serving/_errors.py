@@ -13,6 +13,7 @@ from confserve.errors import ConfserveError, Status
 
 __all__ = [
     "ConfigError",
+    "FailedPreconditionError",
     "InvalidInputError",
     "LoadError",
     "ModelUnavailableError",
@@ -20,6 +21,7 @@ __all__ = [
     "PermissionDeniedError",
     "ResourceExhaustedError",
     "ServingError",
+    "UnimplementedError",
     "log_unexpected",
 ]
 
@@ -56,6 +58,19 @@ class ModelUnavailableError(ServingError):
     """The model or version is known but not in the AVAILABLE state."""
 
     status = Status.FAILED_PRECONDITION
+
+
+class FailedPreconditionError(ServingError):
+    """The request names something the servable cannot do in its state (TF Serving: Predict with an
+    unknown signature)."""
+
+    status = Status.FAILED_PRECONDITION
+
+
+class UnimplementedError(ServingError):
+    """A request TF Serving's API defines but does not implement (MultiInference with a predict task)."""
+
+    status = Status.UNIMPLEMENTED
 
 
 class ResourceExhaustedError(ServingError):

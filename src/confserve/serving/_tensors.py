@@ -1,21 +1,31 @@
 """TensorProto <-> numpy for the DataPlane: confserve.tensor_proto's conversion, with errors that name
 the input alias and carry the serving package's statuses.
 
-The conversion checks what TF Serving leaves to TensorFlow up front (dtype, a fully defined shape, the
-element limit, tensor_content length, value counts and ranges); every message names the input alias,
-the dtype or the shape, never a value. Request arrays read from tensor_content are read-only views of
-the request's bytes: a model only reads its inputs.
+Reading a request, the conversion checks what must hold before anything is allocated (a known dtype, a
+fully defined shape, the element limit, tensor_content length, value counts and ranges); every message
+names the input alias, the dtype or the shape, never a value. Request arrays read from tensor_content are
+read-only views of the request's bytes: a model only reads its inputs. Whether the shape suits the model
+is left to the model's graph, as in TF Serving; the dtype is checked here (`check_dtype`), with
+TensorFlow's own wording.
+
+Writing a response, `response_proto` follows TF Serving: by default every value goes into the dtype's
+typed `*_val` field (TensorFlow's Tensor::AsProtoField, what TF Serving's Predict returns, and what
+clients reading `outputs[...].float_val` expect); with `as_content` (TF Serving's
+--enable_serialization_as_tensor_content) numeric tensors go into `tensor_content` as tf.make_tensor_proto
+writes them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
+import numpy as np
 import numpy.typing as npt
 
-from confserve.serving._errors import InvalidInputError, ResourceExhaustedError
+from confserve.serving._errors import InvalidInputError, ResourceExhaustedError, ServingError
 from confserve.tensor_proto import (
     DEFAULT_MAX_TENSOR_ELEMENTS,
+    DTYPES,
     TensorProtoError,
     TensorTooLargeError,
     dtype_name,
@@ -25,12 +35,20 @@ from confserve.tensor_proto import (
 
 __all__ = [
     "DEFAULT_MAX_TENSOR_ELEMENTS",
-    "check_compatible",
+    "check_dtype",
+    "data_type_name",
     "dtype_name",
     "from_proto",
+    "response_proto",
     "shape_of",
-    "to_proto",
+    "tensor_shape_string",
 ]
+
+# Typed fields of fixed-width little-endian values, by field number (tensorflow/core/framework/tensor.proto:
+# float_val = 5, double_val = 6): written as one packed field straight from the array's bytes (protobuf's
+# wire format: tag, length, data), which is what `extend` would produce, much faster.
+_PACKED_FIXED: Final = {"float_val": 5, "double_val": 6}
+_LENGTH_DELIMITED: Final = 2  # the wire type of a packed repeated field
 
 
 def shape_of(proto_shape: Any) -> list[int] | None:
@@ -38,6 +56,11 @@ def shape_of(proto_shape: Any) -> list[int] | None:
     if proto_shape.unknown_rank:
         return None
     return [d.size for d in proto_shape.dim]
+
+
+def tensor_shape_string(array: npt.NDArray[Any]) -> str:
+    """A shape as TensorFlow's TensorShape::DebugString writes it: [2,3]."""
+    return "[" + ",".join(str(size) for size in array.shape) + "]"
 
 
 def from_proto(
@@ -52,22 +75,54 @@ def from_proto(
         raise InvalidInputError(f"input '{alias}': {e}") from None
 
 
-def check_compatible(alias: str, index: int, tensor: Any, tensor_info: Any) -> None:
-    """Check a request TensorProto's dtype and shape against a SignatureDef TensorInfo.
-
-    TF Serving leaves this to TensorFlow; checking first gives a clear INVALID_ARGUMENT before any work.
-    """
+def check_dtype(alias: str, index: int, tensor: Any, tensor_info: Any) -> None:
+    """A request TensorProto's dtype must be the SignatureDef's: TensorFlow's own refusal, with the alias
+    added (TF Serving feeds the tensor and lets TensorFlow say it). The shape is not checked."""
     if tensor.dtype != tensor_info.dtype:
-        # TensorFlow's own wording for a feed of the wrong type, with the alias added.
         raise InvalidInputError(
             f"input '{alias}': Expects arg[{index}] to be {dtype_name(tensor_info.dtype)} "
             f"but {dtype_name(tensor.dtype)} is provided"
         )
-    expected = shape_of(tensor_info.tensor_shape)
-    if expected is None or tensor.tensor_shape.unknown_rank:
-        return
-    shape = [d.size for d in tensor.tensor_shape.dim]
-    if len(shape) != len(expected) or any(e not in (-1, s) for e, s in zip(expected, shape, strict=True)):
-        raise InvalidInputError(
-            f"input '{alias}': shape {shape} is not compatible with the signature shape {expected}"
-        )
+
+
+def data_type_name(array: npt.NDArray[Any]) -> str:
+    """The DataType enum name of an array's dtype ("DT_INT64"), as TF Serving's messages print it."""
+    try:
+        proto = to_proto(np.empty(0, dtype=array.dtype))
+    except TensorProtoError:
+        return str(array.dtype)
+    return "DT_" + dtype_name(proto.dtype).upper()
+
+
+def response_proto(array: npt.NDArray[Any], *, as_content: bool = False) -> Any:
+    """A model output as TF Serving returns it: typed values by default, tensor_content on request."""
+    try:
+        proto = to_proto(array)
+    except TensorProtoError as e:  # the model's own output: not the caller's fault
+        raise ServingError(f"an output tensor cannot be returned: {e}") from None
+    if as_content or not proto.tensor_content:
+        return proto
+    proto.ClearField("tensor_content")
+    row = DTYPES[proto.dtype]
+    flat = np.asarray(array).ravel()
+    number = _PACKED_FIXED.get(row.field)
+    if number is not None:
+        data = np.ascontiguousarray(flat, dtype=flat.dtype.newbyteorder("<")).tobytes()
+        proto.MergeFromString(_varint((number << 3) | _LENGTH_DELIMITED) + _varint(len(data)) + data)
+    elif row.field == "half_val":
+        proto.half_val.extend(flat.view(np.uint16).tolist())  # the 16 bits of each value
+    else:
+        getattr(proto, row.field).extend(flat.tolist())
+    return proto
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)

@@ -110,9 +110,9 @@ def test_predict_strings_signature(dataplane: Any) -> None:
             Status.INVALID_ARGUMENT,
             "Unrecognized servable version label: beta",
         ),
-        (
+        (  # TF Serving: FAILED_PRECONDITION for Predict (predict_util.cc)
             lambda r: setattr(r.model_spec, "signature_name", "nope"),
-            Status.NOT_FOUND,
+            Status.FAILED_PRECONDITION,
             'Serving signature key "nope" not found.',
         ),
         (
@@ -131,15 +131,16 @@ def test_predict_strings_signature(dataplane: Any) -> None:
             Status.INVALID_ARGUMENT,
             r"input 'x': Expects arg\[0\] to be float but int32 is provided",
         ),
-        (
+        (  # shapes are the graph's to judge: TensorFlow's refusal, which names only shapes
             lambda r: r.inputs["x"].CopyFrom(tf.make_tensor_proto(np.zeros((2, 5), np.float32))),
             Status.INVALID_ARGUMENT,
-            r"input 'x': shape \[2, 5\] is not compatible with the signature shape \[-1, 4\]",
+            r"InvalidArgumentError running signature 'serving_default': "
+            r"Matrix size-incompatible: In\[0\]: \[2,5\], In\[1\]: \[4,3\]",
         ),
         (
             lambda r: r.inputs["x"].CopyFrom(tf.make_tensor_proto(np.zeros((4,), np.float32))),
             Status.INVALID_ARGUMENT,
-            r"shape \[4\] is not compatible",
+            r"In\[0\] is not a matrix",
         ),
         (
             lambda r: r.output_filter.append("logits"),
@@ -262,18 +263,20 @@ def test_regress(dataplane: Any) -> None:
 
 
 def test_classify_and_regress_errors(dataplane: Any) -> None:
+    # Without --enable_signature_method_name_check the signature's structure decides (classifier.cc).
     expect_error(
         Status.INVALID_ARGUMENT,
-        "Expected classification signature method_name to be tensorflow/serving/classify. "
-        "Was: tensorflow/serving/predict",
+        "No classification inputs found in SignatureDef",
         dataplane.classify,
         classify_request("serving_default"),
     )
     wrong = regress_request()
     wrong.model_spec.signature_name = "classify"
-    expect_error(
-        Status.INVALID_ARGUMENT, "Expected regression signature method_name", dataplane.regress, wrong
-    )
+    expect_error(Status.INVALID_ARGUMENT, "Expected one output Tensor.", dataplane.regress, wrong)
+    # An unknown signature is INVALID_ARGUMENT for Classify and Regress (classifier.cc, regressor.cc).
+    for method, request in ((dataplane.classify, classify_request("nope")), (dataplane.regress, wrong)):
+        request.model_spec.signature_name = "nope"
+        expect_error(Status.INVALID_ARGUMENT, "No signature was found with the name: nope", method, request)
     empty = classify_request()
     empty.input.example_list.ClearField("examples")
     expect_error(Status.INVALID_ARGUMENT, "Input is empty.", dataplane.classify, empty)
@@ -323,17 +326,30 @@ def test_multi_inference_errors(dataplane: Any) -> None:
     other_model.CopyFrom(request)
     other_model.tasks.add().model_spec.name = "other"
     expect_error(Status.INVALID_ARGUMENT, "same model name", dataplane.multi_inference, other_model)
+    unknown = inference_pb2.MultiInferenceRequest()
+    unknown.CopyFrom(request)
+    unknown.tasks[0].model_spec.signature_name = "nope"
+    expect_error(
+        Status.INVALID_ARGUMENT,
+        "Requested signature not found in model graph: nope",
+        dataplane.multi_inference,
+        unknown,
+    )
+    # TF Serving runs every task on the version the first task selects (multi_inference_helper.cc).
     other_version = inference_pb2.MultiInferenceRequest()
     other_version.CopyFrom(request)
     extra = other_version.tasks.add()
     extra.model_spec.name = "clf"
     extra.model_spec.version.value = 1
-    expect_error(Status.INVALID_ARGUMENT, "same version", dataplane.multi_inference, other_version)
+    extra.model_spec.signature_name = "regress"
+    extra.method_name = "tensorflow/serving/regress"
+    results = dataplane.multi_inference(other_version).results
+    assert [r.model_spec.version.value for r in results] == [2, 2]
     bad_method = inference_pb2.MultiInferenceRequest()
     bad_method.CopyFrom(request)
     bad_method.tasks[0].method_name = "tensorflow/serving/predict"
     expect_error(
-        Status.INVALID_ARGUMENT, "Unsupported signature method_name", dataplane.multi_inference, bad_method
+        Status.UNIMPLEMENTED, "Unsupported signature method_name", dataplane.multi_inference, bad_method
     )
 
 
@@ -411,20 +427,17 @@ def test_reload_config_refused(dataplane: Any) -> None:
     )
 
 
-def test_model_runtime_error_is_reported_without_tensorflow_text(
-    dataplane: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    # Broadcasting [2] against [3] fails inside TensorFlow ("Incompatible shapes: ...").
+def test_model_runtime_error_names_shapes_only(dataplane: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # Broadcasting [2] against [3] fails inside TensorFlow; its message names shapes only, so it is shown.
     request = predict_request(text=np.array([b"a", b"b"], dtype=object), n=np.array([1, 2, 3], np.int32))
     request.model_spec.signature_name = "strings"
-    error = expect_error(
+    expect_error(
         Status.INVALID_ARGUMENT,
-        r"model execution failed \(InvalidArgumentError\)",
+        r"InvalidArgumentError running signature 'strings': Incompatible shapes: \[2\] vs. \[3\]$",
         dataplane.predict,
         request,
     )
-    assert "Incompatible" not in str(error)
-    assert "Incompatible" not in caplog.text
+    assert "Incompatible" not in caplog.text  # the log gets the class only
     assert "InvalidArgumentError" in caplog.text
     # The server keeps serving.
     assert dataplane.predict(predict_request()).model_spec.version.value == 2

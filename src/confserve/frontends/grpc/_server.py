@@ -16,7 +16,12 @@ from confserve.frontends._tls import TlsConfig
 from confserve.frontends.grpc._servicers import ModelServicer, PredictionServicer
 from confserve.serving import DataPlane
 
-__all__ = ["GrpcServer", "GrpcSettings"]
+__all__ = ["GrpcServer", "GrpcSettings", "parse_channel_arguments"]
+
+# Arguments confserve sets itself from its own flags; --grpc_channel_arguments may not override them.
+_OWN_ARGUMENTS = frozenset(
+    {"grpc.max_receive_message_length", "grpc.max_send_message_length", "grpc.so_reuseport"}
+)
 
 # The evidence RPC speaks JSON bytes (confserve.attestation._evidence), so it needs no generated code.
 _EVIDENCE_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.UNIMPLEMENTED}
@@ -36,6 +41,26 @@ def _evidence_handler(evidence: Callable[[bytes], tuple[int, bytes]]) -> grpc.Ge
     )
 
 
+def parse_channel_arguments(text: str) -> tuple[tuple[str, str | int], ...]:
+    """TF Serving's --grpc_channel_arguments: comma-separated key=value pairs, a value that is an integer
+    passed as one (as TF Serving's server does). Keys confserve sets from its own flags are refused."""
+    arguments: list[tuple[str, str | int]] = []
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise ValueError(f"--grpc_channel_arguments: expected key=value, got {item.strip()!r}")
+        if key in _OWN_ARGUMENTS:
+            raise ValueError(f"--grpc_channel_arguments may not set {key} (use --grpc_max_message_size)")
+        try:
+            arguments.append((key, int(value)))
+        except ValueError:
+            arguments.append((key, value))
+    return tuple(arguments)
+
+
 _log = logging.getLogger(__name__)
 _SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
 
@@ -51,6 +76,8 @@ class GrpcSettings:
     # to spare while bounding what one request can make the enclave allocate.
     max_message_bytes: int = 64 * 1024 * 1024
     enable_health_service: bool = True
+    # TF Serving's --grpc_channel_arguments, parsed (`parse_channel_arguments`): passed to the server.
+    channel_arguments: tuple[tuple[str, str | int], ...] = ()
 
 
 class GrpcServer:
@@ -69,7 +96,8 @@ class GrpcServer:
             raise ValueError("gRPC without TLS must be requested with allow_insecure=True")
         self._settings = settings or GrpcSettings()
         self._dataplane = dataplane
-        options = [
+        options: list[tuple[str, str | int]] = [
+            *self._settings.channel_arguments,
             ("grpc.max_receive_message_length", self._settings.max_message_bytes),
             ("grpc.max_send_message_length", self._settings.max_message_bytes),
             ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it

@@ -19,5 +19,6 @@ GRPC_CODES: Mapping[Status, grpc.StatusCode] = {
     Status.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Status.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
     Status.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Status.UNIMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
     Status.INTERNAL: grpc.StatusCode.INTERNAL,
 }
