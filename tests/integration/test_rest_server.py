@@ -61,7 +61,7 @@ def test_status_predict_and_errors_over_tls(rest: RestServer, ca: trustme.CA) ->
     assert (status, body) == (404, {"error": "Servable not found for request: Latest(nope)"})
     status, body = request(rest.port, context, "POST", "/v1/models/clf:predict", b'{"instances": [[1,2]]}')
     assert status == 400
-    assert "not compatible with the signature shape" in body["error"]
+    assert "Matrix size-incompatible: In[0]: [1,2], In[1]: [4,3]" in body["error"]  # the model's refusal
     # Still serving after the errors.
     status, body = request(
         rest.port, context, "POST", "/v1/models/clf:predict", json.dumps({"instances": X}).encode()

@@ -88,7 +88,7 @@ class RestApi:
         payload = loads(body)
         signature_name = payload.get("signature_name", "")
         if not isinstance(signature_name, str):
-            raise InvalidInputError("'signature_name' must be a string")
+            raise InvalidInputError("'signature_name' key must be a string value.")  # TF Serving's text
         spec = _spec(route, signature_name)
         if route.verb == "predict":
             return self._predict(spec, payload)
@@ -105,7 +105,9 @@ class RestApi:
         request, row_format = predict_request_from_json(payload, signature)
         request.model_spec.CopyFrom(spec)
         request.model_spec.version.value = version  # the version whose signature parsed the JSON
-        return predict_response_json(self._dataplane.predict(request, entrypoint=REST), row_format)
+        # tensor_content: the fastest encoding to write and read back; REST clients never see the proto.
+        response = self._dataplane.predict(request, entrypoint=REST, output_tensor_content=True)
+        return predict_response_json(response, row_format)
 
     def _metadata(self, route: Route) -> dict[str, Any]:
         request = get_model_metadata_pb2.GetModelMetadataRequest()

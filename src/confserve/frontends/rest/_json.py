@@ -3,7 +3,19 @@
 Input values are converted with the dtype the signature declares, strictly: a JSON string is never taken
 as a number, a float never as an integer, and integers must fit their dtype. `{"b64": "..."}` carries bytes.
 Output tensors whose name ends in `_bytes` are returned as `{"b64": ...}`. NaN and Infinity are accepted
-and produced, as TF Serving does. Error messages name inputs and features, never their values.
+and produced, as TF Serving does. Error messages name inputs and features, never their values (TF Serving
+quotes the offending JSON value; we do not, as it may be confidential data).
+
+tf.Example features in classify/regress bodies are typed as TF Serving's json_tensor.cc types them: the
+first element fixes the feature's kind and every later one must match it; a JSON string or b64 object is
+bytes, a JSON number with a fraction or exponent is float, one without is int64, and true/false are int64
+1/0. An empty list is an empty feature.
+
+Numbers are written as TF Serving writes them (json_tensor.cc, WriteDecimal): a float is printed with six
+significant digits in printf's %g form (so 9000000 becomes 9e+06); when that does not read back as the
+same value, with the type's full round-trip precision (9 digits for float32, 17 for float64); and a
+result with neither '.' nor an exponent gets '.0' appended (3 -> 3.0). NaN and Infinity are written as
+such. `dumps` writes these pre-rendered numbers (`RawJson`) verbatim.
 """
 
 from __future__ import annotations
@@ -13,7 +25,7 @@ import binascii
 import json
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -24,9 +36,11 @@ from confserve.tensor_proto import DTYPES, TensorProtoError, dtype_name, to_arra
 from confserve.tfs_protos import example_pb2, input_pb2, predict_pb2
 
 __all__ = [
+    "RawJson",
     "classify_response_json",
     "dumps",
     "examples_input",
+    "format_decimal",
     "loads",
     "predict_request_from_json",
     "predict_response_json",
@@ -34,26 +48,93 @@ __all__ = [
     "regress_response_json",
 ]
 
-_DT_STRING = 7
 _B64 = "b64"
 # Deeper nesting than this is not a tensor anyone sends; the bound keeps the recursion small.
 _MAX_RANK = 64
+_INT64_MIN: Final = -(1 << 63)
+_INT64_MAX: Final = (1 << 63) - 1
+_UINT64_MAX: Final = (1 << 64) - 1
+# printf precision that round-trips every value (std::numeric_limits<T>::max_digits10).
+_MAX_DIGITS10: Final = {np.dtype(np.float32): 9, np.dtype(np.float64): 17}
+
+
+class RawJson(str):
+    """A fragment of JSON text that `dumps` writes as it is (pre-rendered numbers and tensors)."""
+
+    __slots__ = ()
 
 
 def loads(body: bytes) -> dict[str, Any]:
     """Parse a request body: a JSON object (NaN and Infinity allowed, as in TF Serving)."""
+    if not body.strip():
+        raise InvalidInputError("JSON Parse error: The document is empty")  # TF Serving's text
     try:
         value = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        position = f" at char {exc.pos}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise InvalidInputError(f"JSON Parse error: invalid JSON{position}") from None
+    except json.JSONDecodeError as exc:
+        reason = "Invalid value" if exc.msg == "Expecting value" else exc.msg
+        raise InvalidInputError(f"JSON Parse error: {reason} at offset: {exc.pos}") from None
+    except (ValueError, RecursionError):
+        raise InvalidInputError("JSON Parse error: invalid JSON") from None
     if not isinstance(value, dict):
-        raise InvalidInputError("JSON Parse error: the request body must be a JSON object")
+        raise InvalidInputError("JSON Value: the request body Is not object")  # TF Serving: "Is not object"
     return value
 
 
 def dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), allow_nan=True).encode()
+    """JSON text of `value` (dicts, lists, strings, numbers, booleans, None and `RawJson` fragments)."""
+    out: list[str] = []
+    _write(value, out)
+    return "".join(out).encode()
+
+
+def _write(value: Any, out: list[str]) -> None:
+    if isinstance(value, RawJson):
+        out.append(value)
+    elif isinstance(value, str):
+        out.append(json.dumps(value))
+    elif isinstance(value, dict):
+        out.append("{")
+        for index, (key, item) in enumerate(value.items()):
+            if index:
+                out.append(",")
+            out.append(json.dumps(str(key)))
+            out.append(":")
+            _write(item, out)
+        out.append("}")
+    elif isinstance(value, (list, tuple)):
+        out.append("[")
+        for index, item in enumerate(value):
+            if index:
+                out.append(",")
+            _write(item, out)
+        out.append("]")
+    elif isinstance(value, float):
+        out.append(format_decimal(value, np.dtype(np.float64)))
+    else:  # int, bool, None
+        out.append(json.dumps(value))
+
+
+def format_decimal(value: float, dtype: np.dtype[Any]) -> str:
+    """One float as TF Serving writes it (see the module docstring); `dtype` is float32 or float64."""
+    return _decimals(np.asarray([value], dtype=dtype))[0]
+
+
+def _decimals(flat: npt.NDArray[Any]) -> list[str]:
+    """TF Serving's text of each value of a 1-D float32 or float64 array."""
+    values = flat.tolist()  # Python floats: exact for both widths
+    texts = [f"{v:g}" for v in values]
+    readback = np.array([float(t) for t in texts], dtype=np.float64).astype(flat.dtype)
+    finite = np.isfinite(flat)
+    precise = _MAX_DIGITS10[flat.dtype]
+    for index in np.flatnonzero(finite & (readback != flat)).tolist():
+        texts[index] = f"{values[index]:.{precise}g}"
+    for index, text in enumerate(texts):
+        if not finite[index]:
+            value = values[index]
+            texts[index] = "NaN" if math.isnan(value) else ("-Infinity" if value < 0 else "Infinity")
+        elif "." not in text and "e" not in text:
+            texts[index] = text + ".0"
+    return texts
 
 
 def proto_json(message: Any) -> dict[str, Any]:
@@ -71,6 +152,21 @@ def _is_b64(value: Any) -> bool:
     return isinstance(value, dict) and set(value) == {_B64}
 
 
+def _json_type(value: Any) -> str:
+    """rapidjson's name of a JSON value's type, as TF Serving's messages use it."""
+    if value is None:
+        return "Null"
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, dict):
+        return "Object"
+    if isinstance(value, list):
+        return "Array"
+    if isinstance(value, str):
+        return "String"
+    return "Number"
+
+
 def predict_request_from_json(
     body: Mapping[str, Any], signature: Any
 ) -> tuple[predict_pb2.PredictRequest, bool]:
@@ -79,7 +175,7 @@ def predict_request_from_json(
     if has_instances == has_inputs:
         if has_inputs:
             raise InvalidInputError(
-                "Not formatted correctly expecting only one of 'inputs' or 'instances' keys exists"
+                "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist"
             )
         raise InvalidInputError("Missing 'inputs' or 'instances' key")
     columns = (
@@ -98,19 +194,25 @@ def predict_request_from_json(
     return request, has_instances
 
 
-def _single_input(signature: Any) -> str:
+def _single_input(signature: Any, key: str) -> str:
     if len(signature.inputs) != 1:
-        raise InvalidInputError("the signature has several inputs: name each input in a JSON object")
+        # TF Serving's text (json_tensor.cc).
+        raise InvalidInputError(
+            f"{key} is a plain value/list, but expecting an object as multiple input tensors required "
+            "as per tensorinfo_map"
+        )
     (alias,) = signature.inputs
     return str(alias)
 
 
 def _instances(instances: Any, signature: Any) -> dict[str, Any]:
-    if not isinstance(instances, list) or not instances:
-        raise InvalidInputError("'instances' must be a non-empty list")
+    if not isinstance(instances, list):
+        raise InvalidInputError("Expecting 'instances' to be an list/array")
+    if not instances:
+        raise InvalidInputError("No values in 'instances' array")
     named = [isinstance(i, dict) and not _is_b64(i) for i in instances]
     if not any(named):
-        return {_single_input(signature): instances}
+        return {_single_input(signature, "instances"): instances}
     if not all(named):
         raise InvalidInputError("'instances' mixes named objects and plain values")
     keys = set(instances[0])
@@ -122,7 +224,7 @@ def _instances(instances: Any, signature: Any) -> dict[str, Any]:
 def _columns(inputs: Any, signature: Any) -> dict[str, Any]:
     if isinstance(inputs, dict) and not _is_b64(inputs):
         return dict(inputs)
-    return {_single_input(signature): inputs}
+    return {_single_input(signature, "inputs"): inputs}
 
 
 def _to_array(alias: str, value: Any, dtype_enum: int) -> npt.NDArray[Any]:
@@ -135,7 +237,9 @@ def _to_array(alias: str, value: Any, dtype_enum: int) -> npt.NDArray[Any]:
     if row.kind == "string":
         leaves: list[bytes] = []
         shape = _string_leaves(alias, value, leaves, 0)
-        return np.array(leaves, dtype=object).reshape(shape)
+        array = np.empty(len(leaves), dtype=object)
+        array[:] = leaves
+        return array.reshape(shape)
     try:
         array = np.array(value)
     except (ValueError, TypeError, OverflowError):
@@ -157,7 +261,9 @@ def _to_array(alias: str, value: Any, dtype_enum: int) -> npt.NDArray[Any]:
     else:
         ok = kind in ("f", "i", "u", "empty")
     if not ok or (kind in ("f", "i", "u") and _has_bool(value)):
-        raise InvalidInputError(f"input '{alias}': expected {row.name} values")
+        found = _first_mismatch(value, row.kind)
+        # TF Serving's wording (json_tensor.cc, TypeError), without the value itself.
+        raise InvalidInputError(f"input '{alias}': JSON Type: {found} is not of expected type: {row.name}")
     return array.astype(dtype)
 
 
@@ -171,6 +277,25 @@ def _has_bool(value: Any) -> bool:
         elif isinstance(item, bool):
             return True
     return False
+
+
+def _first_mismatch(value: Any, kind: str) -> str:
+    """The JSON type of the first leaf a tensor of this kind cannot hold."""
+    stack = [value]
+    while stack:
+        item = stack.pop(0)
+        if isinstance(item, list):
+            stack[:0] = item
+            continue
+        if kind == "bool":
+            fits = isinstance(item, bool)
+        elif kind in ("int", "uint"):
+            fits = isinstance(item, int) and not isinstance(item, bool)
+        else:
+            fits = isinstance(item, (int, float)) and not isinstance(item, bool)
+        if not fits:
+            return _json_type(item)
+    return "Array"
 
 
 def _string_leaves(alias: str, value: Any, out: list[bytes], depth: int) -> list[int]:
@@ -192,11 +317,13 @@ def _bytes_value(what: str, value: Any) -> bytes:
         try:
             return base64.b64decode(value[_B64], validate=True)
         except (binascii.Error, ValueError):
-            raise InvalidInputError(f"{what}: invalid base64 in 'b64' value") from None
-    raise InvalidInputError(f'{what}: expected string or {{"b64": ...}} values')
+            raise InvalidInputError(f"{what}: Unable to base64 decode") from None
+    raise InvalidInputError(f"{what}: JSON Type: {_json_type(value)} is not of expected type: string")
 
 
 def predict_response_json(response: predict_pb2.PredictResponse, row_format: bool) -> dict[str, Any]:
+    """The body of a predict answer: {"predictions": ...} for row requests, {"outputs": ...} for columnar
+    ones; tensors are rendered to JSON text (`RawJson`) as TF Serving writes them."""
     try:
         arrays = {key: to_array(response.outputs[key]) for key in sorted(response.outputs)}
     except TensorProtoError as e:  # the model's own outputs: not the caller's fault
@@ -207,40 +334,46 @@ def predict_response_json(response: predict_pb2.PredictResponse, row_format: boo
     batch: int | None = None
     for key, array in arrays.items():
         if array.ndim == 0:
-            raise InvalidInputError(f"Tensor name: {key} has no batch dimension; use the 'inputs' format")
+            # TF Serving's text (json_tensor.cc), with a hint.
+            raise InvalidInputError(
+                f"Tensor name: {key} has no shape information (a scalar output needs the 'inputs' format)"
+            )
         if batch is not None and array.shape[0] != batch:
             # TF Serving's text (json_tensor.cc).
             raise InvalidInputError(
                 f"Tensor name: {key} has inconsistent batch size: {array.shape[0]} expecting: {batch}"
             )
         batch = array.shape[0]
-    values = {key: _json_value(key, array) for key, array in arrays.items()}
-    if len(values) == 1:
-        return {"predictions": next(iter(values.values()))}
-    return {"predictions": [{key: values[key][row] for key in values} for row in range(batch or 0)]}
+    if len(arrays) == 1:
+        ((key, array),) = arrays.items()
+        return {"predictions": _json_value(key, array)}
+    rows = {key: _row_values(key, array) for key, array in arrays.items()}
+    return {"predictions": [{key: rows[key][row] for key in rows} for row in range(batch or 0)]}
 
 
-def _json_value(name: str, array: npt.NDArray[Any]) -> Any:
+def _row_values(name: str, array: npt.NDArray[Any]) -> list[RawJson]:
+    """The JSON text of each row (dimension 0) of an array."""
+    return [_json_value(name, array[row, ...]) for row in range(array.shape[0])]
+
+
+def _json_value(name: str, array: npt.NDArray[Any]) -> RawJson:
+    """The JSON text of a whole tensor, nested by its shape."""
+    kind = array.dtype.kind
+    flat = array.ravel()
     if array.dtype == np.object_:
         as_b64 = name.endswith("_bytes")
-        flat = [_json_bytes(v, as_b64) for v in array.ravel()]
-        return _nest(flat, list(array.shape))
-    kind = array.dtype.kind
-    if kind in ("i", "u", "b"):
-        return array.tolist()
-    if kind == "c":
+        tokens = [json.dumps(_json_bytes(v, as_b64)) for v in flat.tolist()]
+    elif kind == "b":
+        tokens = ["true" if v else "false" for v in flat.tolist()]
+    elif kind in ("i", "u"):
+        tokens = [str(v) for v in flat.tolist()]
+    elif kind == "c":
         raise InvalidInputError(f"output '{name}': complex values cannot be returned as JSON")
-    # Floats: print each as its shortest decimal in the tensor's own precision (float32 0.1 -> 0.1, not
-    # 0.10000000149011612); the value parses back to the identical float32.
-    flat_floats = [_short_float(v) for v in array.ravel()]
-    return _nest(flat_floats, list(array.shape))
-
-
-def _short_float(value: Any) -> float:
-    number = float(value)
-    if math.isnan(number) or math.isinf(number):
-        return number
-    return float(str(value))
+    else:
+        # float32 and float64 as TF Serving writes them; half and bfloat16 through float32 (exact).
+        width = flat.dtype if flat.dtype in _MAX_DIGITS10 else np.dtype(np.float32)
+        tokens = _decimals(flat.astype(width, copy=False))
+    return RawJson(_nest(tokens, list(array.shape)))
 
 
 def _json_bytes(value: Any, as_b64: bool) -> Any:
@@ -253,64 +386,96 @@ def _json_bytes(value: Any, as_b64: bool) -> Any:
     return {_B64: base64.b64encode(raw).decode("ascii")}
 
 
-def _nest(flat: list[Any], shape: list[int]) -> Any:
+def _nest(tokens: list[str], shape: list[int]) -> str:
     if not shape:
-        return flat[0]
+        return tokens[0]
     if len(shape) == 1:
-        return flat
-    step = len(flat) // shape[0] if shape[0] else 0
-    return [_nest(flat[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
+        return "[" + ",".join(tokens) + "]"
+    step = len(tokens) // shape[0] if shape[0] else 0
+    return "[" + ",".join(_nest(tokens[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])) + "]"
 
 
 # -- Classify / Regress -------------------------------------------------------------------------------------
 
 
 def examples_input(body: Mapping[str, Any]) -> input_pb2.Input:
-    """The Input proto for a classify/regress body: {"context": {...}?, "examples": [{...}, ...]}."""
-    examples = body.get("examples")
-    if not isinstance(examples, list) or not examples or not all(isinstance(e, dict) for e in examples):
-        raise InvalidInputError("'examples' must be a non-empty list of JSON objects")
+    """The Input proto for a classify/regress body: {"context": {...}?, "examples": [{...}, ...]}.
+    Texts follow TF Serving's (json_tensor.cc, FillClassifyRegressRequestFromJson)."""
     model_input = input_pb2.Input()
     context = body.get("context")
     if context is not None:
-        if not isinstance(context, dict):
-            raise InvalidInputError("'context' must be a JSON object")
         target = model_input.example_list_with_context
         _fill_example(target.context, context)
     else:
         target = model_input.example_list
+    if "examples" not in body:
+        raise InvalidInputError("When method is classify, key 'examples' is expected and was not found")
+    examples = body["examples"]
+    if not isinstance(examples, list):
+        raise InvalidInputError("Expecting 'examples' value to be an list/array")
+    if not examples:
+        raise InvalidInputError("'examples' value is an empty array")
     for example in examples:
         _fill_example(target.examples.add(), example)
     return model_input
 
 
-def _fill_example(example: example_pb2.Example, features: Mapping[str, Any]) -> None:
+def _fill_example(example: example_pb2.Example, features: Any) -> None:
+    if not isinstance(features, dict):
+        raise InvalidInputError(f"Example must be JSON object but got JSON {_json_type(features)}")
     for name, value in features.items():
-        values = value if isinstance(value, list) else [value]
-        feature = example.features.feature[name]
-        what = f"feature '{name}'"
-        if not values:
-            raise InvalidInputError(f"{what}: an empty list has no type")
-        if all(isinstance(v, str) or _is_b64(v) for v in values):
-            feature.bytes_list.value.extend(_bytes_value(what, v) for v in values)
-        elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            if any(not -(1 << 63) <= v < (1 << 63) for v in values):
-                raise InvalidInputError(f"{what}: value out of range for int64")
-            feature.int64_list.value.extend(values)
-        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            feature.float_list.value.extend(float(v) for v in values)
-        else:
-            raise InvalidInputError(f"{what}: values must all be numbers or all strings")
+        feature = example.features.feature[name]  # an empty list leaves an empty feature, as in TF Serving
+        for item in value if isinstance(value, list) else [value]:
+            _add_feature_value(str(name), item, feature)
+
+
+def _add_feature_value(name: str, item: Any, feature: example_pb2.Feature) -> None:
+    """AddValueToFeature: append one JSON value to a feature whose kind the first value fixed."""
+    if item is None or isinstance(item, list) or (isinstance(item, dict) and not _is_b64(item)):
+        raise InvalidInputError(f"Feature: {name} has element with unexpected JSON type: {_json_type(item)}")
+    if isinstance(item, bool):
+        _kind(name, feature, "int64_list").value.append(1 if item else 0)
+    elif isinstance(item, (str, dict)):
+        _kind(name, feature, "bytes_list").value.append(_bytes_value(f"Feature: {name}", item))
+    elif isinstance(item, int) and _INT64_MIN <= item <= _UINT64_MAX:
+        if item > _INT64_MAX:
+            raise InvalidInputError(f"Feature: {name} has uint64_t element. Only int64_t is supported.")
+        _kind(name, feature, "int64_list").value.append(item)
+    else:  # a float, or an integer beyond 64 bits (which a JSON parser reads as a double)
+        _kind(name, feature, "float_list").value.append(_float32(float(item)))
+
+
+_KIND_NAMES: Final = {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64"}
+
+
+def _kind(name: str, feature: example_pb2.Feature, kind: str) -> Any:
+    current = feature.WhichOneof("kind")
+    if current is not None and current != kind:
+        raise InvalidInputError(
+            f"Unexpected element type in feature: {name} expecting type: {_KIND_NAMES[current]}"
+        )
+    return getattr(feature, kind)
+
+
+def _float32(value: float) -> float:
+    """A JSON number as a float feature holds it (out-of-range values become infinities, not errors)."""
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))
 
 
 def classify_response_json(response: Any) -> dict[str, Any]:
-    return {
-        "result": [
-            [[c.label, _short_float(np.float32(c.score))] for c in classification.classes]
-            for classification in response.result.classifications
-        ]
-    }
+    """{"results": [[[label, score], ...], ...]} (TF Serving's MakeJsonFromClassificationResult)."""
+    results = []
+    for classification in response.result.classifications:
+        scores = np.array([c.score for c in classification.classes], dtype=np.float32)
+        texts = _decimals(scores) if scores.size else []
+        results.append(
+            [[c.label, RawJson(text)] for c, text in zip(classification.classes, texts, strict=True)]
+        )
+    return {"results": results}
 
 
 def regress_response_json(response: Any) -> dict[str, Any]:
-    return {"result": [_short_float(np.float32(r.value)) for r in response.result.regressions]}
+    """{"results": [value, ...]} (TF Serving's MakeJsonFromRegressionResult)."""
+    values = np.array([r.value for r in response.result.regressions], dtype=np.float32)
+    return {"results": [RawJson(text) for text in (_decimals(values) if values.size else [])]}

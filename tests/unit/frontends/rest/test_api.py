@@ -90,17 +90,17 @@ def test_classify_and_regress(api: RestApi) -> None:
     )
     assert status == 200, body
     probs = expected_probabilities(X)
-    for row, result in enumerate(body["result"]):
+    for row, result in enumerate(body["results"]):
         assert [label for label, _ in result] == [label.decode() for label in LABELS]
         np.testing.assert_allclose([score for _, score in result], probs[row], rtol=1e-6)
     status, body = call(
         api,
         "POST",
         "/v1/models/clf:regress",
-        {"signature_name": "regress", "context": {"x": [1, 1, 1, 1.5]}, "examples": [{}, {"x": X[0]}]},
+        {"signature_name": "regress", "context": {"x": [1.0, 1.0, 1.0, 1.5]}, "examples": [{}, {"x": X[0]}]},
     )
     assert status == 200, body
-    np.testing.assert_allclose(body["result"], [2.25, 5.0], rtol=1e-6)
+    np.testing.assert_allclose(body["results"], [2.25, 5.0], rtol=1e-6)
 
 
 def test_status_and_metadata(api: RestApi) -> None:
@@ -153,56 +153,76 @@ def test_status_and_metadata(api: RestApi) -> None:
             "No version of model broken is available",
         ),
         ("POST", "/v1/models/clf:predict", b"{not json", 400, "JSON Parse error"),
-        ("POST", "/v1/models/clf:predict", b"[1]", 400, "must be a JSON object"),
+        ("POST", "/v1/models/clf:predict", b"[1]", 400, "Is not object"),
+        ("POST", "/v1/models/clf:predict", b" ", 400, "JSON Parse error: The document is empty"),
         ("POST", "/v1/models/clf:predict", {}, 400, "Missing 'inputs' or 'instances' key"),
         (
             "POST",
             "/v1/models/clf:predict",
             {"inputs": X, "instances": X},
             400,
-            "only one of 'inputs' or 'instances'",
+            "only one of 'inputs' or 'instances' keys to exist",
         ),
         (
             "POST",
             "/v1/models/clf:predict",
             {"signature_name": 3, "inputs": X},
             400,
-            "'signature_name' must be",
+            "'signature_name' key must be a string value.",
         ),
         (
             "POST",
             "/v1/models/clf:predict",
             {"signature_name": "nope", "inputs": X},
-            404,
-            'key "nope" not found',
+            400,  # TF Serving: INVALID_ARGUMENT (http_rest_api_handler.cc, GetInfoMap)
+            'Serving signature name: "nope" not found in signature def',
         ),
-        ("POST", "/v1/models/clf:predict", {"instances": []}, 400, "non-empty list"),
+        ("POST", "/v1/models/clf:predict", {"instances": []}, 400, "No values in 'instances' array"),
+        (
+            "POST",
+            "/v1/models/clf:predict",
+            {"instances": 1},
+            400,
+            "Expecting 'instances' to be an list/array",
+        ),
         ("POST", "/v1/models/clf:predict", {"instances": [{"x": X[0]}, X[1]]}, 400, "mixes named"),
         ("POST", "/v1/models/clf:predict", {"instances": [{"x": X[0]}, {"y": X[1]}]}, 400, "same inputs"),
-        ("POST", "/v1/models/clf:predict", {"instances": [[1, 2, 3]]}, 400, "shape [1, 3] is not compatible"),
+        (  # the shape is the model's to refuse
+            "POST",
+            "/v1/models/clf:predict",
+            {"instances": [[1, 2, 3]]},
+            400,
+            "Matrix size-incompatible: In[0]: [1,3], In[1]: [4,3]",
+        ),
         ("POST", "/v1/models/clf:predict", {"instances": [[1, 2, 3, 4], [1]]}, 400, "rectangular"),
         (
             "POST",
             "/v1/models/clf:predict",
             {"instances": [["a", "b", "c", "d"]]},
             400,
-            "expected float values",
+            "JSON Type: String is not of expected type: float",
         ),
-        ("POST", "/v1/models/clf:predict", {"instances": [[True, 1, 2, 3]]}, 400, "expected float values"),
+        (
+            "POST",
+            "/v1/models/clf:predict",
+            {"instances": [[1, True, 2, 3]]},
+            400,
+            "JSON Type: True is not of expected type: float",
+        ),
         ("POST", "/v1/models/clf:predict", {"inputs": {"y": X}}, 400, "alias not found in signature: y"),
         (
             "POST",
             "/v1/models/clf:predict",
             {"signature_name": "strings", "inputs": X},
             400,
-            "name each input",
+            "inputs is a plain value/list, but expecting an object as multiple input tensors",
         ),
         (
             "POST",
             "/v1/models/clf:predict",
             {"signature_name": "strings", "inputs": {"text": ["a"], "n": [1.5]}},
             400,
-            "expected int32 values",
+            "JSON Type: Number is not of expected type: int32",
         ),
         (
             "POST",
@@ -216,14 +236,14 @@ def test_status_and_metadata(api: RestApi) -> None:
             "/v1/models/clf:predict",
             {"signature_name": "strings", "inputs": {"text": [1], "n": [1]}},
             400,
-            "expected string",
+            "JSON Type: Number is not of expected type: string",
         ),
         (
             "POST",
             "/v1/models/clf:predict",
             {"signature_name": "strings", "inputs": {"text": [{"b64": "!!"}], "n": [1]}},
             400,
-            "invalid base64",
+            "Unable to base64 decode",
         ),
         (
             "POST",
@@ -232,30 +252,64 @@ def test_status_and_metadata(api: RestApi) -> None:
             400,
             "rectangular",
         ),
-        ("POST", "/v1/models/clf:classify", {"signature_name": "classify"}, 400, "'examples' must be"),
+        (
+            "POST",
+            "/v1/models/clf:classify",
+            {"signature_name": "classify"},
+            400,
+            "key 'examples' is expected and was not found",
+        ),
+        (
+            "POST",
+            "/v1/models/clf:classify",
+            {"examples": {}},
+            400,
+            "Expecting 'examples' value to be an list/array",
+        ),
+        ("POST", "/v1/models/clf:classify", {"examples": []}, 400, "'examples' value is an empty array"),
+        (
+            "POST",
+            "/v1/models/clf:classify",
+            {"examples": [[]]},
+            400,
+            "Example must be JSON object but got JSON Array",
+        ),
+        (  # an unknown signature is INVALID_ARGUMENT for classify and regress (classifier.cc, regressor.cc)
+            "POST",
+            "/v1/models/clf:regress",
+            {"signature_name": "nope", "examples": [{}]},
+            400,
+            "No signature was found with the name: nope",
+        ),
         (
             "POST",
             "/v1/models/clf:classify",
             {"signature_name": "classify", "examples": [{"x": []}]},
-            400,
-            "empty list",
+            400,  # an empty feature is allowed by the JSON; the model's ParseExample refuses it
+            "Feature: x (data type: float) is required but could not be found.",
         ),
         (
             "POST",
             "/v1/models/clf:classify",
             {"signature_name": "classify", "examples": [{"x": [1, "a"]}]},
             400,
-            "must all be numbers or all strings",
+            "Unexpected element type in feature: x expecting type: int64",
         ),
         (
             "POST",
             "/v1/models/clf:classify",
-            {"signature_name": "classify", "examples": [{"x": 1 << 70}]},
+            {"signature_name": "classify", "examples": [{"x": (1 << 64) - 1}]},
             400,
-            "out of range for int64",
+            "Feature: x has uint64_t element. Only int64_t is supported.",
         ),
-        ("POST", "/v1/models/clf:classify", {"context": 1, "examples": [{}]}, 400, "'context' must be"),
-        ("POST", "/v1/models/clf:classify", {"examples": [{"x": X[0]}]}, 400, "method_name to be"),
+        ("POST", "/v1/models/clf:classify", {"context": 1, "examples": [{}]}, 400, "got JSON Number"),
+        (
+            "POST",
+            "/v1/models/clf:classify",
+            {"examples": [{"x": X[0]}]},
+            400,
+            "No classification inputs found",
+        ),
     ],
 )
 def test_errors(api: RestApi, method: str, path: str, body: Any, status: int, fragment: str) -> None:

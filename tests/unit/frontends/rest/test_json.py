@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,7 @@ from tensorflow_serving.apis import predict_pb2
 from confserve.frontends.rest._json import (
     dumps,
     examples_input,
+    format_decimal,
     loads,
     predict_request_from_json,
     predict_response_json,
@@ -53,15 +56,17 @@ def test_typed_inputs() -> None:
 @pytest.mark.parametrize(
     ("value", "dtype", "match"),
     [
-        ([1, 0], 10, "expected bool values"),
+        ([1, 0], 10, "JSON Type: Number is not of expected type: bool"),
         ([256], 4, "out of range for uint8"),
         ([-1], 4, "out of range for uint8"),
         ([1.0], 8, "complex64 cannot be given as JSON"),
         ([1], 20, "cannot be given as JSON"),
         ([1], 999, "unsupported dtype"),
         ([[1, 2], [3]], 1, "rectangular"),
-        ([{"b64": 1}], 7, "expected string"),
-        (["x"], 1, "expected float values"),
+        ([{"b64": 1}], 7, "JSON Type: Object is not of expected type: string"),
+        (["x"], 1, "JSON Type: String is not of expected type: float"),
+        ([None], 1, "JSON Type: Null is not of expected type: float"),
+        ([1.5], 3, "JSON Type: Number is not of expected type: int32"),
     ],
 )
 def test_rejected_inputs(value: Any, dtype: int, match: str) -> None:
@@ -79,21 +84,32 @@ def test_deep_nesting_is_refused(leaf: Any, dtype: int, match: str) -> None:
 
 
 def test_loads_errors() -> None:
-    with pytest.raises(InvalidInputError, match=r"invalid JSON at char 0"):
+    """rapidjson's texts where TF Serving's tests check them (http_rest_api_handler_test.cc)."""
+    with pytest.raises(InvalidInputError, match=r"JSON Parse error: Invalid value at offset: 0"):
         loads(b"nope")
-    with pytest.raises(InvalidInputError, match="invalid JSON"):
+    with pytest.raises(InvalidInputError, match="JSON Parse error: The document is empty"):
+        loads(b" \n")
+    with pytest.raises(InvalidInputError, match="JSON Parse error"):
         loads(b"[" * 100000)
+    with pytest.raises(InvalidInputError, match="Is not object"):
+        loads(b"[1]")
     assert loads(b'{"a": NaN}')["a"] != loads(b'{"a": NaN}')["a"]
 
 
+def rendered(value: Any) -> Any:
+    return json.loads(dumps(value))
+
+
 def test_response_encodings() -> None:
-    outputs = predict_response_json(
-        response(
-            f=np.array([0.1, math.nan, math.inf], np.float32),
-            b=np.array([True, False]),
-            s=np.array([b"ok", b"\xff"], dtype=object),
-        ),
-        row_format=False,
+    outputs = rendered(
+        predict_response_json(
+            response(
+                f=np.array([0.1, math.nan, math.inf], np.float32),
+                b=np.array([True, False]),
+                s=np.array([b"ok", b"\xff"], dtype=object),
+            ),
+            row_format=False,
+        )
     )["outputs"]
     assert outputs["f"][0] == 0.1  # shortest float32 text, not 0.10000000149011612
     assert math.isnan(outputs["f"][1])
@@ -101,14 +117,45 @@ def test_response_encodings() -> None:
     assert outputs["b"] == [True, False]
     assert outputs["s"] == ["ok", {"b64": "/w=="}]  # not UTF-8: falls back to b64
     assert dumps({"v": math.nan}) == b'{"v":NaN}'
-    scalar = predict_response_json(response(y=np.float32(2.5)), row_format=False)
-    assert scalar == {"outputs": 2.5}
+    scalar = dumps(predict_response_json(response(y=np.float32(2.5)), row_format=False))
+    assert scalar == b'{"outputs":2.5}'
     matrix = predict_response_json(response(y=np.arange(6, dtype=np.int32).reshape(2, 3)), row_format=True)
-    assert matrix == {"predictions": [[0, 1, 2], [3, 4, 5]]}
+    assert dumps(matrix) == b'{"predictions":[[0,1,2],[3,4,5]]}'
+    empty = predict_response_json(response(y=np.zeros((2, 0), np.float32)), row_format=True)
+    assert dumps(empty) == b'{"predictions":[[],[]]}'
+    rows = predict_response_json(
+        response(a=np.array([b"x", b"y"], dtype=object), b=np.array([[1.0], [2.0]], np.float32)),
+        row_format=True,
+    )
+    assert dumps(rows) == b'{"predictions":[{"a":"x","b":[1.0]},{"a":"y","b":[2.0]}]}'
+
+
+@pytest.mark.parametrize(
+    ("value", "dtype", "text"),
+    [
+        # json_tensor.cc WriteDecimal and its comment: six significant digits (%g), full precision when that
+        # does not read back, and ".0" for whole numbers without an exponent.
+        (9000000.0, np.float32, "9e+06"),
+        (0.00003, np.float32, "3e-05"),
+        (3.0, np.float32, "3.0"),
+        (0.2, np.float32, "0.2"),
+        (1234567.0, np.float32, "1234567.0"),
+        (0.1, np.float64, "0.1"),
+        (1 / 3, np.float64, "0.33333333333333331"),
+        (1 / 3, np.float32, "0.333333343"),
+        (-0.0, np.float32, "-0.0"),
+        (math.nan, np.float32, "NaN"),
+        (-math.inf, np.float64, "-Infinity"),
+    ],
+)
+def test_float_formatting_follows_tf_serving(value: float, dtype: Any, text: str) -> None:
+    assert format_decimal(value, np.dtype(dtype)) == text
+    tensor = dumps(predict_response_json(response(y=np.array([value], dtype)), row_format=False))
+    assert tensor == b'{"outputs":[' + text.encode() + b"]}"
 
 
 def test_row_format_response_errors() -> None:
-    with pytest.raises(InvalidInputError, match="no batch dimension"):
+    with pytest.raises(InvalidInputError, match="Tensor name: y has no shape information"):
         predict_response_json(response(y=np.float32(1.0)), row_format=True)
     with pytest.raises(InvalidInputError, match="Tensor name: b has inconsistent batch size: 3 expecting: 2"):
         predict_response_json(response(a=np.zeros(2), b=np.zeros(3)), row_format=True)
@@ -117,13 +164,50 @@ def test_row_format_response_errors() -> None:
 
 
 def test_examples_features() -> None:
+    """json_tensor_test.cc RequestNoContext / RequestWithContextAndSignature: the first value fixes the
+    kind; booleans are int64 1/0; an empty list is an empty feature."""
     model_input = examples_input(
-        {"examples": [{"s": "text", "b": {"b64": "AA=="}, "i": [1, 2], "f": [1, 2.5]}]}
+        {
+            "examples": [
+                {
+                    "s": "text",
+                    "b": {"b64": "AA=="},
+                    "i": [1, 2],
+                    "f": [1.0, 2.5],
+                    "intboolmix": [1, True, False],
+                    "bools": [True],
+                    "e": [],
+                    "big": 1 << 70,
+                }
+            ]
+        }
     )
     feature = model_input.example_list.examples[0].features.feature
     assert feature["s"].bytes_list.value == [b"text"]
     assert feature["b"].bytes_list.value == [b"\x00"]
     assert feature["i"].int64_list.value == [1, 2]
     assert feature["f"].float_list.value == [1.0, 2.5]
-    with pytest.raises(InvalidInputError, match="feature 'x'"):
-        examples_input({"examples": [{"x": [True]}]})
+    assert feature["intboolmix"].int64_list.value == [1, 1, 0]
+    assert feature["bools"].int64_list.value == [1]
+    assert feature["e"].WhichOneof("kind") is None
+    assert feature["big"].float_list.value == [float(np.float32(1 << 70))]
+
+
+@pytest.mark.parametrize(
+    ("features", "match"),
+    [
+        # json_tensor_test.cc ClassifyRegressRequestTest.JsonErrors
+        ({"names": [10, None]}, "Feature: names has element with unexpected JSON type: Null"),
+        ({"names": [10, 10.0]}, "Unexpected element type in feature: names expecting type: int64"),
+        ({"names": [10.0, 10]}, "Unexpected element type in feature: names expecting type: float"),
+        ({"names": [10, {"test": 10}]}, "names has element with unexpected JSON type: Object"),
+        ({"names": [[10], 20]}, "names has element with unexpected JSON type: Array"),
+        ({"names": [20, 18446744073709551603]}, "Only int64_t is supported"),
+        ({"names": ["a", 1]}, "expecting type: bytes"),
+        ({"names": [True, "a"]}, "expecting type: int64"),
+        ({"names": [{"b64": "!!"}]}, "Feature: names: Unable to base64 decode"),
+    ],
+)
+def test_examples_feature_errors(features: dict[str, Any], match: str) -> None:
+    with pytest.raises(InvalidInputError, match=re.escape(match)):
+        examples_input({"examples": [features]})
