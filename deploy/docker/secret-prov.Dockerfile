@@ -1,16 +1,23 @@
 # confserve's secret-provisioning (key release) service. It needs no model runtime, so TensorFlow and
 # the serving stack are left out: confserve is installed without dependencies plus the subset the
 # `confserve secret-prov` commands import, at the versions pyproject.toml pins (a test checks both).
-# Build from the repository root:  docker build -f deploy/docker/secret-prov.Dockerfile -t confserve-secret-prov .
-FROM python:3.11.14-slim-bookworm
+#
+# Built by scripts/build-images, or by hand from the repository root (WHEELHOUSE: scripts/make-wheelhouse):
+#   docker build -f deploy/docker/secret-prov.Dockerfile --build-context wheels=WHEELHOUSE -t confserve-secret-prov .
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm
+FROM ${BASE_IMAGE}
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/confserve/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 WORKDIR /build
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install --no-compile --no-deps . \
-    && pip install --no-compile \
+RUN --mount=type=bind,from=wheels,target=/wheels \
+    python3 -m venv --without-pip /opt/confserve \
+    && /opt/confserve/bin/python "$(echo /wheels/pip-*.whl)/pip" install --no-index --find-links /wheels \
+        --no-compile --no-cache-dir --disable-pip-version-check --quiet --no-deps . \
+    && /opt/confserve/bin/python "$(echo /wheels/pip-*.whl)/pip" install --no-index --find-links /wheels \
+        --no-compile --no-cache-dir --disable-pip-version-check --quiet \
         cryptography==48.0.0 \
         click==8.3.1 \
         dcap-qvl==0.7.0 \
@@ -19,9 +26,12 @@ RUN pip install --no-compile --no-deps . \
         prometheus-client==0.26.0 \
         protobuf==7.36.2 \
         numpy==2.4.6 \
-    && rm -rf /build
+    && /opt/confserve/bin/python -m compileall -q --invalidation-mode unchecked-hash /opt/confserve/lib \
+    && cd / && rm -rf /build
 
-RUN useradd --uid 10002 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin confserve
+RUN useradd --uid 10002 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin confserve \
+    && install -d -o 10002 -g 10002 -m 0700 /var/lib/confserve /var/lib/confserve/audit
+# /var/lib/confserve/audit: the audit log's volume; an empty volume mounted here takes this owner.
 WORKDIR /var/lib/confserve
 USER 10002:10002
 EXPOSE 4433 9433

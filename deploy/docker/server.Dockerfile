@@ -1,18 +1,29 @@
 # confserve model server, simulated enclave (development, CI, clusters without SGX).
-# Build from the repository root:  docker build -f deploy/docker/server.Dockerfile -t confserve-server .
-# Base pinned by exact tag; pin by digest in production (docker buildx imagetools inspect <tag>).
-FROM python:3.11.14-slim-bookworm
+#
+# Built by scripts/build-images (which makes the wheelhouse and, where no registry is reachable, a Debian
+# base), or by hand from the repository root:
+#   docker build -f deploy/docker/server.Dockerfile --build-context wheels=WHEELHOUSE -t confserve-server .
+# WHEELHOUSE holds the pinned dependencies as wheels (scripts/make-wheelhouse): the build installs only
+# from it and needs no network (scripts/build-images passes --network none).
+# The base is an argument: the official Python image by default (pin it by digest in production), or a
+# Debian base with python3 made from Debian's packages (scripts/make-base-image).
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm
+FROM ${BASE_IMAGE}
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/confserve/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 WORKDIR /build
 COPY pyproject.toml README.md ./
 COPY src ./src
-# Runtime dependencies are pinned exactly in pyproject.toml. No bytecode is written at install time;
-# it is compiled with content hashes (not mtimes) so two builds give identical files.
-RUN pip install --no-compile . \
-    && python -m compileall -q --invalidation-mode unchecked-hash /usr/local/lib/python3.11/site-packages \
-    && rm -rf /build
+# A venv at /opt/confserve, the same on every base, filled from the wheelhouse with the pip wheel in it
+# (so no pip is left in the image). Bytecode is compiled with content hashes (not mtimes), so two builds
+# give identical files: the installed code is part of the simulated enclave's measurement.
+RUN --mount=type=bind,from=wheels,target=/wheels \
+    python3 -m venv --without-pip /opt/confserve \
+    && /opt/confserve/bin/python "$(echo /wheels/pip-*.whl)/pip" install --no-index --find-links /wheels \
+        --no-compile --no-cache-dir --disable-pip-version-check --quiet . \
+    && /opt/confserve/bin/python -m compileall -q --invalidation-mode unchecked-hash /opt/confserve/lib \
+    && cd / && rm -rf /build
 
 RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin confserve
 WORKDIR /srv/confserve
