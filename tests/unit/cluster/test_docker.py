@@ -1,6 +1,7 @@
-"""deploy/docker: the Dockerfiles parse (a small strict parser; no Docker engine here), every file they copy
-exists in the repository and survives .dockerignore, bases are pinned, the images run as non-root, and
-what they hand to Gramine and Kubernetes matches the renderers."""
+"""deploy/docker: the Dockerfiles parse (a small strict parser; no engine needed), every file they copy
+exists in the repository and survives .dockerignore, bases are pinned (the base-image argument's default
+too), Python packages come only from the wheelhouse, the images run as non-root, and what they hand to
+Gramine and Kubernetes matches the renderers. tests/containers/ builds and runs them on a real engine."""
 
 from __future__ import annotations
 
@@ -126,6 +127,7 @@ def test_the_images_exist() -> None:
         "tf-serving-sgx.Dockerfile",
         "secret-prov.Dockerfile",
         "client.Dockerfile",
+        "lb.Dockerfile",
     } <= names
     assert (REPO / ".dockerignore").is_file()
 
@@ -136,9 +138,17 @@ def test_dockerfile_parses_and_copies_only_what_exists(path: Path) -> None:
     assert instructions[0].name in ("FROM", "ARG")
     stages: set[str] = set()
     contexts = set(re.findall(r"--build-context (\w+)=", path.read_text()))
+    first_from = next(i for i, ins in enumerate(instructions) if ins.name == "FROM")
+    args = dict(ins.args.partition("=")[::2] for ins in instructions[:first_from] if ins.name == "ARG")
     for ins in instructions:
+        if ins.name == "RUN" and "mount" in ins.flags and "from=" in ins.flags["mount"]:
+            source = re.search(r"from=([\w-]+)", ins.flags["mount"])
+            assert source is not None
+            assert source.group(1) in stages | contexts, f"{path.name}:{ins.line}: unknown mount source"
         if ins.name == "FROM":
             image, *alias = ins.args.split()
+            # FROM ${BASE_IMAGE}: the argument's default (declared before the first FROM) must be pinned.
+            image = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), image)
             assert image in stages or re.fullmatch(
                 r"[a-z0-9./-]+(:[0-9][\w.-]*|@sha256:[0-9a-f]{64})", image
             ), f"{path.name}:{ins.line}: base {image!r} is not pinned by exact version tag or digest"
@@ -231,13 +241,46 @@ MODULES = {
 }
 
 
-def test_secret_prov_image_installs_a_pinned_subset_that_suffices() -> None:
-    (run,) = [i for i in parsed("secret-prov.Dockerfile") if i.name == "RUN" and "pip install" in i.args]
+def _install_run(name: str) -> Instruction:
+    (run,) = [i for i in parsed(name) if i.name == "RUN" and " install --no-index" in i.args]
+    return run
+
+
+@pytest.mark.parametrize("name", ["server.Dockerfile", "secret-prov.Dockerfile", "client.Dockerfile"])
+def test_python_packages_come_only_from_the_wheelhouse(name: str) -> None:
+    """An air-gapped build: every pip install reads the wheelhouse (a build context) and no index; the
+    wheelhouse is bind-mounted for that one step, so no wheel lands in a layer; no pip is left behind."""
+    run = _install_run(name)
+    assert run.flags["mount"] == "type=bind,from=wheels,target=/wheels"
+    installs = run.args.count(" install ")
+    assert installs >= 1
+    assert run.args.count("--no-index --find-links /wheels") == installs
+    assert "python3 -m venv --without-pip /opt/confserve" in run.args
+    assert "pip install" not in run.args.replace('/pip" install', "")  # only the wheelhouse's pip runs
+    assert "--invalidation-mode unchecked-hash" in run.args  # reproducible bytecode
+    assert [i for i in parsed(name) if i.name == "COPY" and "wheels" in i.args] == []
+
+
+def test_client_image_keeps_only_tensorflows_proto_modules() -> None:
+    run = _install_run("client.Dockerfile")
+    assert "tensorflow==2.21.0" in run.args.split("--no-deps .")[1].split("&&")[0]  # without its deps
+    assert '-type f ! -name "*_pb2.py" ! -name "__init__.py" -delete' in run.args
+
+
+@pytest.mark.parametrize("name", ["secret-prov.Dockerfile", "client.Dockerfile"])
+def test_subset_images_pin_what_pyproject_pins(name: str) -> None:
+    run = _install_run(name)
     assert "--no-deps ." in run.args
     installed = dict(re.findall(r"([A-Za-z0-9_.-]+)==([0-9][\w.]*)", run.args))
     pins = _pins()
+    assert installed
     for package, version in installed.items():
         assert pins.get(package.lower()) == version, f"{package}=={version} differs from pyproject.toml"
+
+
+def test_secret_prov_image_installs_a_pinned_subset_that_suffices() -> None:
+    run = _install_run("secret-prov.Dockerfile")
+    installed = dict(re.findall(r"([A-Za-z0-9_.-]+)==([0-9][\w.]*)", run.args))
     left_out = [m for p, m in MODULES.items() if p not in {k.lower() for k in installed}]
     assert "tensorflow" in left_out
     # With every left-out package unimportable, the key service's commands still load.
