@@ -137,7 +137,10 @@ def test_serve_with_config_file_and_plain_tls(tmp_path: Path, server_tls: TlsCon
         ([], "give --model_config_file, or --model_name and --model_base_path"),
         (["--model_name=m", "--model_base_path=/x"], "give --ssl_config_file, or --insecure"),
         (["--model_config_file=c", "--model_name=m"], "either --model_config_file or"),
-        (["--model_config_file=c", "--insecure"], "invalid ModelServerConfig text"),
+        (
+            ["--model_config_file=c", "--insecure"],
+            "Error parsing text-format tensorflow.serving.ModelServerConfig",
+        ),
         (
             ["--model_name=m", "--model_base_path=/x", "--ssl_config_file=c", "--allow_plaintext"],
             "not a valid SSLConfig",

@@ -73,7 +73,8 @@ def parse_model_server_config(text: str) -> tuple[ModelConfig, ...]:
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as exc:
-        raise ConfigError(f"invalid ModelServerConfig text: {exc}") from None
+        # TF Serving's wording (its text-format parser's error, as main.cc reports a bad --model_config_file).
+        raise ConfigError(f"Error parsing text-format tensorflow.serving.ModelServerConfig: {exc}") from None
     return model_configs_from_proto(message)
 
 

@@ -73,7 +73,7 @@ def test_empty_config_has_no_models() -> None:
             "lists no versions",
         ),
         ("custom_model_config { }", "unsupported ModelServerConfig field"),
-        ("model_config_list { bogus: 1 }", "invalid ModelServerConfig text"),
+        ("model_config_list { bogus: 1 }", "Error parsing text-format tensorflow.serving.ModelServerConfig"),
     ],
 )
 def test_bad_configs_rejected(text: str, fragment: str) -> None:
