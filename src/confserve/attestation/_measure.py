@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from confserve.attestation._errors import AttestationError, QuoteFormatError, VerificationError
 from confserve.attestation._types import EnclaveIdentity
 from confserve.errors import Status
+from confserve.files import open_input
 
 __all__ = [
     "DEFAULT_ENTRY_POINT",
@@ -166,7 +167,7 @@ def _package_files(package_root: Path) -> list[tuple[str, str]]:
             relative = path.relative_to(package_root).as_posix()
             if path.is_symlink() or not path.is_file():
                 raise MeasurementError(f"not a regular file in package tree: {relative}")
-            with path.open("rb") as handle:
+            with open_input(path) as handle:
                 digest = hashlib.file_digest(handle, "sha256").hexdigest()
             entries.append((relative, digest))
     if not entries:

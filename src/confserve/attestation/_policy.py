@@ -55,6 +55,7 @@ from typing import Any
 
 from confserve.attestation._errors import PolicyError
 from confserve.attestation._types import EnclaveIdentity, VerifiedEvidence
+from confserve.files import open_input
 
 __all__ = [
     "KNOWN_TCB_STATUSES",
@@ -657,7 +658,7 @@ def load_policy_file(path: Path, *, allow_simulated_ra_config: bool = False) -> 
     if suffix not in (".json", ".toml"):
         raise PolicyError("policy file name must end in .toml (native) or .json (ra_config.json)")
     try:
-        with path.open("rb") as handle:
+        with open_input(path) as handle:
             data = handle.read(MAX_POLICY_FILE_BYTES + 1)
     except OSError as exc:
         raise PolicyError(f"cannot read policy file {path}: {exc.strerror}") from None

@@ -56,6 +56,7 @@ from confserve.attestation._structs import (
     ReportBody,
 )
 from confserve.attestation._types import EnclaveIdentity
+from confserve.files import MAX_SMALL_FILE_BYTES, read_input, read_input_text
 
 __all__ = [
     "SGX_TCB_STATUSES",
@@ -497,13 +498,15 @@ class SimPlatform:
     def load(cls, directory: str | os.PathLike[str]) -> SimPlatform:
         path = Path(directory)
         try:
-            state = json.loads((path / _PLATFORM_FILE).read_text("utf-8"))
-            collateral = json.loads((path / _COLLATERAL_FILE).read_text("utf-8"))
+            state = json.loads(read_input_text(path / _PLATFORM_FILE, max_bytes=MAX_SMALL_FILE_BYTES))
+            collateral = json.loads(read_input_text(path / _COLLATERAL_FILE, max_bytes=MAX_SMALL_FILE_BYTES))
             keys: dict[str, ec.EllipticCurvePrivateKey] = {}
             certs: dict[str, x509.Certificate] = {}
             for role in _ROLES:
                 keys[role] = _load_key(path / f"{role}.key.pem")
-                certs[role] = x509.load_pem_x509_certificate((path / f"{role}.cert.pem").read_bytes())
+                certs[role] = x509.load_pem_x509_certificate(
+                    read_input(path / f"{role}.cert.pem", max_bytes=MAX_SMALL_FILE_BYTES)
+                )
             keys["attestation"] = _load_key(path / _ATTESTATION_KEY_FILE)
             return cls(
                 pki=_Pki(keys=keys, certs=certs),
@@ -768,7 +771,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    key = serialization.load_pem_private_key(read_input(path, max_bytes=MAX_SMALL_FILE_BYTES), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
         raise ValueError("not a P-256 key")
     return key

@@ -34,6 +34,7 @@ from confserve.attestation._verify import (
     PccsCollateralSource,
     TrustConfig,
 )
+from confserve.files import open_input
 
 __all__ = ["SIM_COLLATERAL_FILE", "SIM_ROOT_FILE", "VerifierTrust", "load_simulated_root", "verifier_trust"]
 
@@ -55,7 +56,7 @@ def load_simulated_root(path: Path) -> TrustConfig:
     platform's or a published one) holding root_ca.cert.pem. Private keys are never read."""
     pem_path = path / SIM_ROOT_FILE if path.is_dir() else path
     try:
-        with pem_path.open("rb") as handle:
+        with open_input(pem_path) as handle:
             data = handle.read(_MAX_PEM_BYTES + 1)
     except FileNotFoundError:
         if path.is_dir():

@@ -63,6 +63,7 @@ from confserve.attestation._structs import (
     parse_quote_v3,
 )
 from confserve.attestation._types import VerifiedEvidence
+from confserve.files import MAX_SMALL_FILE_BYTES, read_input_text
 
 __all__ = [
     "INTEL_SGX_ROOT_CA_DER",
@@ -192,7 +193,7 @@ class Collateral:
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Collateral:
         try:
-            text = Path(path).read_text("utf-8")
+            text = read_input_text(path, max_bytes=MAX_SMALL_FILE_BYTES)
         except (OSError, UnicodeDecodeError) as exc:
             raise VerificationError(f"cannot read collateral file: {type(exc).__name__}") from exc
         return cls.from_json(text)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 import click
 
 from confserve.cli._common import reports_errors
+from confserve.files import MAX_SMALL_FILE_BYTES, read_input
 
 if TYPE_CHECKING:
     from confserve.attestation import (
@@ -227,7 +228,7 @@ def _load_root(path: Path) -> bytes:
 
     from confserve.attestation import AttestationError
 
-    data = path.read_bytes()
+    data = read_input(path, max_bytes=MAX_SMALL_FILE_BYTES)
     try:
         cert = (
             x509.load_pem_x509_certificate(data)
@@ -376,7 +377,7 @@ def attest_verify_quote(
 ) -> None:
     """Verify QUOTE and print a JSON verdict; exit 0 only if it is accepted."""
     setup = _verification_setup(collateral_file, platform_dir, root, allow_simulated, policy_file)
-    _verify_and_emit(quote_file.read_bytes(), setup, now)
+    _verify_and_emit(read_input(quote_file, max_bytes=MAX_SMALL_FILE_BYTES), setup, now)
 
 
 @attest.command("show-cert")
@@ -406,7 +407,7 @@ def attest_show_cert(
     from confserve.attestation._ratls import extract_ratls_quote
     from confserve.attestation._structs import parse_quote_v3
 
-    fmt, quote = extract_ratls_quote(cert_file.read_bytes())
+    fmt, quote = extract_ratls_quote(read_input(cert_file, max_bytes=MAX_SMALL_FILE_BYTES))
     body = parse_quote_v3(quote).report_body
     facts: dict[str, Any] = {
         "format": fmt.value,

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Final
 import click
 
 from confserve.cli._common import fail, reports_errors
+from confserve.files import MAX_SMALL_FILE_BYTES, read_input
 
 if TYPE_CHECKING:
     from confserve.attestation import EnclaveIdentity
@@ -109,7 +110,7 @@ def measure_group(
     if sigstruct is not None:
         if simulated_given or describe:
             raise click.UsageError("--sigstruct cannot be combined with simulated-deployment options")
-        parsed = measure.parse_sigstruct(Path(sigstruct).read_bytes())
+        parsed = measure.parse_sigstruct(read_input(sigstruct, max_bytes=MAX_SMALL_FILE_BYTES))
         if parsed.debug:
             click.echo("confserve: warning: DEBUG enclave; a strict policy refuses it", err=True)
         _emit(
@@ -125,7 +126,7 @@ def measure_group(
     if config_path is not None and arg_pairs:
         raise click.UsageError("use either --config or --arg, not both")
     args = (
-        measure.load_measured_args_toml(Path(config_path).read_bytes())
+        measure.load_measured_args_toml(read_input(config_path, max_bytes=MAX_SMALL_FILE_BYTES))
         if config_path
         else _parse_args(arg_pairs)
     )
@@ -138,7 +139,7 @@ def measure_group(
         raise click.UsageError("--signing-key is required for a simulated deployment")
     identity = EnclaveIdentity(
         mr_enclave=measure.measure_simulated(root, entry, args),
-        mr_signer=measure.mr_signer_from_pem(Path(signing_key).read_bytes()),
+        mr_signer=measure.mr_signer_from_pem(read_input(signing_key, max_bytes=MAX_SMALL_FILE_BYTES)),
         isv_prod_id=isv_prod_id or 0,
         isv_svn=isv_svn or 0,
     )

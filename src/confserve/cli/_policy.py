@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from confserve.cli._common import fail, reports_errors
+from confserve.files import open_input
 
 _MAX_MEASUREMENT_BYTES = 1 << 20  # a measurement is a few hundred bytes; bound hostile input
 
@@ -26,7 +27,7 @@ def _identity(path: Path) -> Any:
     from confserve.attestation import EnclaveIdentity  # noqa: PLC0415
 
     try:
-        with path.open("rb") as handle:
+        with open_input(path) as handle:
             data = handle.read(_MAX_MEASUREMENT_BYTES + 1)
     except OSError as e:
         fail(f"cannot read {path}: {e.strerror}")

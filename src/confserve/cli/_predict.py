@@ -12,6 +12,7 @@ from confserve.cli._common import reports_errors
 from confserve.client import ClientError, ClientTls, PredictClient
 from confserve.client._display import as_json, describe
 from confserve.client._inputs import inputs_from_image, inputs_from_json, inputs_from_npy, random_inputs
+from confserve.files import MAX_SMALL_FILE_BYTES, read_input
 
 
 def _split_input(value: str) -> tuple[str | None, str]:
@@ -76,7 +77,10 @@ def client_tls(
             "give --tls-bundle DIR (or --ca FILE), or --plaintext for an unencrypted test server"
         )
     return ClientTls(
-        Path(ca).read_bytes(), Path(cert) if cert else None, Path(key) if key else None, server_name
+        read_input(ca, max_bytes=MAX_SMALL_FILE_BYTES),
+        Path(cert) if cert else None,
+        Path(key) if key else None,
+        server_name,
     )
 
 

@@ -23,6 +23,7 @@ from confserve.cluster import (
 )
 from confserve.cluster._gramine import Variant
 from confserve.cluster._k8s import Overlay
+from confserve.files import MAX_SMALL_FILE_BYTES, read_input_text
 
 
 @click.group("render")
@@ -221,7 +222,7 @@ def _measurements(
     svn: int | None,
 ) -> list[Measurement]:
     found = [Measurement(mr_enclave=m) for m in mr_enclave]
-    found += [Measurement.from_json(p.read_text(encoding="utf-8")) for p in measure_json]
+    found += [Measurement.from_json(read_input_text(p, max_bytes=MAX_SMALL_FILE_BYTES)) for p in measure_json]
     if mr_signer is not None or prod is not None or svn is not None:
         found.append(Measurement(mr_signer=mr_signer, isv_prod_id=prod, min_isv_svn=svn))
     return found

@@ -21,6 +21,7 @@ import click
 from click.core import ParameterSource
 
 from confserve.cli._common import reports_errors
+from confserve.files import MAX_SMALL_FILE_BYTES, read_input
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _WAKE_SECONDS = 0.2  # how soon the main thread notices a stop signal
@@ -80,7 +81,7 @@ def _with_config(config: Path, values: dict[str, Any]) -> dict[str, Any]:
 
     ctx = click.get_current_context()
     try:
-        data = config.read_bytes()
+        data = read_input(config, max_bytes=MAX_SMALL_FILE_BYTES)
     except OSError as e:
         raise replica.OptionsError(f"cannot read {config}: {e.strerror}") from None
     merged = replica.ServeOptions.from_toml(data, where=str(config))

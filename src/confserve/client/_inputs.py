@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from confserve.client._errors import ClientError
 from confserve.client._predict import Signature
+from confserve.files import FileTooLargeError, read_input
 
 __all__ = ["check_inputs", "inputs_from_image", "inputs_from_json", "inputs_from_npy", "random_inputs"]
 
@@ -66,9 +67,9 @@ def _shape_text(shape: tuple[int, ...]) -> str:
 def _read(path: str | os.PathLike[str]) -> bytes:
     p = Path(path)
     try:
-        if p.stat().st_size > _MAX_INPUT_FILE_BYTES:
-            raise ClientError(f"{p} is larger than {_MAX_INPUT_FILE_BYTES} bytes")
-        return p.read_bytes()
+        return read_input(p, max_bytes=_MAX_INPUT_FILE_BYTES)
+    except FileTooLargeError:
+        raise ClientError(f"{p} is larger than {_MAX_INPUT_FILE_BYTES} bytes") from None
     except OSError as e:
         raise ClientError(f"cannot read {p}: {e.strerror}") from None
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from confserve.client._errors import ClientError
+from confserve.files import MAX_SMALL_FILE_BYTES, open_input, read_input
 
 __all__ = ["ClientTls"]
 
@@ -35,7 +36,7 @@ class ClientTls:
         is given)."""
         root = Path(bundle)
         try:
-            ca = (root / "ca.crt").read_bytes()
+            ca = read_input(root / "ca.crt", max_bytes=MAX_SMALL_FILE_BYTES)
         except OSError as e:
             raise ClientError(
                 f"cannot read the client bundle's CA certificate {root / 'ca.crt'}: {e.strerror}"
@@ -52,16 +53,18 @@ class ClientTls:
         return self.cert_file is not None
 
     def cert_pem(self) -> bytes | None:
-        return self.cert_file.read_bytes() if self.cert_file else None
+        return read_input(self.cert_file, max_bytes=MAX_SMALL_FILE_BYTES) if self.cert_file else None
 
     def key_pem(self) -> bytes | None:
-        return self.key_file.read_bytes() if self.key_file else None
+        return read_input(self.key_file, max_bytes=MAX_SMALL_FILE_BYTES) if self.key_file else None
 
     def ssl_context(self) -> ssl.SSLContext:
         """A verifying client context (TLS 1.2+), with the client certificate loaded for mutual TLS."""
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=self.ca_pem.decode("ascii"))
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         if self.cert_file is not None and self.key_file is not None:
+            for path in (self.cert_file, self.key_file):  # OpenSSL opens them itself: no FIFO or device
+                open_input(path, max_bytes=MAX_SMALL_FILE_BYTES).close()
             context.load_cert_chain(self.cert_file, self.key_file)
         return context
 
@@ -76,7 +79,7 @@ _DNS_NAME = re.compile(r"[A-Za-z0-9*]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 def _bundle_server_name(root: Path) -> str | None:
     path = root / _SERVER_NAME_FILE
     try:
-        with path.open("rb") as handle:
+        with open_input(path) as handle:
             raw = handle.read(256)
     except FileNotFoundError:
         return None

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from confserve import pf
 from confserve.errors import ConfserveError, Status
+from confserve.files import read_input
 from confserve.tf_runtime import import_tensorflow
 
 if TYPE_CHECKING:
@@ -182,7 +183,7 @@ def import_frozen_graph(
     tf = _quiet_tensorflow()
     graph_def = tf.compat.v1.GraphDef()
     try:
-        graph_def.ParseFromString(Path(graph_file).read_bytes())
+        graph_def.ParseFromString(read_input(graph_file))
     except Exception as e:  # protobuf's DecodeError and friends
         raise ModelError(
             f"{os.fspath(graph_file)!r} is not a frozen TensorFlow GraphDef: {type(e).__name__}"
@@ -345,7 +346,7 @@ def inspect_model_tree(
         if "saved_model.pb" not in files:
             infos.append(VersionInfo(int(version), files, note="no saved_model.pb"))
         elif not files["saved_model.pb"]:
-            infos.append(VersionInfo(int(version), files, _signatures(pb.read_bytes())))
+            infos.append(VersionInfo(int(version), files, _signatures(read_input(pb))))
         elif key is None:
             infos.append(
                 VersionInfo(int(version), files, note="encrypted: give the wrap key to see signatures")

@@ -13,6 +13,7 @@ from confserve.pf._errors import (
     OutputIsInputError,
     PathMismatchError,
     PfError,
+    TooLargeError,
     VersionError,
     WrapKeyError,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "PfError",
     "ProtectedFileReader",
     "ProtectedFileWriter",
+    "TooLargeError",
     "TreeEntry",
     "VersionError",
     "WrapKey",

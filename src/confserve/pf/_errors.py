@@ -13,6 +13,7 @@ __all__ = [
     "OutputIsInputError",
     "PathMismatchError",
     "PfError",
+    "TooLargeError",
     "VersionError",
     "WrapKeyError",
 ]
@@ -42,6 +43,10 @@ class PathMismatchError(PfError):
         super().__init__(f"file is bound to path {stored!r}{hint}, not {expected!r}")
         self.expected = expected
         self.stored = stored
+
+
+class TooLargeError(PfError):
+    """The plaintext is larger than the caller accepts, or than this process can hold in memory."""
 
 
 class InvalidPathError(PfError, ValueError):

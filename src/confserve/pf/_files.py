@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from confserve.pf._errors import FormatError, OutputIsInputError, PfError
+from confserve.files import open_input
+from confserve.pf._errors import FormatError, OutputIsInputError, PfError, TooLargeError
 from confserve.pf._format import MAJOR_V1, NODE_SIZE
 from confserve.pf._keys import WrapKey
 from confserve.pf._paths import normalize_path
@@ -56,7 +57,7 @@ class TreeEntry:
 
 def open_protected(path: StrPath, key: WrapKey, *, bound_path: str | None) -> ProtectedFileReader:
     """Open a protected file for reading (the reader owns and closes the file)."""
-    f = open(path, "rb", buffering=0)  # noqa: SIM115 - ownership passes to the reader
+    f = open_input(path)  # a regular file only: a FIFO or device is refused, never waited on
     try:
         return ProtectedFileReader(f, key, bound_path=bound_path, close_file=True)
     except BaseException:
@@ -64,9 +65,16 @@ def open_protected(path: StrPath, key: WrapKey, *, bound_path: str | None) -> Pr
         raise
 
 
-def read_protected(path: StrPath, key: WrapKey, *, bound_path: str | None) -> bytearray:
-    """Decrypt a whole protected file into memory (nothing touches disk). The caller may wipe the result."""
+def read_protected(
+    path: StrPath, key: WrapKey, *, bound_path: str | None, max_size: int | None = None
+) -> bytearray:
+    """Decrypt a whole protected file into memory (nothing touches disk). The caller may wipe the result.
+
+    A plaintext over `max_size` bytes (or over what memory holds) is a TooLargeError, before allocating.
+    """
     with open_protected(path, key, bound_path=bound_path) as reader:
+        if max_size is not None and reader.size > max_size:
+            raise TooLargeError(f"protected file holds {reader.size} bytes, more than {max_size} allowed")
         return reader.read_remaining()
 
 
@@ -86,7 +94,7 @@ def encrypt_bytes(data: bytes, key: WrapKey, *, bound_path: str, format_version:
 
 def header_facts(path: StrPath) -> HeaderFacts:
     """The plain facts of a protected file's metadata node (no key needed, nothing authenticated)."""
-    with open(path, "rb") as f:
+    with open_input(path) as f:
         return read_header_facts(f)
 
 
@@ -173,7 +181,7 @@ def encrypt_file(
     bound = normalize_path(os.fspath(dst) if bound_path is None else bound_path)
     _refuse_same_file(src, dst)
     with (
-        open(src, "rb", buffering=0) as fin,
+        open_input(src) as fin,
         _atomic_output(Path(dst), 0o644) as fout,
         ProtectedFileWriter(fout, key, bound_path=bound, format_version=format_version) as w,
     ):

@@ -13,6 +13,7 @@ import os
 import secrets
 from pathlib import Path
 
+from confserve.files import open_input
 from confserve.pf._errors import WrapKeyError
 from confserve.pf._format import KEY_SIZE
 
@@ -40,7 +41,7 @@ class WrapKey:
     def load(cls, path: str | os.PathLike[str]) -> WrapKey:
         """Read a key file of exactly 16 raw bytes."""
         try:
-            with open(path, "rb") as f:
+            with open_input(path) as f:
                 data = f.read(KEY_SIZE + 1)
         except OSError as e:
             raise WrapKeyError(f"cannot read wrap key file {os.fspath(path)!r}: {e.strerror}") from None

@@ -27,7 +27,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from confserve.pf._crypto import derive_metadata_key, gcm_decrypt
-from confserve.pf._errors import FormatError, IntegrityError, PathMismatchError, VersionError
+from confserve.pf._errors import FormatError, IntegrityError, PathMismatchError, TooLargeError, VersionError
 from confserve.pf._format import (
     ATTACHED_DATA_NODES,
     CRYPTO_ENTRY_SIZE,
@@ -58,6 +58,7 @@ from confserve.pf._format import (
     OFF_NONCE,
     PATH_MAX_SIZE,
     SIZE_STRUCT,
+    data_node_count,
     data_node_physical,
     host_size,
     mht_node_physical,
@@ -206,12 +207,29 @@ class ProtectedFileReader(io.RawIOBase):
         self._pos = pos
         return pos
 
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        out = bytearray(max(0, min(size, self.size - self._pos)))  # never more than the file holds
+        return bytes(out[: self.readinto(out)])
+
     def readall(self) -> bytes:
         return bytes(self.read_remaining())
 
     def read_remaining(self) -> bytearray:
-        """Everything from the current position to the end, in a buffer the caller may wipe."""
-        out = bytearray(max(0, self.size - self._pos))
+        """Everything from the current position to the end, in a buffer the caller may wipe.
+
+        The size comes from the authenticated header and matches the file's size on disk, but a sparse
+        file costs its writer nothing: before allocating, the last data node is authenticated (with the
+        MHT nodes above it), so a size is backed by real ciphertext at its end. A size that still does
+        not fit in memory is a TooLargeError, never a MemoryError.
+        """
+        self._check_open()
+        self._authenticate_last_node()
+        try:
+            out = bytearray(max(0, self.size - self._pos))
+        except MemoryError:
+            raise TooLargeError(f"protected file of {self.size} bytes does not fit in memory") from None
         self.readinto(out)
         return out
 
@@ -240,6 +258,17 @@ class ProtectedFileReader(io.RawIOBase):
     def _check_open(self) -> None:
         if self.closed:
             raise ValueError("I/O operation on closed protected file")
+
+    def _authenticate_last_node(self) -> None:
+        """Decrypt the last data node (kept as `_last_node`): an IntegrityError if it is not genuine."""
+        count = data_node_count(self.size)
+        if count == 0 or (self._last_node is not None and self._last_node[0] == count - 1):
+            return
+        last = count - 1
+        mht = memoryview(self._mht(last // ATTACHED_DATA_NODES))
+        entry = (last % ATTACHED_DATA_NODES) * CRYPTO_ENTRY_SIZE
+        raw = self._read_nodes(data_node_physical(last), 1)
+        self._last_node = (last, self._decrypt_node(raw, mht[entry : entry + CRYPTO_ENTRY_SIZE]))
 
     def _read_group_into(self, out: memoryview, pos: int, want: int, out_off: int) -> int:
         """Decrypt plaintext [pos, pos+want) as far as the current group reaches; return bytes done."""

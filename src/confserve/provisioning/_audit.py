@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from confserve.files import read_input
 from confserve.provisioning._errors import AuditLogError
 
 __all__ = ["GENESIS", "AuditLog", "AuditVerification", "verify_audit_log"]
@@ -80,7 +81,7 @@ def verify_audit_log(path: str | os.PathLike[str], *, expected_head: str | None 
     (a head recorded earlier), a log cut back to fewer entries is detected as well.
     """
     try:
-        data = Path(path).read_bytes()
+        data = read_input(path)
     except OSError as exc:
         raise AuditLogError(f"cannot read audit log: {exc.strerror}") from None
     prev = GENESIS

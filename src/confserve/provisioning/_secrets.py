@@ -10,6 +10,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+from confserve.files import NotRegularFileError, open_input
 from confserve.provisioning._errors import ConfigError, ProtocolError
 from confserve.provisioning._protocol import MAX_SECRET_BYTES, check_secret_name
 
@@ -23,9 +24,12 @@ def read_secret_file(path: str | os.PathLike[str]) -> bytes:
     """
     shown = os.fspath(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        handle = open_input(path, follow_symlinks=False)  # never waits on a FIFO
+    except NotRegularFileError:
+        raise ConfigError(f"secret file {shown!r} is not a regular file") from None
     except OSError as exc:
         raise ConfigError(f"cannot open secret file {shown!r}: {exc.strerror}") from None
+    fd = handle.fileno()
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -48,7 +52,7 @@ def read_secret_file(path: str | os.PathLike[str]) -> bytes:
     except OSError as exc:
         raise ConfigError(f"cannot read secret file {shown!r}: {exc.strerror}") from None
     finally:
-        os.close(fd)
+        handle.close()
     data = b"".join(chunks)
     if not 1 <= len(data) <= MAX_SECRET_BYTES:
         raise ConfigError(f"secret file {shown!r} changed size while being read")

@@ -41,6 +41,7 @@ from confserve.attestation import (
 from confserve.attestation._attester import DEV_ATTESTATION
 from confserve.attestation._evidence import make_evidence
 from confserve.errors import ConfserveError, Status
+from confserve.files import MAX_SMALL_FILE_BYTES, open_input, read_input
 from confserve.provisioning import (
     ClientSettings,
     DevAttestationKeys,
@@ -72,7 +73,7 @@ class EnclaveError(ConfserveError):
 
 def file_sha256(path: str | Path) -> str:
     try:
-        with open(path, "rb") as f:
+        with open_input(path) as f:
             return hashlib.file_digest(f, "sha256").hexdigest()
     except OSError as e:
         raise EnclaveError(f"cannot read {path}: {e.strerror}") from None
@@ -127,7 +128,7 @@ class EnclaveSettings:
 
 def _load_signer(path: Path) -> rsa.RSAPublicKey:
     try:
-        data = path.read_bytes()
+        data = read_input(path, max_bytes=MAX_SMALL_FILE_BYTES)
     except OSError as e:
         raise EnclaveError(f"cannot read the enclave signing key {path}: {e.strerror}") from None
     try:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from confserve import pf
 from confserve.attestation import EnclaveIdentity
 from confserve.errors import ConfserveError, Status
+from confserve.files import MAX_SMALL_FILE_BYTES, read_input, read_input_text
 from confserve.replica._enclave import (
     EnclaveError,
     EnclaveRuntime,
@@ -171,7 +172,7 @@ def _read_tls(options: ServeOptions, wrap_key: pf.WrapKey | None, allow_plaintex
         bound = options.ssl_config_bound_path or pf.normalize_path(path)
         data = bytes(pf.read_protected(path, wrap_key, bound_path=bound))
     elif allow_plaintext:
-        data = Path(path).read_bytes()
+        data = read_input(path, max_bytes=MAX_SMALL_FILE_BYTES)
     else:
         raise ReplicaError(
             f"{path} is not encrypted: the host could read the server's TLS key (--allow_plaintext to permit)"
@@ -193,7 +194,7 @@ def _batching(path: str | None) -> BatchingSettings:
 
     if path is None:
         return BatchingSettings()
-    data = Path(path).read_bytes()
+    data = read_input(path, max_bytes=MAX_SMALL_FILE_BYTES)
     return batching_settings_from_proto(
         parse_text(BatchingParameters, data, what="--batching_parameters_file")
     )
@@ -204,7 +205,8 @@ def _metrics_path(path: str) -> str | None:
     from confserve.serving import DEFAULT_METRICS_PATH  # noqa: PLC0415
     from confserve.tfs_config import MonitoringConfig, parse_text  # noqa: PLC0415
 
-    config = parse_text(MonitoringConfig, Path(path).read_bytes(), what="--monitoring_config_file")
+    data = read_input(path, max_bytes=MAX_SMALL_FILE_BYTES)
+    config = parse_text(MonitoringConfig, data, what="--monitoring_config_file")
     if not config.prometheus_config.enable:
         return None
     metrics_path = config.prometheus_config.path or DEFAULT_METRICS_PATH
@@ -297,7 +299,8 @@ def _models(options: ServeOptions) -> tuple[ModelConfig, ...] | None:
         return (ModelConfig(options.model_name, options.model_base_path),)
     if _config_protected(options):
         return None
-    return tuple(parse_model_server_config(Path(options.model_config_file).read_text(encoding="utf-8")))
+    text = read_input_text(options.model_config_file, max_bytes=MAX_SMALL_FILE_BYTES)
+    return tuple(parse_model_server_config(text))
 
 
 def _config_reader(options: ServeOptions, wrap_key: pf.WrapKey | None) -> Callable[[], Any]:
@@ -313,7 +316,7 @@ def _config_reader(options: ServeOptions, wrap_key: pf.WrapKey | None) -> Callab
                 raise ReplicaError(f"{path} is encrypted: it needs the key from secret provisioning")
             data = bytes(pf.read_protected(path, wrap_key, bound_path=pf.normalize_path(path)))
         else:
-            data = Path(path).read_bytes()
+            data = read_input(path, max_bytes=MAX_SMALL_FILE_BYTES)
         return parse_model_server_config(data.decode("utf-8"))
 
     return read_models

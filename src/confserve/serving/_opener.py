@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from confserve.files import read_input
+
 __all__ = ["FileOpener", "PlainOpener"]
 
 
@@ -34,7 +36,7 @@ class PlainOpener:
     """Reads unencrypted files from the local file system."""
 
     def read_bytes(self, path: str) -> bytes:
-        return Path(path).read_bytes()
+        return read_input(path)  # a regular file only: the host could swap in a FIFO after listing
 
     def list_files(self, directory: str) -> list[str]:
         root = Path(directory)
