@@ -289,6 +289,8 @@ def test_serve_process_reloads_on_sighup_and_stops_on_sigterm(workdir: Path, tmp
             "at most one",
         ),
         (["--policy", "b.toml", "--secret", "default=x", "--listen", "nope"], "HOST:PORT"),
+        (["--policy", "b.toml", "--secret", "default=x", "--max-pending", "0"], "--max-pending"),
+        (["--policy", "b.toml", "--secret", "default=x", "--max-pending-per-address", "0"], "x>=1"),
     ],
 )
 def test_serve_usage_errors(args: list[str], message: str) -> None:

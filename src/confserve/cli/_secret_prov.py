@@ -24,8 +24,9 @@ import ipaddress
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import click
 
@@ -183,6 +184,19 @@ def init_command(directory: str, hostnames: tuple[str, ...]) -> None:
 # -- serve ----------------------------------------------------------------------------------------
 
 
+def _limit(name: str) -> Callable[[], Any]:
+    """A default taken from `ServerLimits` when the command runs: declared there once, with where each
+    number comes from. The provisioning package is not imported for `--help`, so help does not show the
+    numbers; docs/secret-provisioning.md lists them."""
+
+    def default() -> Any:
+        from confserve.provisioning import ServerLimits
+
+        return getattr(ServerLimits(), name)
+
+    return default
+
+
 @secret_prov_group.command("serve")
 @click.option("--listen", default="0.0.0.0:4433", show_default=True, metavar="HOST:PORT")
 @click.option(
@@ -198,11 +212,44 @@ def init_command(directory: str, hostnames: tuple[str, ...]) -> None:
 @click.option("--allow-simulated", is_flag=True, help="ra_config.json: accept simulated evidence.")
 @click.option("--collateral", type=click.Path(dir_okay=False), help="Collateral JSON (dcap-qvl form).")
 @click.option("--pccs-url", help="Fetch collateral from this PCCS (API v4).")
-@click.option("--handshake-timeout", type=click.FloatRange(min=0.001), default=10.0, show_default=True)
-@click.option("--read-timeout", type=click.FloatRange(min=0.001), default=10.0, show_default=True)
-@click.option("--max-connections", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--rate-limit", type=float, default=20.0, show_default=True, help="Per address, per second.")
-@click.option("--rate-burst", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option(
+    "--handshake-timeout",
+    type=click.FloatRange(min=0.001),
+    default=_limit("handshake_timeout_seconds"),
+    help="Seconds from accept to a completed TLS handshake.",
+)
+@click.option(
+    "--read-timeout",
+    type=click.FloatRange(min=0.001),
+    default=_limit("read_timeout_seconds"),
+    help="Seconds from the handshake to a complete request.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=_limit("max_connections"),
+    help="Workers that verify, decide and answer.",
+)
+@click.option(
+    "--max-pending",
+    type=click.IntRange(min=1),
+    default=_limit("max_pending_connections"),
+    help="Connections before authentication (handshake, request); when full, the oldest of the address "
+    "holding the most is dropped.",
+)
+@click.option(
+    "--max-pending-per-address",
+    type=click.IntRange(min=1),
+    default=_limit("max_pending_per_address"),
+    help="Connections before authentication per source address (IPv6: per /64).",
+)
+@click.option(
+    "--rate-limit",
+    type=float,
+    default=_limit("rate_limit_per_second"),
+    help="New connections per address per second (0 disables).",
+)
+@click.option("--rate-burst", type=click.IntRange(min=1), default=_limit("rate_limit_burst"))
 @reports_errors
 def serve_command(
     listen: str,
@@ -220,11 +267,14 @@ def serve_command(
     handshake_timeout: float,
     read_timeout: float,
     max_connections: int,
+    max_pending: int,
+    max_pending_per_address: int,
     rate_limit: float,
     rate_burst: int,
 ) -> None:
     """Release secrets to enclaves whose RA-TLS evidence the policy approves. SIGHUP reloads the policy,
-    the secrets and the collateral; SIGTERM or SIGINT stops."""
+    the secrets and the collateral; SIGTERM or SIGINT stops. Limits not given take the service's
+    defaults (listed in docs/secret-provisioning.md)."""
     from confserve.attestation import TrustConfig
     from confserve.provisioning import (
         SecretProvisioningServer,
@@ -279,6 +329,8 @@ def serve_command(
             handshake_timeout_seconds=handshake_timeout,
             read_timeout_seconds=read_timeout,
             max_connections=max_connections,
+            max_pending_connections=max_pending,
+            max_pending_per_address=max_pending_per_address,
             rate_limit_per_second=rate_limit,
             rate_limit_burst=rate_burst,
         ),

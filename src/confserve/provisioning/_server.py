@@ -2,25 +2,27 @@
 
 Theory of operation
 -------------------
-Threads, not asyncio: every connection is a short, bounded exchange (one TLS handshake, one request of at
-most 2 KB, one response), and its CPU work (the handshake, RA-TLS and DCAP verification in dcap-qvl) is
-synchronous library code that an event loop would have to push to a thread pool anyway. So one acceptor
-thread hands each connection to a bounded pool (`max_connections` workers). Every socket operation has a
-deadline (`TlsChannel`), so a slow or silent client holds one worker until its handshake or read deadline
-and never delays another; beyond `max_connections`, or beyond an address's rate limit, a new connection is
-closed at once without reading from it.
+Two stages, so that what an anonymous peer can do never holds what authenticated enclaves need:
 
-Per connection, in this order (nothing secret is sent before step 4 decided):
+* **Pre-authentication** (`_admission.AdmissionStage`, one thread, non-blocking sockets): admission
+  (per-address rate and cap, eviction when full), the TLS handshake (requesting a client certificate and
+  accepting any, B.5) and the request read, each under a deadline. An idle or slow peer holds a slot of this
+  bounded stage, never a thread.
+* **Decision** (a pool of `max_connections` workers): a connection whose I/O is done is handed to a free
+  worker, which gathers the client's certificates and calls `_decision.decide` (RA-TLS + DCAP
+  verification, policy, the requested names; a pure function of its inputs and the clock), appends the
+  audit entry of an authenticated session (if that fails, it refuses: fail closed) or counts an
+  unauthenticated refusal (`RefusalTally`), then sends the response, or a refusal (nothing at all for a
+  Gramine client), and closes. Nothing secret is sent before the decision is recorded.
 
-1. TLS 1.2/1.3 handshake, requesting a client certificate and accepting any (B.5);
-2. the client must have sent exactly one certificate; `verify_ratls_certificate` with the DCAP verifier
-   (collateral, trust root and `now` bound in), then `Policy.evaluate`;
-3. read the request (Gramine's or the confserve extension, `_protocol`);
-4. decide: the requested names must all be granted by the policy and present in the store;
-5. append the decision to the audit log; if that fails, refuse (fail closed);
-6. send the response, or a refusal (nothing at all for a Gramine client), and close.
+Threads, not asyncio, for the decision: its work (RA-TLS and DCAP verification in dcap-qvl, an fsync) is
+synchronous library code that an event loop would push to a thread pool anyway.
 
-The policy, secrets and collateral are one immutable `_Runtime` value; `reload()` (the SIGHUP handler)
+Logs stay bounded under floods: per-session lines for authenticated sessions only; for refused
+unauthenticated peers (rejected connections, failed handshakes, unverifiable evidence) the first of each
+kind per interval is logged, the rest are summarised once per interval, in the log and in the audit log.
+
+The policy, secrets and collateral are one immutable `Runtime` value; `reload()` (the SIGHUP handler)
 builds a new one and swaps the reference, so connections in flight finish with the value they started
 with and none is dropped. A failed reload keeps the previous configuration and is logged and counted.
 Apart from its files the server keeps no state, so several instances can run side by side, each with its
@@ -30,8 +32,6 @@ own audit log.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import datetime
 import functools
 import http.server
 import logging
@@ -45,6 +45,7 @@ from typing import Any, Final
 
 import prometheus_client
 from cryptography import x509
+from OpenSSL import SSL
 
 from confserve.attestation import (
     SIM_COLLATERAL_FILE,
@@ -52,19 +53,27 @@ from confserve.attestation import (
     CachingCollateralSource,
     Collateral,
     CollateralSource,
-    Decision,
     PccsCollateralSource,
     Policy,
     StaticCollateralSource,
     TrustConfig,
-    VerifiedEvidence,
     load_policy_file,
     load_simulated_root,
     parse_ra_config,
-    verify,
-    verify_ratls_certificate,
 )
+from confserve.provisioning._admission import AdmissionStage, Admitted, StageLimits
 from confserve.provisioning._audit import AuditLog
+from confserve.provisioning._decision import (
+    REFUSAL_CATEGORIES,
+    Outcome,
+    RefusalSummary,
+    RefusalTally,
+    Runtime,
+    SessionFacts,
+    TallyKind,
+    audit_failed,
+    decide,
+)
 from confserve.provisioning._errors import (
     AuditLogError,
     ConfigError,
@@ -73,11 +82,12 @@ from confserve.provisioning._errors import (
     TlsError,
     UnavailableError,
 )
-from confserve.provisioning._protocol import SecretRequest, ServerConnection
+from confserve.provisioning._protocol import ServerConnection
 from confserve.provisioning._secrets import RateLimiter, SecretStore
 from confserve.provisioning._tls import PrivateKey, TlsChannel, server_context
 
 __all__ = [
+    "REFUSAL_CATEGORIES",
     "PolicyLoader",
     "SecretProvisioningServer",
     "ServerLimits",
@@ -96,39 +106,53 @@ PolicyLoader = Callable[[], Policy]
 SecretsLoader = Callable[[], SecretStore]
 CollateralLoader = Callable[[], CollateralSource]
 
-# Refusal categories: the bounded label set of the refusals metric (the audit log has the details).
-REFUSAL_CATEGORIES: Final = (
-    "certificate",  # not exactly one client certificate
-    "attestation",  # RA-TLS or DCAP verification failed
-    "policy",  # verified, but the policy refuses the identity / TCB / debug / simulation
-    "not_granted",  # a requested name is not granted to this identity
-    "unavailable",  # a granted name has no secret loaded
-    "protocol",  # malformed, oversized or truncated request
-    "timeout",  # the client did not send its request in time, or went away
-    "audit",  # the decision could not be written to the audit log
-    "internal",  # an unexpected error (refused, fail closed)
-)
-
 
 @dataclass(frozen=True, slots=True)
 class ServerLimits:
-    """Resource bounds. The numbers: a handshake with an RSA-3072 client certificate takes a few ms on one
-    core, so 10 s only ever expires for a stalled peer; 256 workers fit in the memory of a small VM and
-    exceed what two cores can verify per second by far; a replica asks once per start, so 20/s with a
-    burst of 100 per address lets a whole node restart at once while capping one abusive address."""
+    """Resource bounds, declared once (the command line takes its defaults from here). The numbers:
+
+    * timeouts: a handshake with an RSA-3072 client certificate takes a few ms on one core, and a client
+      sends its request right after it, so 10 s only ever expires for a stalled peer, even across
+      continents;
+    * `max_connections` (workers that verify, decide and answer): 256 fit in the memory of a small VM and
+      exceed what two cores can verify per second (about 1,000 sessions) by far;
+    * `max_pending_connections` (the pre-authentication stage): 512, so that with the 256 workers a process
+      stays under the common default of 1,024 open files; each costs a socket and an idle TLS object;
+    * `max_pending_per_address`: a replica asks once per start and spends milliseconds in this stage, so
+      even a node restarting dozens of replicas at once stays far below 32, while one address cannot hold
+      more than 1/16 of the stage;
+    * rate limit: 20/s with a burst of 100 per address lets a whole node restart at once while capping
+      one abusive address;
+    * `refusal_summary_seconds`: refusals of unauthenticated peers are summarised once a minute, which
+      bounds a flood's log and audit-log growth to 1,440 lines a day and still shows it within a minute.
+    """
 
     handshake_timeout_seconds: float = 10.0
     read_timeout_seconds: float = 10.0
     write_timeout_seconds: float = 10.0
     max_connections: int = 256
+    max_pending_connections: int = 512
+    max_pending_per_address: int = 32
     rate_limit_per_second: float = 20.0  # <= 0 disables the per-address limit
     rate_limit_burst: int = 100
     listen_backlog: int = 128
+    refusal_summary_seconds: float = 60.0
 
     def __post_init__(self) -> None:
-        timeouts = (self.handshake_timeout_seconds, self.read_timeout_seconds, self.write_timeout_seconds)
-        if min(timeouts) <= 0 or self.max_connections < 1 or self.rate_limit_burst < 1:
-            raise ConfigError("timeouts, max_connections and rate_limit_burst must be positive")
+        positive = (
+            self.handshake_timeout_seconds,
+            self.read_timeout_seconds,
+            self.write_timeout_seconds,
+            self.max_connections,
+            self.max_pending_connections,
+            self.max_pending_per_address,
+            self.rate_limit_burst,
+            self.refusal_summary_seconds,
+        )
+        if min(positive) <= 0:
+            raise ConfigError(
+                "timeouts, connection limits, rate_limit_burst and refusal_summary_seconds must be positive"
+            )
 
 
 def _unix_now() -> int:
@@ -152,7 +176,7 @@ class ServerSettings:
     metrics_host: str | None = None
     metrics_port: int = 0
     limits: ServerLimits = field(default_factory=ServerLimits)
-    clock: Callable[[], int] = _unix_now  # Unix seconds: the verification time and the audit timestamps
+    clock: Callable[[], int] = _unix_now  # Unix seconds: verification time, audit timestamps, summaries
 
     def __post_init__(self) -> None:
         if not 0 <= self.listen_port <= 0xFFFF or not 0 <= self.metrics_port <= 0xFFFF:
@@ -223,18 +247,11 @@ def trust_for_sim_platform(directory: Path) -> TrustConfig:
 # -- runtime state ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Runtime:
-    policy: Policy
-    secrets: SecretStore
-    collateral: CollateralSource
-
-
 def _granted_names(policy: Policy) -> set[str]:
     return {name for rule in policy.rules for name in rule.secrets}
 
 
-def _load_runtime(settings: ServerSettings) -> _Runtime:
+def _load_runtime(settings: ServerSettings) -> Runtime:
     try:
         policy = settings.policy()
         secrets = settings.secrets()
@@ -244,7 +261,7 @@ def _load_runtime(settings: ServerSettings) -> _Runtime:
     missing = sorted(_granted_names(policy) - secrets.names())
     if missing:
         raise ConfigError(f"the policy grants secrets that are not loaded: {', '.join(missing)}")
-    return _Runtime(policy, secrets, collateral)
+    return Runtime(policy, secrets, collateral)
 
 
 class _Metrics:
@@ -262,7 +279,7 @@ class _Metrics:
         )
         self.rejected = prometheus_client.Counter(
             f"{prefix}_connections_rejected",
-            "Connections closed unread (rate limit, connection limit)",
+            "Connections closed unread (rate_limited, address_limit, connection_limit, evicted)",
             ["reason"],
             registry=self.registry,
         )
@@ -285,7 +302,19 @@ class _Metrics:
             registry=self.registry,
         )
         self.active = prometheus_client.Gauge(
-            f"{prefix}_active_connections", "Connections being served", registry=self.registry
+            f"{prefix}_active_connections",
+            "Connections being decided and answered by a worker",
+            registry=self.registry,
+        )
+        self.pending = prometheus_client.Gauge(
+            f"{prefix}_pending_connections",
+            "Connections in the pre-authentication stage (handshake, request, waiting for a worker)",
+            registry=self.registry,
+        )
+        self.waiting = prometheus_client.Gauge(
+            f"{prefix}_waiting_connections",
+            "Connections of the pre-authentication stage that wait for a free worker",
+            registry=self.registry,
         )
         self.reloads = prometheus_client.Counter(
             f"{prefix}_reloads", "Configuration reloads", ["result"], registry=self.registry
@@ -294,22 +323,21 @@ class _Metrics:
             self.refusals.labels(category)
 
 
-@dataclass(slots=True)
-class _Outcome:
-    """The decision for one session, and what goes into the audit entry."""
-
-    released: tuple[str, ...] = ()
-    category: str | None = None  # refusal category; None when released
-    detail: str = ""  # refusal reason for the audit log and the server log
-    peer_reason: str = ""  # short generic reason sent to an extension client
-
-
-def _refused(category: str, detail: str, peer_reason: str) -> _Outcome:
-    return _Outcome(category=category, detail=detail, peer_reason=peer_reason)
+_REJECTION_MESSAGES: Final = {
+    "rate_limited": "rate limit: closing connection from %s",
+    "address_limit": "too many unauthenticated connections from %s: closing the newest",
+    "connection_limit": "connection limit reached: closing connection from %s",
+    "evicted": "pre-authentication stage full: closing the oldest connection from %s",
+}
+_SUMMARISED: Final = " (more like this are counted and summarised every %d s)"
 
 
-def _iso(unix: int) -> str:
-    return datetime.datetime.fromtimestamp(unix, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _peer_certificates(connection: SSL.Connection) -> tuple[x509.Certificate, ...]:
+    """The certificates the client sent, leaf first. On a server OpenSSL's peer chain excludes the leaf:
+    it holds any extra certificates sent."""
+    leaf = connection.get_peer_certificate(as_cryptography=True)
+    extra = [c for c in connection.get_peer_cert_chain(as_cryptography=True) or () if c != leaf]
+    return (leaf, *extra) if leaf is not None else tuple(extra)
 
 
 class SecretProvisioningServer:
@@ -322,11 +350,12 @@ class SecretProvisioningServer:
         self._context = server_context(settings.certificate_chain, settings.private_key)
         self._audit = AuditLog(settings.audit_log, fsync=settings.audit_fsync) if settings.audit_log else None
         self._metrics = _Metrics()
-        self._rate = RateLimiter(self._limits.rate_limit_per_second, self._limits.rate_limit_burst)
+        self._tally = RefusalTally(self._limits.refusal_summary_seconds)
         self._slots = threading.BoundedSemaphore(self._limits.max_connections)
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._listener: socket.socket | None = None
-        self._acceptor: threading.Thread | None = None
+        self._address: tuple[str, int] | None = None
+        self._stage: AdmissionStage | None = None
+        self._stage_thread: threading.Thread | None = None
         self._http: http.server.ThreadingHTTPServer | None = None
         self._http_thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -336,10 +365,9 @@ class SecretProvisioningServer:
 
     @property
     def address(self) -> tuple[str, int]:
-        if self._listener is None:
+        if self._address is None:
             raise ProvisioningError("server not started")
-        host, port = self._listener.getsockname()[:2]
-        return str(host), int(port)
+        return self._address
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
@@ -358,18 +386,31 @@ class SecretProvisioningServer:
 
     def start(self) -> None:
         s = self._settings
+        limits = self._limits
         family = socket.AF_INET6 if ":" in s.listen_host else socket.AF_INET
         try:
-            self._listener = socket.create_server(
-                (s.listen_host, s.listen_port), family=family, backlog=self._limits.listen_backlog
+            listener = socket.create_server(
+                (s.listen_host, s.listen_port), family=family, backlog=limits.listen_backlog
             )
         except OSError as exc:
             raise ConfigError(f"cannot listen on {s.listen_host}:{s.listen_port}: {exc.strerror}") from None
+        host, port = listener.getsockname()[:2]
+        self._address = str(host), int(port)
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self._limits.max_connections, thread_name_prefix="secret-prov"
+            max_workers=limits.max_connections, thread_name_prefix="secret-prov"
         )
-        self._acceptor = threading.Thread(target=self._accept_loop, name="secret-prov-accept", daemon=True)
-        self._acceptor.start()
+        stage_limits = StageLimits(
+            handshake_timeout_seconds=limits.handshake_timeout_seconds,
+            read_timeout_seconds=limits.read_timeout_seconds,
+            max_pending_connections=limits.max_pending_connections,
+            max_pending_per_address=limits.max_pending_per_address,
+        )
+        rate = RateLimiter(limits.rate_limit_per_second, limits.rate_limit_burst)
+        self._stage = AdmissionStage(listener, self._context, stage_limits, rate, _Hooks(self))
+        self._stage_thread = threading.Thread(
+            target=self._stage.run, name="secret-prov-admission", daemon=True
+        )
+        self._stage_thread.start()
         if s.metrics_host is not None:
             self._start_http(s.metrics_host, s.metrics_port)
         _log.info("secret provisioning listening on %s:%d", *self.address)
@@ -377,17 +418,18 @@ class SecretProvisioningServer:
     def stop(self) -> None:
         """Stop accepting, let connections in flight finish (each is bounded by its deadlines)."""
         self._stopping.set()
-        if self._listener is not None:
-            with contextlib.suppress(OSError):
-                self._listener.shutdown(socket.SHUT_RDWR)
-            self._listener.close()
-        if self._acceptor is not None:
-            self._acceptor.join()
+        if self._stage is not None:
+            self._stage.stop()
+        if self._stage_thread is not None:
+            self._stage_thread.join()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+        summary = self._tally.take(self._settings.clock(), force=True)
+        if summary is not None:
+            self._write_summary(summary)
         if self._audit is not None:
             self._audit.close()
 
@@ -412,201 +454,78 @@ class SecretProvisioningServer:
             _log.info("reloaded policy (%d rules), secrets %s", len(runtime.policy.rules), runtime.secrets)
             return True
 
-    # -- accepting --
+    # -- refusals of unauthenticated peers: counted, summarised --
 
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
-        assert self._pool is not None
-        while not self._stopping.is_set():
-            try:
-                sock, peer = self._listener.accept()
-            except OSError:
-                if self._stopping.is_set():
-                    return
-                self._stopping.wait(0.05)  # EMFILE and the like: back off briefly, keep serving
-                continue
-            address = str(peer[0])
-            if not self._rate.allow(address):
-                self._metrics.rejected.labels("rate_limited").inc()
-                _log.warning("rate limit: closing connection from %s", address)
-                sock.close()
-                continue
-            if not self._slots.acquire(blocking=False):
-                self._metrics.rejected.labels("connection_limit").inc()
-                _log.warning("connection limit reached: closing connection from %s", address)
-                sock.close()
-                continue
-            try:
-                self._pool.submit(self._run, sock, peer)
-            except RuntimeError:  # pool shut down under us
-                self._slots.release()
-                sock.close()
-                return
+    def _count_unauthenticated(self, kind: TallyKind, reason: str, address: str, detail: str) -> bool:
+        """Count the refusal; True when it is the first of its kind in this interval (log it then)."""
+        return self._tally.add(kind, reason, address, detail, self._settings.clock())
 
-    def _run(self, sock: socket.socket, peer: Any) -> None:
-        self._metrics.active.inc()
-        try:
-            self._serve(sock, f"{peer[0]}:{peer[1]}")
-        except Exception:  # a bug must not kill the worker or leak the socket; nothing was released
-            _log.exception("unexpected error serving %s", peer[0])
-        finally:
-            sock.close()
-            self._metrics.active.dec()
-            self._slots.release()
+    def _tick(self) -> None:
+        summary = self._tally.take(self._settings.clock())
+        if summary is not None:
+            self._write_summary(summary)
 
-    # -- one session --
-
-    def _serve(self, sock: socket.socket, peer: str) -> None:
-        limits = self._limits
-        started = time.monotonic()
-        with contextlib.suppress(OSError):  # the peer may already be gone
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        channel = TlsChannel(sock, self._context, server_side=True)
-        try:
-            channel.handshake(started + limits.handshake_timeout_seconds)
-        except UnavailableError as exc:
-            self._metrics.handshake_failures.labels("timeout_or_closed").inc()
-            _log.info("TLS handshake with %s did not complete: %s", peer, exc)
-            return
-        except TlsError as exc:
-            self._metrics.handshake_failures.labels("tls").inc()
-            _log.info("TLS handshake with %s failed: %s", peer, exc)
-            return
-        self._metrics.handshake_seconds.observe(time.monotonic() - started)
-        runtime = self._runtime  # one consistent configuration for the whole session
-        now = self._settings.clock()
-        evidence, decision, failure = self._attest(channel, runtime, now)
-        protocol = ServerConnection()
-        request: SecretRequest | None = None
-        outcome: _Outcome
-        try:
-            deadline = time.monotonic() + limits.read_timeout_seconds
-            while request is None:
-                data = channel.recv(deadline)
-                if not data:
-                    protocol.end_of_data()
-                request = protocol.receive_data(data)
-        except ProtocolError as exc:
-            outcome = _refused("protocol", f"protocol error: {exc}", "protocol error")
-        except (UnavailableError, TlsError) as exc:
-            outcome = _refused("timeout", f"no request: {exc}", "timed out")
-        else:
-            outcome = failure or self._decide(request, decision, runtime)
-        reply = self._audit_and_reply(protocol, outcome, runtime, peer, now, request, evidence, decision)
-        try:
-            if reply:
-                channel.sendall(reply, time.monotonic() + limits.write_timeout_seconds)
-            channel.close(time.monotonic() + 1.0)
-        except (UnavailableError, TlsError) as exc:
-            _log.info("could not deliver the response to %s: %s", peer, exc)
-        self._metrics.session_seconds.observe(time.monotonic() - started)
-
-    def _attest(
-        self, channel: TlsChannel, runtime: _Runtime, now: int
-    ) -> tuple[VerifiedEvidence | None, Decision | None, _Outcome | None]:
-        connection = channel.connection
-        certificate = connection.get_peer_certificate(as_cryptography=True)
-        # On a server OpenSSL's peer chain excludes the leaf: it holds any extra certificates sent.
-        extra = [c for c in connection.get_peer_cert_chain(as_cryptography=True) or () if c != certificate]
-        if certificate is None or extra:
-            count = len(extra) + (certificate is not None)
-            return (
-                None,
-                None,
-                _refused(
-                    "certificate",
-                    f"client sent {count} certificates; exactly one RA-TLS certificate is required",
-                    "attestation failed",
-                ),
-            )
-        trust = self._settings.trust
-
-        def verify_quote(quote: bytes) -> VerifiedEvidence:
-            return verify(quote, runtime.collateral.get(quote, now), trust, now)
-
-        try:
-            evidence = verify_ratls_certificate(certificate, verify_quote)
-        except AttestationError as exc:
-            return None, None, _refused("attestation", f"attestation failed: {exc}", "attestation failed")
-        except Exception as exc:  # fail closed on anything unexpected in the verifiers
-            _log.exception("verifier raised unexpectedly")
-            return (
-                None,
-                None,
-                _refused("internal", f"verification error: {type(exc).__name__}", "attestation failed"),
-            )
-        decision = runtime.policy.evaluate(evidence)
-        if not decision.accepted:
-            return evidence, decision, _refused("policy", f"policy: {decision.reason}", "refused by policy")
-        return evidence, decision, None
-
-    @staticmethod
-    def _decide(request: SecretRequest, decision: Decision | None, runtime: _Runtime) -> _Outcome:
-        if decision is None or not decision.accepted:  # pragma: no cover - _attest returned a failure then
-            return _refused("internal", "no accepted decision", "refused")
-        granted = decision.secrets
-        names = request.names or granted
-        for name in names:
-            if name not in granted:
-                return _refused(
-                    "not_granted",
-                    f"secret {name!r} not granted by rule {decision.rule!r}",
-                    "secret not granted",
-                )
-            if runtime.secrets.get(name) is None:  # pragma: no cover - _load_runtime checks the policy
-                return _refused("unavailable", f"secret {name!r} not loaded", "secret not available")
-        return _Outcome(released=tuple(names))
-
-    def _audit_and_reply(
-        self,
-        protocol: ServerConnection,
-        outcome: _Outcome,
-        runtime: _Runtime,
-        peer: str,
-        now: int,
-        request: SecretRequest | None,
-        evidence: VerifiedEvidence | None,
-        decision: Decision | None,
-    ) -> bytes:
-        entry: dict[str, Any] = {
-            "time": _iso(now),
-            "peer": peer,
-            "protocol": request.kind.value if request is not None else None,
-            "requested": list(request.names) if request is not None else None,
-            "outcome": "released" if outcome.category is None else "refused",
-        }
-        if evidence is not None:
-            ident = evidence.identity
-            entry.update(
-                identity={
-                    "mr_enclave": ident.mr_enclave.hex(),
-                    "mr_signer": ident.mr_signer.hex(),
-                    "isv_prod_id": ident.isv_prod_id,
-                    "isv_svn": ident.isv_svn,
-                },
-                tcb_status=evidence.tcb_status,
-                advisory_ids=list(evidence.advisory_ids),
-                simulated=evidence.simulated,
-                debug=evidence.debug,
-            )
-        else:
-            entry.update(identity=None, tcb_status=None, simulated=None)
-        if decision is not None and decision.rule is not None:
-            entry["rule"] = decision.rule
-        if outcome.category is None:
-            entry["secrets"] = list(outcome.released)
-        else:
-            entry["reason"] = outcome.detail
-            entry["category"] = outcome.category
+    def _write_summary(self, summary: RefusalSummary) -> None:
+        level = logging.WARNING if "connection" in summary.counts else logging.INFO
+        _log.log(level, "%s", summary.log_message())
         if self._audit is not None:
             try:
-                self._audit.append(entry)
+                self._audit.append(summary.audit_record())
             except AuditLogError as exc:
-                _log.error("audit log write failed, refusing: %s", exc)
-                outcome = _refused("audit", "audit log unavailable", "internal error")
+                _log.error("audit log write failed for the summary of refusals: %s", exc)
+
+    # -- one session, after the pre-authentication stage --
+
+    def _run(self, admitted: Admitted) -> None:
+        self._metrics.active.inc()
+        try:
+            self._serve(admitted)
+        except Exception:  # a bug must not kill the worker or leak the socket; nothing was released
+            _log.exception("unexpected error serving %s", admitted.address)
+        finally:
+            admitted.sock.close()
+            self._metrics.active.dec()
+            self._slots.release()
+            if self._stage is not None:
+                self._stage.worker_freed()
+
+    def _serve(self, admitted: Admitted) -> None:
+        session = admitted.session
+        peer = f"{admitted.address}:{admitted.port}"
+        channel = TlsChannel.adopt(admitted.sock, session.connection, eof=session.eof, unsent=admitted.unsent)
+        runtime = self._runtime  # one consistent configuration for the whole session
+        assert session.request is not None
+        facts = SessionFacts(peer, _peer_certificates(session.connection), session.request)
+        outcome = decide(facts, runtime, self._settings.trust, self._settings.clock())
+        if outcome.unexpected is not None:
+            _log.error("verifier raised unexpectedly", exc_info=outcome.unexpected)
+        reply = self._audit_and_reply(session.protocol, outcome, runtime, admitted.address, peer)
+        try:
+            if reply:
+                channel.sendall(reply, time.monotonic() + self._limits.write_timeout_seconds)
+            channel.close(time.monotonic() + 1.0)
+        except (UnavailableError, TlsError) as exc:
+            level = logging.INFO if outcome.authenticated else logging.DEBUG  # anyone can reset
+            _log.log(level, "could not deliver the response to %s: %s", peer, exc)
+        self._metrics.session_seconds.observe(time.monotonic() - admitted.accepted_at)
+
+    def _audit_and_reply(
+        self, protocol: ServerConnection, outcome: Outcome, runtime: Runtime, address: str, peer: str
+    ) -> bytes:
+        if outcome.audit_record is None:  # not authenticated: counted, not logged one by one
+            assert outcome.category is not None
+            if self._count_unauthenticated("session", outcome.category, address, outcome.detail):
+                _log.info("%s" + _SUMMARISED, outcome.log_message(peer), self._limits.refusal_summary_seconds)
+        else:
+            if self._audit is not None:
+                try:
+                    self._audit.append(outcome.audit_record)
+                except AuditLogError as exc:
+                    _log.error("audit log write failed, refusing: %s", exc)
+                    outcome = audit_failed(outcome)
+            _log.info("%s", outcome.log_message(peer))
         if outcome.category is not None:
             self._metrics.refusals.labels(outcome.category).inc()
-            _log.info("refused %s: %s", peer, outcome.detail)
             return protocol.refuse(outcome.peer_reason)
         secrets = [(name, runtime.secrets.get(name) or b"") for name in outcome.released]
         try:
@@ -615,12 +534,9 @@ class SecretProvisioningServer:
             self._metrics.refusals.labels("internal").inc()
             _log.error("cannot encode the grant for %s: %s", peer, exc)
             return protocol.refuse("internal error")
-        assert request is not None
-        self._metrics.releases.labels(request.kind.value).inc()
+        assert outcome.request is not None
+        self._metrics.releases.labels(outcome.request.kind.value).inc()
         self._metrics.secrets_released.inc(len(secrets))
-        _log.info(
-            "released %s to %s (%s)", ", ".join(outcome.released), peer, decision and decision.describe()
-        )
         return reply
 
     # -- metrics and health --
@@ -635,7 +551,7 @@ class SecretProvisioningServer:
                     body = prometheus_client.generate_latest(registry)
                     self._reply(200, body, prometheus_client.CONTENT_TYPE_LATEST)
                 elif self.path in ("/healthz", "/health"):
-                    healthy = server._listener is not None and not server._stopping.is_set()
+                    healthy = server._address is not None and not server._stopping.is_set()
                     self._reply(200 if healthy else 503, b"ok\n" if healthy else b"stopping\n", "text/plain")
                 else:
                     self._reply(404, b"not found\n", "text/plain")
@@ -666,3 +582,40 @@ class SecretProvisioningServer:
             daemon=True,
         )
         self._http_thread.start()
+
+
+class _Hooks:
+    """The server's side of the pre-authentication stage (`_admission.AdmissionHooks`)."""
+
+    def __init__(self, server: SecretProvisioningServer) -> None:
+        self._server = server
+        self._metrics = server._metrics
+        self._interval = server._limits.refusal_summary_seconds
+
+    def rejected(self, reason: str, address: str) -> None:
+        self._metrics.rejected.labels(reason).inc()
+        if self._server._count_unauthenticated("connection", reason, address, f"closed unread: {reason}"):
+            _log.warning(_REJECTION_MESSAGES[reason] + _SUMMARISED, address, self._interval)
+
+    def handshake_failed(self, reason: str, detail: str, address: str) -> None:
+        self._metrics.handshake_failures.labels(reason).inc()
+        if self._server._count_unauthenticated("handshake", reason, address, detail):
+            _log.info("handshake with %s: %s" + _SUMMARISED, address, detail, self._interval)
+
+    def handshake_completed(self, seconds: float) -> None:
+        self._metrics.handshake_seconds.observe(seconds)
+
+    def pending(self, count: int, waiting: int) -> None:
+        self._metrics.pending.set(count)
+        self._metrics.waiting.set(waiting)
+
+    def reserve_worker(self) -> bool:
+        return self._server._slots.acquire(blocking=False)
+
+    def dispatch(self, admitted: Admitted) -> None:
+        pool = self._server._pool
+        assert pool is not None
+        pool.submit(self._server._run, admitted)
+
+    def tick(self) -> None:
+        self._server._tick()

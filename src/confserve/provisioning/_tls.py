@@ -32,16 +32,18 @@ from OpenSSL import SSL, crypto
 from confserve.provisioning._errors import ConfigError, TlsError, UnavailableError
 
 __all__ = [
+    "RECV_BYTES",
     "TlsChannel",
     "check_hostname",
     "client_context",
+    "describe_tls_error",
     "load_ca_certificates",
     "load_certificate_chain",
     "load_private_key",
     "server_context",
 ]
 
-_RECV_BYTES: Final = 16 * 1024  # one TLS record
+RECV_BYTES: Final = 16 * 1024  # one TLS record
 _MAX_PEM_BYTES: Final = 1 << 20  # certificate and key files are a few KB
 
 
@@ -196,6 +198,28 @@ class TlsChannel:
                 self._conn.set_tlsext_host_name(server_hostname.encode("idna"))
             self._conn.set_connect_state()
         self._eof = False
+        self._unsent = b""
+
+    @classmethod
+    def adopt(
+        cls,
+        sock: socket.socket,
+        connection: SSL.Connection,
+        *,
+        eof: bool,
+        unsent: bytes = b"",
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> TlsChannel:
+        """Continue a connection whose handshake was driven elsewhere (the server's pre-authentication
+        stage): `connection` uses memory BIOs, `eof` says whether the peer's EOF was already fed to it, and
+        `unsent` holds ciphertext taken from it that the socket did not take yet (sent first)."""
+        channel = cls.__new__(cls)
+        channel._sock = sock
+        channel._monotonic = monotonic
+        channel._conn = connection
+        channel._eof = eof
+        channel._unsent = unsent
+        return channel
 
     @property
     def connection(self) -> SSL.Connection:
@@ -209,10 +233,13 @@ class TlsChannel:
 
     def _flush(self, deadline: float) -> None:
         while True:
-            try:
-                data = self._conn.bio_read(_RECV_BYTES)
-            except SSL.WantReadError:
-                return
+            if self._unsent:
+                data, self._unsent = self._unsent, b""
+            else:
+                try:
+                    data = self._conn.bio_read(RECV_BYTES)
+                except SSL.WantReadError:
+                    return
             view = memoryview(data)
             while view:
                 self._sock.settimeout(self._remaining(deadline))
@@ -229,7 +256,7 @@ class TlsChannel:
             raise UnavailableError("connection closed by peer")
         self._sock.settimeout(self._remaining(deadline))
         try:
-            data = self._sock.recv(_RECV_BYTES)
+            data = self._sock.recv(RECV_BYTES)
         except TimeoutError:
             raise UnavailableError("timed out waiting for the peer") from None
         except OSError as exc:
@@ -252,7 +279,7 @@ class TlsChannel:
                 self._flush_quietly(deadline)
                 if self._eof:
                     raise UnavailableError("connection closed during the TLS handshake") from None
-                raise TlsError(f"TLS handshake failed: {_describe(exc)}") from None
+                raise TlsError(f"TLS handshake failed: {describe_tls_error(exc)}") from None
             self._flush(deadline)
             return
 
@@ -260,7 +287,7 @@ class TlsChannel:
         """Some plaintext, or b"" when the peer closed (close_notify or EOF)."""
         while True:
             try:
-                return self._conn.recv(_RECV_BYTES)
+                return self._conn.recv(RECV_BYTES)
             except SSL.WantReadError:
                 self._flush(deadline)
                 try:
@@ -274,14 +301,14 @@ class TlsChannel:
             except SSL.SysCallError:
                 return b""  # EOF without close_notify: the protocol layer decides if that truncated
             except SSL.Error as exc:
-                raise TlsError(f"TLS error: {_describe(exc)}") from None
+                raise TlsError(f"TLS error: {describe_tls_error(exc)}") from None
 
     def sendall(self, data: bytes, deadline: float) -> None:
         if data:
             try:
                 self._conn.sendall(data)
             except SSL.Error as exc:
-                raise TlsError(f"TLS error: {_describe(exc)}") from None
+                raise TlsError(f"TLS error: {describe_tls_error(exc)}") from None
         self._flush(deadline)
 
     def _flush_quietly(self, deadline: float) -> None:
@@ -306,7 +333,7 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _describe(exc: SSL.Error) -> str:
+def describe_tls_error(exc: SSL.Error) -> str:
     """OpenSSL's reason strings (public protocol facts; no key material)."""
     args = exc.args[0] if exc.args else None
     if isinstance(args, list):
