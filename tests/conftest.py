@@ -22,3 +22,11 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def testvectors() -> Path:
     return shared_dir() / "testvectors"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        help="adversarial suite (tests/adversarial): deeper fuzzing budgets; CONFSERVE_ADVERSARIAL_LONG=1 too",
+    )

@@ -8,6 +8,11 @@ which this module runs on a bounded thread pool so slow inferences never block t
 TLS material stays in memory: Python's `ssl` loads certificates and keys only from paths, so the PEM bytes
 are written to anonymous memory files (memfd_create, Linux) and loaded through /proc/self/fd; nothing
 reaches a disk path.
+
+Logging: no request or response byte reaches a log. aiohttp's own error messages quote what it received
+(a malformed request's offending line or the body after it; a handler's exception text), so its request
+handler logs through `_HttpErrorLog`, which keeps only a category (the exception's class name), and the
+event loop's exception handler does the same; access logging is off.
 """
 
 from __future__ import annotations
@@ -16,13 +21,16 @@ import asyncio
 import logging
 import os
 import ssl
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from confserve.errors import Status
 from confserve.frontends._tls import TlsConfig
@@ -33,6 +41,7 @@ from confserve.serving import Admission, DataPlane
 __all__ = ["RestServer", "RestSettings", "server_ssl_context"]
 
 _log = logging.getLogger(__name__)
+_http_log = logging.getLogger(f"{__name__}.http")
 _STARTUP_TIMEOUT_SECONDS = 30.0
 
 
@@ -45,6 +54,34 @@ class RestSettings:
     # already running finishes in its worker thread (TensorFlow cannot be interrupted).
     request_timeout_seconds: float = 30.0
     max_body_bytes: int = 64 * 1024 * 1024  # same bound as the gRPC max message size
+
+
+class _HttpErrorLog(logging.LoggerAdapter[logging.Logger]):
+    """The logger aiohttp's request handler gets: each record reduced to a fixed text and a category.
+
+    aiohttp's messages and tracebacks carry request bytes (its parser errors quote the offending line,
+    header or trailing body; a handler's exception may quote the input), so nothing of the original record
+    is kept but the exception's class name. A malformed request or a client gone mid-request is the
+    client's doing and logged at DEBUG (a flood of them must not fill the log); any other exception is a
+    server fault, logged at ERROR.
+    """
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        exc_info = kwargs.get("exc_info")
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1] if exc_info else None
+        if exc is None:
+            self.logger.debug("REST connection event (details withheld)")
+        elif isinstance(exc, HttpProcessingError | web.RequestPayloadError | ConnectionError):
+            self.logger.debug("REST: malformed or abandoned request (%s)", type(exc).__name__)
+        else:
+            self.logger.error("REST: error while handling a request (%s)", type(exc).__name__)
+
+
+def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop's exception handler: the default one prints the context (handles with their
+    arguments, transports, protocols), which may hold request bytes; only the exception's class is kept."""
+    exc = context.get("exception")
+    _log.error("REST event loop: unhandled %s", "error" if exc is None else type(exc).__name__)
 
 
 @contextmanager
@@ -111,6 +148,8 @@ class RestServer:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return error_response(413, "request body too large")
+        except (HttpProcessingError, web.RequestPayloadError):  # bad chunking or Content-Encoding
+            return error_response(400, "malformed request body")
         loop = asyncio.get_running_loop()
         work = loop.run_in_executor(self._pool, self._api.handle, request.method, request.path, body)
         try:
@@ -129,9 +168,12 @@ class RestServer:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
+        self._loop.set_exception_handler(_loop_exception)
         app = web.Application(client_max_size=self._settings.max_body_bytes)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None)  # no request lines in logs
+        # No access log (request lines name models and carry query strings) and no request bytes in
+        # aiohttp's error logging (see _HttpErrorLog).
+        runner = web.AppRunner(app, access_log=None, logger=_HttpErrorLog(_http_log, {}))
         try:
             self._loop.run_until_complete(runner.setup())
             site = web.TCPSite(
