@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from confserve.attestation._errors import PolicyError
-from confserve.attestation._types import EnclaveIdentity, VerifiedEvidence
+from confserve.attestation._types import SGX_TCB_STATUSES, EnclaveIdentity, VerifiedEvidence
 from confserve.files import open_input
 
 __all__ = [
@@ -86,18 +86,9 @@ _ADVISORY_RE = re.compile(r"[A-Z0-9][A-Z0-9-]*")
 _HEX64_RE = re.compile(r"[0-9a-fA-F]{64}")
 _DECIMAL_RE = re.compile(r"[0-9]{1,5}")
 
-# SGX TCB status strings as produced by dcap-qvl (dcap-verification.md §1.2). TDX-only statuses are not
-# listed, and `Revoked` is a hard error in the verifier and never allowable here.
-KNOWN_TCB_STATUSES = frozenset(
-    {
-        "UpToDate",
-        "SWHardeningNeeded",
-        "ConfigurationNeeded",
-        "ConfigurationAndSWHardeningNeeded",
-        "OutOfDate",
-        "OutOfDateConfigurationNeeded",
-    }
-)
+# The SGX TCB statuses a policy may allow (docs/attestation.md): all but `Revoked`, which the verifier
+# treats as a hard error and which is never allowable here.
+KNOWN_TCB_STATUSES = frozenset(SGX_TCB_STATUSES) - {"Revoked"}
 _DEFAULT_TCB_STATUSES = frozenset({"UpToDate"})
 DEFAULT_SECRET = "default"  # noqa: S105 (a secret *name*, not a secret)
 

@@ -55,7 +55,7 @@ from confserve.attestation._structs import (
     QuoteV3,
     ReportBody,
 )
-from confserve.attestation._types import EnclaveIdentity
+from confserve.attestation._types import SGX_TCB_STATUSES, EnclaveIdentity
 from confserve.files import MAX_SMALL_FILE_BYTES, read_input, read_input_text
 
 __all__ = [
@@ -71,16 +71,6 @@ __all__ = [
 SIM_ROOT_CA_COMMON_NAME: Final = "confserve SIMULATED SGX Root CA - NOT INTEL"
 _ORG: Final = "confserve simulation - NOT Intel Corporation"
 
-# TCB statuses a TCB level can carry for SGX (Intel PCS API v4 "tcbStatus"; dcap-qvl QuotePolicy docs).
-SGX_TCB_STATUSES: Final = (
-    "UpToDate",
-    "SWHardeningNeeded",
-    "ConfigurationNeeded",
-    "ConfigurationAndSWHardeningNeeded",
-    "OutOfDate",
-    "OutOfDateConfigurationNeeded",
-    "Revoked",
-)
 
 # Intel SGX PCK certificate extension OIDs (Intel "SGX PCK Certificate and CRL Profile" 1.5, 3.5).
 _SGX_EXT: Final = "1.2.840.113741.1.13.1"

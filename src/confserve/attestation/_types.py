@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
-__all__ = ["EnclaveIdentity", "VerifiedEvidence"]
+__all__ = ["SGX_TCB_STATUSES", "EnclaveIdentity", "VerifiedEvidence"]
+
+# The TCB statuses a TCB level can carry for SGX (Intel PCS API v4 "tcbStatus", as dcap-qvl reports
+# them; docs/attestation.md). TDX-only statuses are not listed. Kept here, in a standard-library module,
+# so the command line can offer them as choices without importing the verifier.
+SGX_TCB_STATUSES: Final = (
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+    "Revoked",
+)
 
 
 @dataclass(frozen=True, slots=True)

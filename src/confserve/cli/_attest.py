@@ -15,10 +15,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from confserve.attestation import SGX_TCB_STATUSES  # a standard-library module: `--help` stays light
 from confserve.cli._common import reports_errors
 from confserve.files import MAX_SMALL_FILE_BYTES, read_input
 
@@ -32,18 +33,6 @@ if TYPE_CHECKING:
     )
 
 EXIT_REFUSED = 1  # verification failed, policy refused, or an operation failed
-
-# The library's list (confserve.attestation._simplatform), repeated so that `--help` imports no
-# attestation code; tests/unit/cli/test_main_cli.py checks the two agree.
-SGX_TCB_STATUSES: Final = (
-    "UpToDate",
-    "SWHardeningNeeded",
-    "ConfigurationNeeded",
-    "ConfigurationAndSWHardeningNeeded",
-    "OutOfDate",
-    "OutOfDateConfigurationNeeded",
-    "Revoked",
-)
 
 
 def _hex_bytes(size: int) -> Callable[[click.Context, click.Parameter, str | None], bytes | None]:
@@ -404,8 +393,7 @@ def attest_show_cert(
     key are checked and the quote's claims are shown as UNVERIFIED; with them, the quote is verified and
     the policy applied, and the exit code is 0 only if accepted.
     """
-    from confserve.attestation._ratls import extract_ratls_quote
-    from confserve.attestation._structs import parse_quote_v3
+    from confserve.attestation import extract_ratls_quote, parse_quote_v3
 
     fmt, quote = extract_ratls_quote(read_input(cert_file, max_bytes=MAX_SMALL_FILE_BYTES))
     body = parse_quote_v3(quote).report_body

@@ -32,7 +32,7 @@ from confserve.files import MAX_SMALL_FILE_BYTES, read_input
 if TYPE_CHECKING:
     from confserve.attestation import EnclaveIdentity
 
-# The library's default (confserve.attestation._measure), repeated so that `--help` imports no
+# The library's default (confserve.attestation.DEFAULT_ENTRY_POINT), repeated so that `--help` imports no
 # attestation code; tests/unit/cli/test_main_cli.py checks the two agree.
 DEFAULT_ENTRY_POINT: Final = "confserve.cli:main"
 
@@ -50,10 +50,10 @@ def _parse_args(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 def _emit(identity: EnclaveIdentity, as_json: bool, **extra: object) -> None:
-    from confserve.attestation import _measure as measure
+    from confserve import attestation
 
     click.echo(
-        measure.identity_to_json(identity, **extra) if as_json else measure.format_identity(identity),
+        attestation.identity_to_json(identity, **extra) if as_json else attestation.format_identity(identity),
         nl=False,
     )
 
@@ -104,13 +104,13 @@ def measure_group(
         if sigstruct or simulated_given or describe or as_json:
             raise click.UsageError("measure options cannot be combined with a subcommand")
         return
+    from confserve import attestation
     from confserve.attestation import EnclaveIdentity
-    from confserve.attestation import _measure as measure
 
     if sigstruct is not None:
         if simulated_given or describe:
             raise click.UsageError("--sigstruct cannot be combined with simulated-deployment options")
-        parsed = measure.parse_sigstruct(read_input(sigstruct, max_bytes=MAX_SMALL_FILE_BYTES))
+        parsed = attestation.parse_sigstruct(read_input(sigstruct, max_bytes=MAX_SMALL_FILE_BYTES))
         if parsed.debug:
             click.echo("confserve: warning: DEBUG enclave; a strict policy refuses it", err=True)
         _emit(
@@ -126,20 +126,20 @@ def measure_group(
     if config_path is not None and arg_pairs:
         raise click.UsageError("use either --config or --arg, not both")
     args = (
-        measure.load_measured_args_toml(read_input(config_path, max_bytes=MAX_SMALL_FILE_BYTES))
+        attestation.load_measured_args_toml(read_input(config_path, max_bytes=MAX_SMALL_FILE_BYTES))
         if config_path
         else _parse_args(arg_pairs)
     )
-    root = Path(package_root) if package_root else measure.find_package_root()
+    root = Path(package_root) if package_root else attestation.find_package_root()
     entry = entry_point or DEFAULT_ENTRY_POINT
     if describe:
-        click.echo(measure.describe_simulated(root, entry, args).decode("ascii"))
+        click.echo(attestation.describe_simulated(root, entry, args).decode("ascii"))
         return
     if signing_key is None:
         raise click.UsageError("--signing-key is required for a simulated deployment")
     identity = EnclaveIdentity(
-        mr_enclave=measure.measure_simulated(root, entry, args),
-        mr_signer=measure.mr_signer_from_pem(read_input(signing_key, max_bytes=MAX_SMALL_FILE_BYTES)),
+        mr_enclave=attestation.measure_simulated(root, entry, args),
+        mr_signer=attestation.mr_signer_from_pem(read_input(signing_key, max_bytes=MAX_SMALL_FILE_BYTES)),
         isv_prod_id=isv_prod_id or 0,
         isv_svn=isv_svn or 0,
     )
@@ -160,9 +160,9 @@ def gen_signing_key(out: str, force: bool, public_out: str | None) -> None:
     """Write a new enclave signing key (RSA-3072, e = 3; PEM PKCS#8, mode 0600) and print its mr_signer."""
     from cryptography.hazmat.primitives import serialization
 
-    from confserve.attestation import _measure as measure
+    from confserve import attestation
 
-    key = measure.generate_signing_key()
+    key = attestation.generate_signing_key()
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -182,4 +182,4 @@ def gen_signing_key(out: str, force: bool, public_out: str | None) -> None:
         with open(public_out, "wb") as handle:
             handle.write(public_pem)
         click.echo(f"public key:  {public_out}")
-    click.echo(f"mr_signer:   {measure.mr_signer_from_public_key(key).hex()}")
+    click.echo(f"mr_signer:   {attestation.mr_signer_from_public_key(key).hex()}")

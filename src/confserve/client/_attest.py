@@ -28,9 +28,10 @@ from confserve.attestation import (
     Policy,
     TrustConfig,
     VerifiedEvidence,
+    new_nonce,
     verify,
+    verify_server_evidence,
 )
-from confserve.attestation._evidence import new_nonce, verify_server_evidence
 from confserve.client._errors import ClientError
 from confserve.client._tls import ClientTls
 

@@ -4,7 +4,7 @@
 |-----------|---------------------------------------|----------------------------------------------------|
 | REST      | GET  /v1/confserve/health             | 200 while the process serves (liveness)            |
 | REST      | GET  /v1/confserve/ready              | 200 once every configured model is AVAILABLE, 503  |
-| REST      | POST /v1/confserve/evidence {"nonce"} | evidence JSON (confserve.attestation._evidence)    |
+| REST      | POST /v1/confserve/evidence {"nonce"} | evidence JSON (docs/attestation.md)                |
 | gRPC      | /confserve.Attestation/GetEvidence    | the same JSON bytes in, the same JSON bytes out    |
 | gRPC      | grpc.health.v1.Health                 | SERVING once ready (the standard health service)   |
 | REST      | GET  <monitoring path>                | Prometheus text (only with --monitoring_config_file) |
@@ -21,11 +21,9 @@ import logging
 from collections.abc import Callable
 from typing import Final
 
-from confserve.attestation import AttestationError
-from confserve.attestation._evidence import parse_evidence_request
-from confserve.frontends.rest._api import RestResponse, error_response
-from confserve.serving import DEFAULT_METRICS_PATH, DataPlane, ServingMetrics
-from confserve.serving._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from confserve.attestation import AttestationError, parse_evidence_request
+from confserve.frontends.rest import RestResponse, error_response
+from confserve.serving import DEFAULT_METRICS_PATH, METRICS_CONTENT_TYPE, DataPlane, ServingMetrics
 
 __all__ = ["EVIDENCE_GRPC_METHOD", "EvidenceProvider", "OpsEndpoints"]
 

@@ -30,16 +30,16 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from confserve import pf
 from confserve.attestation import (
+    DEV_ATTESTATION,
     Attester,
     EnclaveIdentity,
     GramineAttester,
     SimPlatform,
     SimulatedAttester,
     find_package_root,
+    make_evidence,
     simulated_identity,
 )
-from confserve.attestation._attester import DEV_ATTESTATION
-from confserve.attestation._evidence import make_evidence
 from confserve.errors import ConfserveError, Status
 from confserve.files import MAX_SMALL_FILE_BYTES, open_input, read_input
 from confserve.provisioning import (

@@ -41,6 +41,7 @@ from confserve.serving._manager import (
     State,
     VersionStatus,
 )
+from confserve.serving._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from confserve.serving._metrics import DEFAULT_METRICS_PATH, ServingMetrics
 from confserve.serving._opener import FileOpener, PlainOpener
 from confserve.serving._policy import select_versions
@@ -64,6 +65,7 @@ __all__ = [
     "DEFAULT_METRICS_PATH",
     "DEFAULT_SAVED_MODEL_TAGS",
     "GRPC",
+    "METRICS_CONTENT_TYPE",
     "REST",
     "TRANSITIONS",
     "Admission",

@@ -1,6 +1,6 @@
 """TF Serving's REST API over the shared DataPlane."""
 
-from confserve.frontends.rest._api import RestApi, RestResponse
+from confserve.frontends.rest._api import RestApi, RestResponse, error_response
 from confserve.frontends.rest._routes import Route, parse_route
 from confserve.frontends.rest._server import RestServer, RestSettings, server_ssl_context
 from confserve.frontends.rest._status import HTTP_STATUS
@@ -12,6 +12,7 @@ __all__ = [
     "RestServer",
     "RestSettings",
     "Route",
+    "error_response",
     "parse_route",
     "server_ssl_context",
 ]
