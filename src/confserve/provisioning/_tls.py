@@ -7,8 +7,10 @@ it cannot take the enclave's fresh private key from memory either; pyOpenSSL can
 (`set_verify(..., callback -> True)`, `use_privatekey(<cryptography key>)`).
 
 Why memory BIOs: OpenSSL never touches the socket. `TlsChannel` moves ciphertext between the socket and
-OpenSSL itself, with a deadline on every socket operation, so a silent or slow peer costs one thread until
-its deadline and nothing else; there is no blocking call without a timeout.
+OpenSSL itself, with a deadline on every socket operation; there is no blocking call without a timeout.
+The client uses it for a whole session. The server drives the handshake and the request read without
+blocking in its pre-authentication stage (`_admission.PreAuthSession`, over the same memory BIOs), so a
+silent peer holds no thread at all, and a worker continues the session with `TlsChannel.adopt` to answer.
 
 Session resumption is off on both sides (no tickets, no cache): every session carries a fresh RA-TLS
 certificate and a fresh quote.
