@@ -7,10 +7,11 @@ decides per request lives here: ModelSpec resolution (version / version_label / 
 contracts (tensorflow_serving/servables/tensorflow/{predict_util,classifier,regressor,multi_inference}.cc).
 
 As in TF Serving, input shapes are not checked against the SignatureDef (the model's graph decides, see
-`SavedModelServable`); dtypes are, with TensorFlow's own wording, and every TensorProto is checked before
-it is allocated (element limit, content length). The status of an unknown signature depends on the RPC,
-as in TF Serving: FAILED_PRECONDITION for Predict, INVALID_ARGUMENT for Classify, Regress and
-MultiInference. SignatureDef method names are checked only with `method_name_check`
+`SavedModelServable`). Predict input dtypes are, with TensorFlow's own wording (Classify and Regress feed
+the serialized examples whatever the SignatureDef declares, as TF Serving does), and every TensorProto is
+checked before it is allocated (element limit, content length). The status of an unknown signature
+depends on the RPC, as in TF Serving: FAILED_PRECONDITION for Predict, INVALID_ARGUMENT for Classify,
+Regress and MultiInference. SignatureDef method names are checked only with `method_name_check`
 (--enable_signature_method_name_check, off by default: TF2's saver writes "predict" for every signature).
 Predict responses carry values in the typed `*_val` fields (TF Serving's Tensor::AsProtoField) unless
 `output_tensor_content` (--enable_serialization_as_tensor_content) asks for `tensor_content`.
@@ -50,7 +51,6 @@ from confserve.serving._tensors import (
     DEFAULT_MAX_TENSOR_ELEMENTS,
     check_dtype,
     data_type_name,
-    dtype_name,
     from_proto,
     response_proto,
     tensor_shape_string,
@@ -72,8 +72,6 @@ _CLASSIFY_CLASSES = "classes"
 _CLASSIFY_SCORES = "scores"
 _REGRESS_INPUTS = "inputs"
 _REGRESS_OUTPUTS = "outputs"
-_DT_STRING = 7
-_DT_FLOAT = 1
 _METADATA_SIGNATURE_DEF = "signature_def"
 _UNKNOWN_ERROR_CODE = 2  # tensorflow.error.Code.UNKNOWN: a failed load's original code is not kept
 
@@ -338,10 +336,8 @@ class DataPlane:
     def _run_examples(
         servable: Servable, name: str, signature: Any, examples: npt.NDArray[Any], output_keys: list[str]
     ) -> Mapping[str, npt.NDArray[Any]]:
-        info = signature.inputs[_CLASSIFY_INPUTS]
-        if info.dtype != _DT_STRING:
-            # What TensorFlow answers when a string tensor is fed to another dtype (TF Serving feeds it).
-            raise InvalidInputError(f"Expects arg[0] to be {dtype_name(info.dtype)} but string is provided")
+        # The declared dtype is not checked: TF Serving feeds the string tensor whatever the SignatureDef
+        # says (its own half_plus_three declares DT_FLOAT for serialized examples), and TensorFlow decides.
         return servable.run(name, {_CLASSIFY_INPUTS: examples}, output_keys)
 
     # -- MultiInference ---------------------------------------------------------------------------------

@@ -77,7 +77,6 @@ STRINGS = object
         (signature(CLASSIFY, {"a": 7, "b": 7}, ["scores"]), {}, "Expected one input Tensor."),
         (signature(CLASSIFY, {"inputs": 7}, ["scores", "classes", "x"]), {}, "one or two output Tensors, found 3"),
         (signature(CLASSIFY, {"a": 7}, ["scores"]), {}, "No classification inputs found"),
-        (signature(CLASSIFY, {"inputs": 1}, ["scores"]), {}, r"Expects arg\[0\] to be float but string is provided"),
         (signature(CLASSIFY, {"inputs": 7}, ["other"]), {}, 'at least one of "classes" or "scores"'),
         (
             signature(CLASSIFY, {"inputs": 7}, ["scores"]),
@@ -118,6 +117,16 @@ def test_classify_contract_violations(sig: Any, outputs: Any, match: str) -> Non
     with pytest.raises(ServingError, match=match) as info:
         dataplane.classify(examples_request(classification_pb2.ClassificationRequest, "c"))
     assert info.value.status is Status.INVALID_ARGUMENT
+
+
+def test_examples_input_dtype_is_left_to_the_model() -> None:
+    """TF Serving feeds the serialized examples whatever dtype the SignatureDef declares (its
+    saved_model_half_plus_three declares DT_FLOAT for them)."""
+    declared_float = dataplane_for(
+        {"r": signature(REGRESS, {"inputs": 1}, ["outputs"])}, {"outputs": np.array([1.5, 2.5], F32)}
+    )
+    result = declared_float.regress(examples_request(regression_pb2.RegressionRequest, "r")).result
+    assert [r.value for r in result.regressions] == [1.5, 2.5]
 
 
 def test_classify_scores_only_and_classes_only() -> None:
