@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from confserve.serving import InvalidInputError
+
 __all__ = ["Route", "parse_route"]
 
 # The two regular expressions of http_rest_api_handler.cc, case-insensitive like the original.
@@ -30,7 +32,10 @@ class Route:
 
 
 def parse_route(method: str, path: str) -> Route | None:
-    """The API call a request names, or None if it names none (TF Serving: 'Malformed request')."""
+    """The API call a request names, or None if it names none (TF Serving: 'Malformed request').
+
+    As TF Serving's handler: a status request without a model name, and a version number that does not
+    fit 64 bits, are INVALID_ARGUMENT with their own texts."""
     method = method.upper()
     if method == "POST" and (match := _PREDICTION.fullmatch(path)):
         model, version, label, verb = match.groups()
@@ -38,7 +43,7 @@ def parse_route(method: str, path: str) -> Route | None:
     if method == "GET" and (match := _STATUS.fullmatch(path)):
         model, version, label, metadata = match.groups()
         if not model:
-            return None
+            raise InvalidInputError("Missing model name in request.")
         return _route("metadata" if metadata else "status", model, version, label)
     return None
 
@@ -46,5 +51,5 @@ def parse_route(method: str, path: str) -> Route | None:
 def _route(verb: str, model: str, version: str | None, label: str | None) -> Route | None:
     number = None if version is None else int(version)
     if number is not None and number > _MAX_VERSION:
-        return None
+        raise InvalidInputError(f"Failed to convert version: {version} to numeric.")
     return Route(verb=verb, model=model, version=number, label=label)
