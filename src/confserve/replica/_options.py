@@ -8,7 +8,9 @@ accepted too). Each field carries, in its metadata, the flag's help text and its
   renderers, from the same object a replica parses it into, so the two cannot drift;
 - `validate()` holds every rule about combinations of options (one place, raising `OptionsError`);
 - `measured` in each field says whether it is part of the replica's identity (docs/server.md,
-  "What is measured"): behaviour is measured, availability (ports, limits, threads) is not.
+  "What is measured"): behaviour is measured, availability (ports, limits, threads) is not;
+- `refused` marks a TF Serving flag confserve does not support: it is accepted at its default, and any
+  other value is refused by `validate()` with the reason (docs/server.md, "TF Serving flags").
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class OptionSpec:
     choices: tuple[str, ...] | None = None
     envvar: str | None = None
     cli_only: bool = False  # an action of the command, never rendered into a replica's argv
+    refused: str | None = None  # a TF Serving flag not supported: why (any value but the default fails)
 
 
 def _opt(default: Any, help: str, *, measured: bool = False, **spec: Any) -> Any:
@@ -143,7 +146,81 @@ class ServeOptions:
     )
     # Kubernetes' default terminationGracePeriodSeconds is 30, so a few seconds leaves room for the rest.
     shutdown_grace_seconds: float = _opt(5.0, "On SIGTERM, wait this long for in-flight requests.", minimum=0)
+    # -- TF Serving flags that only size pools or tune loading (not measured) ------------------------------
+    rest_api_num_threads: int = _opt(0, "REST worker threads (0: 8).", minimum=0)
+    grpc_max_threads: int = _opt(0, "gRPC worker threads (0: 16).", minimum=0)
+    grpc_channel_arguments: str = _opt(
+        "", "gRPC server arguments, key=value,... (e.g. grpc.max_connection_age_ms=2000)."
+    )
+    tensorflow_session_parallelism: int = _opt(
+        0, "TensorFlow threads when the intra/inter-op flags are 0 (0: its choice).", minimum=0
+    )
+    max_num_load_retries: int = _opt(5, "Retries of a failed model load.", minimum=0)  # TF Serving's default
+    load_retry_interval_micros: int = _opt(
+        60_000_000, "Wait between load retries (microseconds; negative: none).", minimum=-1
+    )  # TF Serving's default: one minute
+    enable_serialization_as_tensor_content: bool = _opt(
+        False, "Predict answers carry tensors in tensor_content instead of typed values."
+    )
+    num_load_threads: int = _opt(0, "Accepted; versions load one at a time.", minimum=0)
+    num_unload_threads: int = _opt(0, "Accepted; versions unload one at a time.", minimum=0)
+    flush_filesystem_caches: bool = _opt(False, "Accepted; models are read into memory, no cache to flush.")
+    allow_version_labels_for_unavailable_models: bool = _opt(
+        False, "Accepted; labels may always name versions not loaded yet."
+    )
+    enable_grpc_healthcheck_service: bool = _opt(False, "Accepted; the gRPC health service always runs.")
+    remove_unused_fields_from_bundle_metagraph: bool = _opt(False, "Accepted; no effect.")
+    skip_initialize_tpu: bool = _opt(False, "Accepted; no TPU is used.")
+    per_process_gpu_memory_fraction: float = _opt(0.0, "Accepted; no GPU is used.", minimum=0, maximum=1)
+    num_tflite_pools: int = _opt(0, "Accepted; TensorFlow Lite models are not served.", minimum=0)
+    num_tflite_interpreters_per_pool: int = _opt(
+        0, "Accepted; TensorFlow Lite models are not served.", minimum=0
+    )
+    # -- TF Serving flags not supported (refused unless at their default) --------------------------------
+    grpc_socket_path: str | None = _opt(
+        None, "Not supported.", refused="gRPC on a UNIX socket is not offered: serve TLS on --port"
+    )
+    rest_api_enable_cors_support: bool = _opt(
+        False, "Not supported.", refused="CORS would let any web page call the REST API from a browser"
+    )
+    use_alts_credentials: bool = _opt(
+        False, "Not supported.", refused="ALTS is Google-internal; confserve serves TLS (--ssl_config_file)"
+    )
+    platform_config_file: str | None = _opt(
+        None, "Not supported.", refused="only the TensorFlow SavedModel platform is served"
+    )
+    tensorflow_session_config_file: str | None = _opt(
+        None, "Not supported.", refused="a session ConfigProto file is not read; use the parallelism flags"
+    )
+    enable_per_model_batching_parameters: bool = _opt(
+        False,
+        "Not supported.",
+        refused="per-model batching_params.pbtxt is not read; use --batching_parameters_file",
+    )
+    num_request_iterations_for_warmup: int = _opt(
+        1, "Not supported beyond 1.", refused="each warmup record is replayed once", minimum=0
+    )
+    enable_profiler: bool = _opt(
+        False, "Not supported.", refused="a profiler service would expose the timing and traces of inferences"
+    )
+    thread_pool_factory_config_file: str | None = _opt(
+        None, "Not supported.", refused="custom thread pools are not configurable"
+    )
+    mixed_precision: str | None = _opt(
+        None, "Not supported.", refused="models run in their exported precision"
+    )
+    prefer_tflite_model: bool = _opt(False, "Not supported.", refused="TensorFlow Lite models are not served")
+    xla_cpu_compilation_enabled: bool = _opt(False, "Not supported.", refused="XLA JIT compilation is off")
+    xla_gpu_compilation_enabled: bool = _opt(False, "Not supported.", refused="XLA JIT compilation is off")
     # -- behaviour (measured by content) ----------------------------------------------------------------
+    saved_model_tags: str = _opt(
+        "serve", "Comma-separated tags of the MetaGraph served from each SavedModel.", measured=True
+    )
+    enable_signature_method_name_check: bool = _opt(
+        False,
+        "Refuse signatures whose method_name does not match the API (TF2 exports name all 'predict').",
+        measured=True,
+    )
     monitoring_config_file: str | None = _opt(
         None,
         "MonitoringConfig text proto: prometheus_config { enable: true path: ... } serves metrics on REST.",
@@ -190,7 +267,19 @@ class ServeOptions:
             raise OptionsError("--secret_provision_set_key needs --secret_provision_servers")
         if self.attestation not in ("auto", "gramine", "simulated"):
             raise OptionsError(f"--attestation must be auto, gramine or simulated, not {self.attestation!r}")
+        self._validate_tf_serving_flags()
         return self
+
+    def _validate_tf_serving_flags(self) -> None:
+        if not any(tag.strip() for tag in self.saved_model_tags.split(",")):
+            raise OptionsError("--saved_model_tags names no tag")
+        for spec in option_specs():
+            value = getattr(self, spec.name)
+            if spec.refused is None or value == spec.default:
+                continue
+            if spec.name == "num_request_iterations_for_warmup" and value == 0:
+                continue  # TF Serving: 0 means its default, one replay
+            raise OptionsError(f"--{spec.name} is not supported by confserve: {spec.refused}")
 
     @property
     def rest_enabled(self) -> bool:

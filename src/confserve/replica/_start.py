@@ -110,6 +110,9 @@ def measured_args(options: ServeOptions, *, base_dir: Path | None = None) -> dic
                 if options.enable_batching
                 else "off"
             ),
+            # Which MetaGraph serves, and whether signatures are refused by method name.
+            "saved_model_tags": ",".join(_saved_model_tags(options)),
+            "signature_method_name_check": "true" if options.enable_signature_method_name_check else "false",
         },
     )
 
@@ -227,10 +230,16 @@ def _spki(tls: TlsConfig) -> bytes:
     )
 
 
+def _saved_model_tags(options: ServeOptions) -> tuple[str, ...]:
+    """--saved_model_tags as a sorted set (TF Serving's parsing, without importing the serving package)."""
+    return tuple(sorted({tag.strip() for tag in options.saved_model_tags.split(",") if tag.strip()}))
+
+
 def server_settings(options: ServeOptions) -> ServerSettings:
     from confserve.frontends import ServerSettings  # noqa: PLC0415
-    from confserve.frontends.grpc import GrpcSettings  # noqa: PLC0415
+    from confserve.frontends.grpc import GrpcSettings, parse_channel_arguments  # noqa: PLC0415
     from confserve.frontends.rest import RestSettings  # noqa: PLC0415
+    from confserve.serving import ManagerSettings  # noqa: PLC0415
 
     rest = None
     if options.rest_enabled:
@@ -239,7 +248,13 @@ def server_settings(options: ServeOptions) -> ServerSettings:
             port=options.rest_api_port,
             request_timeout_seconds=options.rest_api_timeout_in_ms / 1000,
             max_body_bytes=options.grpc_max_message_size,
+            num_threads=options.rest_api_num_threads or RestSettings.num_threads,
         )
+    try:
+        channel_arguments = parse_channel_arguments(options.grpc_channel_arguments)
+    except ValueError as exc:
+        raise OptionsError(str(exc)) from None
+    session_threads = options.tensorflow_session_parallelism
     metrics_path = None
     if options.monitoring_config_file is not None:
         metrics_path = _metrics_path(options.monitoring_config_file)
@@ -247,18 +262,28 @@ def server_settings(options: ServeOptions) -> ServerSettings:
         raise OptionsError("--monitoring_config_file serves metrics on the REST port: do not disable REST")
     return ServerSettings(
         grpc=GrpcSettings(
-            address=f"{options.host}:{options.port}", max_message_bytes=options.grpc_max_message_size
+            address=f"{options.host}:{options.port}",
+            max_message_bytes=options.grpc_max_message_size,
+            channel_arguments=channel_arguments,
+            max_workers=options.grpc_max_threads or GrpcSettings.max_workers,
         ),
         rest=rest,
         file_system_poll_wait_seconds=options.file_system_poll_wait_seconds,
         model_config_poll_wait_seconds=options.model_config_file_poll_wait_seconds,
         max_concurrent_requests=options.max_concurrent_requests or None,
         shutdown_grace_seconds=options.shutdown_grace_seconds,
-        tensorflow_intra_op_parallelism=options.tensorflow_intra_op_parallelism,
-        tensorflow_inter_op_parallelism=options.tensorflow_inter_op_parallelism,
+        tensorflow_intra_op_parallelism=options.tensorflow_intra_op_parallelism or session_threads,
+        tensorflow_inter_op_parallelism=options.tensorflow_inter_op_parallelism or session_threads,
         metrics_path=metrics_path,
         enable_model_warmup=options.enable_model_warmup,
         batching=_batching(options.batching_parameters_file) if options.enable_batching else None,
+        manager=ManagerSettings(
+            max_load_retries=options.max_num_load_retries,
+            load_retry_interval_seconds=max(0, options.load_retry_interval_micros) / 1e6,
+        ),
+        saved_model_tags=_saved_model_tags(options),
+        enable_signature_method_name_check=options.enable_signature_method_name_check,
+        serialize_outputs_as_tensor_content=options.enable_serialization_as_tensor_content,
     )
 
 
