@@ -7,9 +7,8 @@ from dataclasses import asdict
 
 import click
 
-from confserve import pf
+from confserve import owner, pf
 from confserve.cli._common import reports_errors
-from confserve.owner import _models as models
 
 _OUT = click.option(
     "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Model base path."
@@ -36,7 +35,7 @@ def example_digits(out_dir: str, version: int, epochs: int) -> None:
     """A small CNN trained on scikit-learn's 8x8 digits (input `image` [N,8,8,1], outputs `probabilities`,
     `classes`); the default demo model. Trains in seconds and prints its test accuracy."""
     click.echo("training a CNN on scikit-learn's digits images ...", err=True)
-    result = models.make_digits_model(out_dir, version=version, epochs=epochs)
+    result = owner.make_digits_model(out_dir, version=version, epochs=epochs)
     click.echo(
         f"saved {result.path}: test accuracy {result.test_accuracy:.1%} "
         f"({result.train_examples} training / {result.test_examples} test images)"
@@ -52,7 +51,7 @@ def example_resnet50(out_dir: str, version: int, weights: str | None) -> None:
     """ResNet-50 v1 with the reference model's signature (input `input` [N,224,224,3] float32, output
     `predict` [N,1001]); random weights unless --weights is given."""
     click.echo("building ResNet-50 ...", err=True)
-    path = models.make_resnet50_model(out_dir, version=version, weights=weights)
+    path = owner.make_resnet50_model(out_dir, version=version, weights=weights)
     click.echo(f"saved {path} ({'weights from ' + weights if weights else 'random weights'})")
 
 
@@ -65,7 +64,7 @@ def example_resnet50(out_dir: str, version: int, weights: str | None) -> None:
 @reports_errors
 def import_frozen_graph(graph: str, inputs: str, outputs: str, out_dir: str, version: int) -> None:
     """Convert a frozen GraphDef into a SavedModel (the reference's model_graph_to_saved_model.py)."""
-    path = models.import_frozen_graph(
+    path = owner.import_frozen_graph(
         graph,
         inputs=[n for n in inputs.split(",") if n],
         outputs=[n for n in outputs.split(",") if n],
@@ -90,7 +89,7 @@ def encrypt(
     model_dir: str, wrap_key: str, out_dir: str, bind_root: str | None, format_version: str, verbose: bool
 ) -> None:
     """Encrypt every file of every version of MODEL_DIR into OUT, bound to the paths the server opens."""
-    entries = models.encrypt_model_tree(
+    entries = owner.encrypt_model_tree(
         model_dir, out_dir, pf.WrapKey.load(wrap_key), bind_root=bind_root, format_version=int(format_version)
     )
     for entry in entries:
@@ -117,7 +116,7 @@ def encrypt(
 def inspect(model_dir: str, wrap_key: str | None, bind_root: str | None, as_json: bool) -> None:
     """Show versions, signatures and which files are encrypted."""
     key = pf.WrapKey.load(wrap_key) if wrap_key else None
-    infos = models.inspect_model_tree(model_dir, key=key, bind_root=bind_root)
+    infos = owner.inspect_model_tree(model_dir, key=key, bind_root=bind_root)
     if as_json:
         click.echo(json.dumps([asdict(i) for i in infos], indent=1))
         return

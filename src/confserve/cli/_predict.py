@@ -9,9 +9,17 @@ from typing import Any
 import click
 
 from confserve.cli._common import reports_errors
-from confserve.client import ClientError, ClientTls, PredictClient
-from confserve.client._display import as_json, describe
-from confserve.client._inputs import inputs_from_image, inputs_from_json, inputs_from_npy, random_inputs
+from confserve.client import (
+    ClientError,
+    ClientTls,
+    PredictClient,
+    as_json,
+    describe,
+    inputs_from_image,
+    inputs_from_json,
+    inputs_from_npy,
+    random_inputs,
+)
 from confserve.files import MAX_SMALL_FILE_BYTES, read_input
 
 
@@ -24,7 +32,7 @@ def attestation_check(policy_file: str, sim_platform: str | None, collateral_fil
     """The client's trust for --attest: the policy, Intel's root or a simulated platform's (its public
     part is enough: root certificate, and collateral when the directory holds it), collateral."""
     from confserve.attestation import SIM_COLLATERAL_FILE, Collateral, load_policy_file, verifier_trust  # noqa: PLC0415
-    from confserve.client._attest import AttestationCheck  # noqa: PLC0415
+    from confserve.client import AttestationCheck  # noqa: PLC0415
 
     policy = load_policy_file(Path(policy_file))
     sim_root = Path(sim_platform) if sim_platform else None
@@ -231,7 +239,7 @@ def bench_client(
 ) -> None:
     """Load-test TARGET with random inputs of the model's signature; print latency percentiles and
     throughput (the reference's resnet_client_grpc.py -batch -cnum -loop)."""
-    from confserve.client._loadgen import LoadSpec, run_load  # noqa: PLC0415
+    from confserve.client import LoadSpec, run_load  # noqa: PLC0415
 
     if n_requests is not None and duration is not None:
         raise ClientError("give --requests or --duration, not both")

@@ -13,8 +13,8 @@ from confserve.cli._common import reports_errors
 if TYPE_CHECKING:
     from confserve.owner import TlsMaterial
 
-# The library's default (confserve.owner._tls), repeated here so that `--help` need not import the
-# certificate code; tests/unit/cli/test_main_cli.py checks the two agree.
+# The library's default (confserve.owner.DEFAULT_SSL_CONFIG_BOUND_PATH), repeated here so that `--help`
+# need not import the certificate code; tests/unit/cli/test_main_cli.py checks the two agree.
 DEFAULT_SSL_CONFIG_BOUND_PATH: Final = "ssl.cfg"
 
 _options = [

@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 
 from confserve.attestation import SimPlatform, TrustConfig, load_policy_file
-from confserve.client import ClientTls, PredictClient
-from confserve.client._attest import AttestationCheck
+from confserve.client import AttestationCheck, ClientTls, PredictClient
 from confserve.cluster._local import ClusterState
 from confserve.cluster._workspace import SERVICE_DOMAIN, Workspace
 
@@ -35,7 +34,7 @@ def check_cluster(ws: Workspace, state: ClusterState) -> CheckResult:
         attested = client.attest(check)
         signature = client.signature(state.model)
         if state.model == "digits":
-            from confserve.owner._models import load_digits_dataset  # noqa: PLC0415
+            from confserve.owner import load_digits_dataset  # noqa: PLC0415
 
             _, _, images, labels = load_digits_dataset()
             image, label = images[:1], int(labels[0])
@@ -45,7 +44,7 @@ def check_cluster(ws: Workspace, state: ClusterState) -> CheckResult:
             passed = predicted == label
             summary = f"digit {label} (a held-out test image) predicted as {predicted} (p={confidence:.3f})"
         else:
-            from confserve.client._inputs import random_inputs  # noqa: PLC0415
+            from confserve.client import random_inputs  # noqa: PLC0415
 
             out = client.predict(state.model, random_inputs(signature, batch=1, seed=0))
             passed = all(np.all(np.isfinite(v)) for v in out.values() if v.dtype.kind == "f")

@@ -177,7 +177,7 @@ def _client_files(ws: Workspace, staging: Path) -> tuple[Path, int]:
     by the client image's user. Returns the directory and the digit's label."""
     import numpy as np  # noqa: PLC0415
 
-    from confserve.owner._models import load_digits_dataset  # noqa: PLC0415
+    from confserve.owner import load_digits_dataset  # noqa: PLC0415
 
     _, _, test_images, test_labels = load_digits_dataset()
     directory = staging / "client"

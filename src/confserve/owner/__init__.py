@@ -1,5 +1,80 @@
-"""Model-owner tools: TLS material, example models, encryption of model trees."""
+"""Model-owner tools: TLS material, example models, encryption and inspection of model trees.
 
-from confserve.owner._tls import KeyType, TlsMaterial, TlsMaterialError, generate_tls_material
+Importing the package loads nothing else: TLS material (cryptography's X.509 layer) and models
+(TensorFlow) load on first use of a name.
+"""
 
-__all__ = ["KeyType", "TlsMaterial", "TlsMaterialError", "generate_tls_material"]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from confserve.owner._models import (
+        DigitsModel,
+        ModelError,
+        SignatureInfo,
+        VersionInfo,
+        encrypt_model_tree,
+        import_frozen_graph,
+        inspect_model_tree,
+        load_digits_dataset,
+        make_digits_model,
+        make_resnet50_model,
+    )
+    from confserve.owner._tls import (
+        DEFAULT_SSL_CONFIG_BOUND_PATH,
+        SERVER_NAME_FILE,
+        KeyType,
+        TlsMaterial,
+        TlsMaterialError,
+        generate_tls_material,
+    )
+
+# Where each lazily imported name lives: the module is imported on first use.
+_LAZY: dict[str, str] = {
+    "DigitsModel": "_models",
+    "ModelError": "_models",
+    "SignatureInfo": "_models",
+    "VersionInfo": "_models",
+    "encrypt_model_tree": "_models",
+    "import_frozen_graph": "_models",
+    "inspect_model_tree": "_models",
+    "load_digits_dataset": "_models",
+    "make_digits_model": "_models",
+    "make_resnet50_model": "_models",
+    "DEFAULT_SSL_CONFIG_BOUND_PATH": "_tls",
+    "KeyType": "_tls",
+    "SERVER_NAME_FILE": "_tls",
+    "TlsMaterial": "_tls",
+    "TlsMaterialError": "_tls",
+    "generate_tls_material": "_tls",
+}
+
+__all__ = [
+    "DEFAULT_SSL_CONFIG_BOUND_PATH",
+    "SERVER_NAME_FILE",
+    "DigitsModel",
+    "KeyType",
+    "ModelError",
+    "SignatureInfo",
+    "TlsMaterial",
+    "TlsMaterialError",
+    "VersionInfo",
+    "encrypt_model_tree",
+    "generate_tls_material",
+    "import_frozen_graph",
+    "inspect_model_tree",
+    "load_digits_dataset",
+    "make_digits_model",
+    "make_resnet50_model",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value

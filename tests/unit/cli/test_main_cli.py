@@ -28,7 +28,16 @@ HEAVY = (
     # the attestation package itself is light (its types and errors); its other modules are not
     *(
         f"confserve.attestation.{module}"
-        for module in ("_attester", "_evidence", "_measure", "_policy", "_ratls", "_simplatform", "_trust", "_verify")
+        for module in (
+            "_attester",
+            "_evidence",
+            "_measure",
+            "_policy",
+            "_ratls",
+            "_simplatform",
+            "_trust",
+            "_verify",
+        )
     ),
     "confserve.provisioning",
     "confserve.client",
@@ -109,7 +118,7 @@ def test_copies_of_library_constants_agree() -> None:
     """Option defaults and choices repeated in light modules so `--help` needs no heavy import."""
     from confserve.attestation import DEFAULT_ENTRY_POINT, RaTlsFormat
     from confserve.cli import _measure, _secret_prov, _tls
-    from confserve.owner._tls import DEFAULT_SSL_CONFIG_BOUND_PATH
+    from confserve.owner import DEFAULT_SSL_CONFIG_BOUND_PATH
 
     assert sorted(_secret_prov.RATLS_FORMATS) == sorted(fmt.value for fmt in RaTlsFormat)
     assert _measure.DEFAULT_ENTRY_POINT == DEFAULT_ENTRY_POINT
