@@ -245,6 +245,11 @@ def _model_status(port: int, ca: trustme.CA, name: str) -> list[tuple[int, int]]
     return [(s.version, s.state) for s in response.model_version_status]
 
 
+def _config_reload_refusals(cwd: Path) -> int:
+    """Model-config polls that failed, as the server logged them (run_server's stderr.log)."""
+    return (cwd / "stderr.log").read_text().count("model config reload: unexpected")
+
+
 def test_encrypted_model_config_is_reloaded(tmp_path: Path, server_tls: TlsConfig, ca: trustme.CA) -> None:
     """The owner changes the (encrypted) model config; the server follows: new models load, removed ones
     unload. The host cannot do the same: the config is authenticated under the owner's key."""
@@ -276,11 +281,16 @@ def test_encrypted_model_config_is_reloaded(tmp_path: Path, server_tls: TlsConfi
         while _model_status(port, ca, "b") != [(1, 30)] or _model_status(port, ca, "a") not in unloaded:
             assert time.monotonic() < deadline, (_model_status(port, ca, "a"), _model_status(port, ca, "b"))
             time.sleep(0.1)
-        # A config the host wrote is not authentic: the server keeps serving the owner's.
+        # A config the host wrote is not authentic: the server keeps serving the owner's. Proof that it
+        # looked: two polls after the write read the host's config and refused it (each logs the refusal).
+        refused = _config_reload_refusals(tmp_path)
         (tmp_path / "models.config").write_text(
             'model_config_list { config { name: "a" base_path: "models/a" } }'
         )
-        time.sleep(1)  # several polls
+        deadline = time.monotonic() + 60
+        while _config_reload_refusals(tmp_path) < refused + 2:
+            assert time.monotonic() < deadline, "the server did not poll the model config again"
+            time.sleep(0.1)
         assert _model_status(port, ca, "b") == [(1, 30)]
         assert _model_status(port, ca, "a") in unloaded
     finally:
