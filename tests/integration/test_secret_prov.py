@@ -1138,3 +1138,28 @@ def test_a_bug_in_a_session_is_contained(
     assert received == b""  # nothing released, connection closed
     good_client_works(pki, server, platform)
     _wait_for(lambda: _metric(server, "confserve_secret_prov_active_connections", "") == 0)
+
+
+def test_a_bug_in_the_admission_stage_is_contained(
+    pki: Pki,
+    platform: SimPlatform,
+    server: SecretProvisioningServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from confserve.provisioning import _admission
+
+    original = _admission.PreAuthSession.receive_data
+    calls = [0]
+
+    def broken(self: _admission.PreAuthSession, data: bytes) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("bug")
+        original(self, data)
+
+    monkeypatch.setattr(_admission.PreAuthSession, "receive_data", broken)
+    received = raw_session(server.address, ratls(platform), GRAMINE_REQUEST, pki)
+    assert received == b""  # that connection is closed, nothing released
+    good_client_works(pki, server, platform)  # the stage goes on
+    assert any("unexpected error in the pre-authentication stage" in r.getMessage() for r in caplog.records)

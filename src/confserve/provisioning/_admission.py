@@ -35,6 +35,7 @@ import errno
 import heapq
 import ipaddress
 import itertools
+import logging
 import selectors
 import socket
 import threading
@@ -62,6 +63,8 @@ __all__ = [
     "StageLimits",
     "admission_key",
 ]
+
+_log = logging.getLogger("confserve.provisioning.admission")
 
 # Bytes a client may send before its request is complete: a ClientHello (at most a few KB), a certificate
 # of at most about 12 KB (RA-TLS evidence is at most 8 KB; an RSA-3072 key and signature about 1 KB) and a
@@ -392,7 +395,7 @@ class AdmissionStage:
                         with contextlib.suppress(OSError):
                             self._wake_r.recv(4096)
                     else:
-                        self._io(key.data, mask)
+                        self._io_contained(key.data, mask)
                 self._expire()
                 self._resume_listener()
                 self._dispatch()
@@ -491,6 +494,15 @@ class AdmissionStage:
         self._listener = None
 
     # -- per connection --
+
+    def _io_contained(self, pending: _Pending, mask: int) -> None:
+        """A bug in one connection's handling closes that connection, not the stage."""
+        try:
+            self._io(pending, mask)
+        except Exception:
+            _log.exception("unexpected error in the pre-authentication stage; closing %s", pending.address)
+            with contextlib.suppress(Exception):
+                self._close(pending)
 
     def _io(self, pending: _Pending, mask: int) -> None:
         if self._pending.get(pending.conn_id) is not pending or not _busy(pending):

@@ -42,6 +42,10 @@ def test_limits_and_settings_validation() -> None:
         ServerLimits(handshake_timeout_seconds=0)
     with pytest.raises(ConfigError):
         ServerLimits(max_connections=0)
+    for field in ("max_pending_connections", "max_pending_per_address", "refusal_summary_seconds"):
+        with pytest.raises(ConfigError, match="positive"):
+            ServerLimits(**{field: 0})  # type: ignore[arg-type]
+    assert ServerLimits(rate_limit_per_second=0).rate_limit_per_second == 0  # 0 disables the rate limit
     ca = trustme.CA()
     issued = ca.issue_cert("localhost")
     chain = tuple(x509.load_pem_x509_certificates(issued.cert_chain_pems[0].bytes()))
