@@ -33,8 +33,7 @@ def _progress() -> Any:
 
 
 def _cluster(workspace: Path) -> Any:
-    from confserve.cluster._local import LocalCluster  # noqa: PLC0415
-    from confserve.cluster._workspace import Workspace  # noqa: PLC0415
+    from confserve.cluster import LocalCluster, Workspace  # noqa: PLC0415
 
     return LocalCluster(Workspace(workspace), progress=_progress())
 
@@ -52,7 +51,7 @@ def _cluster(workspace: Path) -> Any:
 def up(workspace: Path, replicas: int, model: str, tls_mode: str, once: bool, detach: bool) -> None:
     """Start the secret-provisioning service, N attested model-server replicas and nginx; check them
     with an attested inference; then show a live status view until Ctrl-C (simulated SGX)."""
-    from confserve.cluster._check import audit_entries, check_cluster  # noqa: PLC0415
+    from confserve.cluster import audit_entries, check_cluster  # noqa: PLC0415
 
     if once and detach:
         fail("--once and --detach exclude each other")
@@ -112,8 +111,7 @@ def _interactive() -> bool:
 def _watch(cluster: Any, interval: float = _WATCH_INTERVAL_SECONDS) -> None:
     """The live view until Ctrl-C (KeyboardInterrupt, left to the caller): a table redrawn in place on
     a terminal, one plain snapshot every `interval` seconds otherwise."""
-    from confserve.cluster._dashboard import Dashboard, render_table, render_text  # noqa: PLC0415
-    from confserve.cluster._monitor import Monitor  # noqa: PLC0415
+    from confserve.cluster import Dashboard, Monitor, render_table, render_text  # noqa: PLC0415
 
     monitor, dashboard = Monitor(cluster), Dashboard()
     if not _interactive():
@@ -154,8 +152,7 @@ def down(workspace: Path) -> None:
 @reports_errors
 def status(workspace: Path, as_json: bool, watch: bool, interval: float) -> None:
     """Endpoints, identity and the state of every component."""
-    from confserve.cluster._dashboard import Dashboard, render_table, render_text  # noqa: PLC0415
-    from confserve.cluster._monitor import Monitor  # noqa: PLC0415
+    from confserve.cluster import Dashboard, Monitor, render_table, render_text  # noqa: PLC0415
 
     if as_json and watch:
         fail("--json and --watch exclude each other")

@@ -14,6 +14,8 @@ from confserve.cluster import (
     K8sSettings,
     Measurement,
     NginxConfig,
+    Overlay,
+    Variant,
     find_stream_module,
     render_gramine_manifest,
     render_k8s_deployment,
@@ -21,8 +23,6 @@ from confserve.cluster import (
     render_nginx,
     write_files,
 )
-from confserve.cluster._gramine import Variant
-from confserve.cluster._k8s import Overlay
 from confserve.files import MAX_SMALL_FILE_BYTES, read_input_text
 
 

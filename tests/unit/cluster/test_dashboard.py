@@ -489,7 +489,7 @@ class FakeMonitor:
 
 def test_watch_without_a_terminal_prints_plain_snapshots(monkeypatch: pytest.MonkeyPatch) -> None:
     monitor = FakeMonitor(ticks=3)
-    monkeypatch.setattr("confserve.cluster._monitor.Monitor", lambda cluster: monitor)
+    monkeypatch.setattr("confserve.cluster.Monitor", lambda cluster: monitor)
     monkeypatch.setattr(_cluster, "_cluster", lambda workspace: object())
     monkeypatch.setenv("TERM", "xterm-256color")
     result = CliRunner().invoke(_cluster.status, ["--watch", "--interval", "0.1"])
@@ -513,7 +513,7 @@ def test_status_once_without_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None
                 "identity": {"mr_enclave": "ab" * 32},
             }
 
-    monkeypatch.setattr("confserve.cluster._monitor.Monitor", lambda cluster: FakeMonitor(ticks=1))
+    monkeypatch.setattr("confserve.cluster.Monitor", lambda cluster: FakeMonitor(ticks=1))
     monkeypatch.setattr(_cluster, "_cluster", lambda workspace: Cluster())
     result = CliRunner().invoke(_cluster.status, [])
     assert result.exit_code == 0, result.output
