@@ -58,6 +58,10 @@ COMMANDS: Final[Mapping[str, LazyCommand]] = {
         "confserve.cli._predict:predict",
         "Send one Predict request to TARGET (HOST:PORT) and print the result.",
     ),
+    "release": LazyCommand(
+        "confserve.cli._release:release_group",
+        "Owner-signed model releases: which versions and files a replica may load, and how fresh.",
+    ),
     "render": LazyCommand(
         "confserve.cli._render:render_group",
         "Render configuration: the load balancer, Gramine-SGX manifests, Kubernetes deployments.",
