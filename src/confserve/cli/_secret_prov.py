@@ -428,8 +428,13 @@ def request_command(
     out_dir: str | None,
 ) -> None:
     """Fetch secrets as an enclave and print their names and sizes (values only go to --out)."""
-    from confserve.attestation import RaTlsFormat, SimPlatform, SimulatedAttester, detect_attester
-    from confserve.attestation._measure import format_identity
+    from confserve.attestation import (
+        RaTlsFormat,
+        SimPlatform,
+        SimulatedAttester,
+        detect_attester,
+        format_identity,
+    )
     from confserve.provisioning import ClientSettings, RefusedError, SecretProvisioningClient
 
     attester: Attester
