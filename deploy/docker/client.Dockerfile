@@ -11,15 +11,15 @@ FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/confserve/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
-WORKDIR /build
-COPY pyproject.toml README.md ./
-COPY src ./src
 # The pins are pyproject.toml's (a test checks); ml-dtypes (bfloat16 signatures only) is not pinned there:
-# it is the version the wheelhouse resolved for TensorFlow.
+# it is the version the wheelhouse resolved for TensorFlow. Of the tensorflow wheel (installed without its
+# dependencies) only the generated proto modules stay.
+# WHEELHOUSE: the wheelhouse's name; it changes with the pinned versions, and so rebuilds this layer.
+ARG WHEELHOUSE=unset
 RUN --mount=type=bind,from=wheels,target=/wheels \
     python3 -m venv --without-pip /opt/confserve \
     && /opt/confserve/bin/python "$(echo /wheels/pip-*.whl)/pip" install --no-index --find-links /wheels \
-        --no-compile --no-cache-dir --disable-pip-version-check --quiet --no-deps . \
+        --no-compile --no-cache-dir --disable-pip-version-check --quiet --no-deps \
         tensorflow==2.21.0 \
         tensorflow-serving-api==2.21.0 \
     && /opt/confserve/bin/python "$(echo /wheels/pip-*.whl)/pip" install --no-index --find-links /wheels \
@@ -36,6 +36,13 @@ RUN --mount=type=bind,from=wheels,target=/wheels \
         ml-dtypes \
     && find /opt/confserve/lib/python3.11/site-packages/tensorflow -type f \
         ! -name "*_pb2.py" ! -name "__init__.py" -delete \
+    && /opt/confserve/bin/python -m compileall -q --invalidation-mode unchecked-hash /opt/confserve/lib
+WORKDIR /build
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN --mount=type=bind,from=wheels,target=/wheels \
+    /opt/confserve/bin/python "$(echo /wheels/pip-*.whl)/pip" install --no-index --find-links /wheels \
+        --no-compile --no-cache-dir --disable-pip-version-check --quiet --no-deps . \
     && /opt/confserve/bin/python -m compileall -q --invalidation-mode unchecked-hash /opt/confserve/lib \
     && cd / && rm -rf /build
 

@@ -9,13 +9,11 @@ FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/confserve/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
-WORKDIR /build
-COPY pyproject.toml README.md ./
-COPY src ./src
+# The pins are pyproject.toml's (a test checks).
+# WHEELHOUSE: the wheelhouse's name; it changes with the pinned versions, and so rebuilds this layer.
+ARG WHEELHOUSE=unset
 RUN --mount=type=bind,from=wheels,target=/wheels \
     python3 -m venv --without-pip /opt/confserve \
-    && /opt/confserve/bin/python "$(echo /wheels/pip-*.whl)/pip" install --no-index --find-links /wheels \
-        --no-compile --no-cache-dir --disable-pip-version-check --quiet --no-deps . \
     && /opt/confserve/bin/python "$(echo /wheels/pip-*.whl)/pip" install --no-index --find-links /wheels \
         --no-compile --no-cache-dir --disable-pip-version-check --quiet \
         cryptography==48.0.0 \
@@ -26,6 +24,13 @@ RUN --mount=type=bind,from=wheels,target=/wheels \
         prometheus-client==0.26.0 \
         protobuf==7.36.2 \
         numpy==2.4.6 \
+    && /opt/confserve/bin/python -m compileall -q --invalidation-mode unchecked-hash /opt/confserve/lib
+WORKDIR /build
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN --mount=type=bind,from=wheels,target=/wheels \
+    /opt/confserve/bin/python "$(echo /wheels/pip-*.whl)/pip" install --no-index --find-links /wheels \
+        --no-compile --no-cache-dir --disable-pip-version-check --quiet --no-deps . \
     && /opt/confserve/bin/python -m compileall -q --invalidation-mode unchecked-hash /opt/confserve/lib \
     && cd / && rm -rf /build
 

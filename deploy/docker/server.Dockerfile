@@ -12,16 +12,25 @@ FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/confserve/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
-WORKDIR /build
-COPY pyproject.toml README.md ./
-COPY src ./src
 # A venv at /opt/confserve, the same on every base, filled from the wheelhouse with the pip wheel in it
-# (so no pip is left in the image). Bytecode is compiled with content hashes (not mtimes), so two builds
-# give identical files: the installed code is part of the simulated enclave's measurement.
+# (so no pip is left in the image). Two layers: the pinned dependencies (dependencies.txt, which
+# scripts/make-wheelhouse writes from pyproject.toml), then confserve itself. WHEELHOUSE is the
+# wheelhouse's name, which changes with the pinned versions: a RUN after an ARG is rebuilt when its value
+# changes, so a cached layer never holds other versions than the wheelhouse. Bytecode is compiled with
+# content hashes (not mtimes), so two builds give identical files: the installed code is part of the
+# simulated enclave's measurement.
+ARG WHEELHOUSE=unset
 RUN --mount=type=bind,from=wheels,target=/wheels \
     python3 -m venv --without-pip /opt/confserve \
     && /opt/confserve/bin/python "$(echo /wheels/pip-*.whl)/pip" install --no-index --find-links /wheels \
-        --no-compile --no-cache-dir --disable-pip-version-check --quiet . \
+        --no-compile --no-cache-dir --disable-pip-version-check --quiet -r /wheels/dependencies.txt \
+    && /opt/confserve/bin/python -m compileall -q --invalidation-mode unchecked-hash /opt/confserve/lib
+WORKDIR /build
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN --mount=type=bind,from=wheels,target=/wheels \
+    /opt/confserve/bin/python "$(echo /wheels/pip-*.whl)/pip" install --no-index --find-links /wheels \
+        --no-compile --no-cache-dir --disable-pip-version-check --quiet --no-deps . \
     && /opt/confserve/bin/python -m compileall -q --invalidation-mode unchecked-hash /opt/confserve/lib \
     && cd / && rm -rf /build
 

@@ -73,6 +73,7 @@ class SimulationResult:
     label: int | None = None
     releases: int = 0  # key releases in the key service's audit logs
     attested_line: str = ""
+    plan: c.Plan | None = None  # what runs
 
     @property
     def passed(self) -> bool:
@@ -280,6 +281,7 @@ def run_simulation(
                     "the replicas' arguments changed with the policy; measurement invalid"
                 )
         c.write_staged(settings.staging, final.files)
+        result.plan = final
         (settings.staging / "ingress.json").write_text(json.dumps(final.ingress_hosts))
         started = time.monotonic()
         result.ready_seconds = c.start(engine, final, staging=settings.staging, progress=progress)

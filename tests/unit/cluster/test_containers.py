@@ -4,6 +4,7 @@ an engine (the engine is a fake that records commands). tests/containers/ runs t
 from __future__ import annotations
 
 import copy
+import json
 import resource
 import subprocess
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from confserve.cluster._k8s import Measurement
 from confserve.cluster._workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[3]
+RealEngine = c.Engine
 TREE = REPO / "deploy" / "kubernetes"
 
 
@@ -308,7 +310,7 @@ class FakeEngine:
             self.ready_after -= 1
             code = 0 if self.ready_after < 0 else 1
         elif args[:2] == ["inspect", "--format"]:
-            out = self.state
+            out = "0" if "ExitCode" in args[2] else self.state
         elif args[:1] == ["logs"]:
             out = "Traceback: boom\n"
         elif args[:1] == ["port"]:
@@ -382,3 +384,134 @@ def test_engine_failure_names_the_command() -> None:
         c.ContainersError, match="podman network failed \\(exit 125\\): Error: no such network"
     ):
         c.Engine("podman", failing)("network", "rm", "x")
+
+
+# --------------------------------------------------------------------------------------------------
+# The orchestration (cluster/_container_cluster.py) with the engine and the slow steps faked
+
+
+class ClusterEngine(FakeEngine):
+    """A fake engine that also answers the client's predict and the key service's audit log."""
+
+    def __init__(self, predicted: int = 0, code: int = 0) -> None:
+        super().__init__()
+        self.predicted = predicted
+        self.code = code
+
+    def __call__(self, argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        args = argv[1:]
+        if args[:1] == ["run"] and "predict" in args:
+            self.calls.append(argv)
+            out = json.dumps({"outputs": {"classes": {"value": [self.predicted]}}}) + "\n"
+            err = "attested: simulated enclave mr_enclave abcd (UpToDate), accepted by rule 'simulation-0'\n"
+            return subprocess.CompletedProcess(argv, self.code, out, err)
+        if args[:1] == ["exec"] and "cat" in args:
+            self.calls.append(argv)
+            log = '{"outcome": "released"}\n{"outcome": "refused"}\nnot json\n'
+            return subprocess.CompletedProcess(argv, 0, log, "")
+        if args[:1] == ["run"] and "--print_measurement" in args:
+            self.calls.append(argv)
+            doc = {"mr_enclave": "cd" * 32, "mr_signer": "ef" * 32, "isv_prod_id": 0, "isv_svn": 0}
+            return subprocess.CompletedProcess(argv, 0, json.dumps(doc) + "\n", "")
+        return super().__call__(argv, **kw)
+
+
+@pytest.fixture
+def simulation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[cc.SimulationSettings, ClusterEngine]:
+    ws = fake_workspace(tmp_path / "ws")
+    ws.client.mkdir()
+    for name in ("ca.crt", "client.crt", "client.key"):
+        (ws.client / name).write_bytes(name.encode())
+    (ws.sim / "collateral.json").write_text("{}")
+    fake = ClusterEngine()
+    monkeypatch.setattr(c, "find_engine", lambda preferred=None: "podman")
+    monkeypatch.setattr(c, "Engine", lambda name: RealEngine(name, fake))
+    monkeypatch.setattr(cc, "_prepare", lambda ws, progress: None)
+    monkeypatch.setattr(c, "write_staged", _write_unowned)
+    monkeypatch.setattr(cc.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(cc.os, "chown", lambda *a: None)
+    monkeypatch.setattr(c.os, "chown", lambda *a: None)
+    monkeypatch.setattr(c, "memory_root", lambda prefix: tmp_path / "shm" / prefix)
+    return cc.SimulationSettings(ws.root, TREE, name="sim"), fake
+
+
+def _write_unowned(staging: Path, files: Sequence[c.StagedFile]) -> None:
+    staging.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        (staging / f.path).parent.mkdir(parents=True, exist_ok=True)
+        (staging / f.path).write_bytes(f.data)
+
+
+def test_run_simulation_orders_the_steps_and_tears_down(
+    simulation: tuple[cc.SimulationSettings, ClusterEngine],
+) -> None:
+    settings, fake = simulation
+    steps: list[str] = []
+    result = cc.run_simulation(settings, once=True, progress=steps.append)
+    assert result.passed
+    assert result.mr_enclave == "cd" * 32
+    assert result.releases == 3  # one "released" line in each of the three key-service logs
+    assert result.ports == {"grpc.tf-serving.service.com": 40001, "rest.tf-serving.service.com": 40001}
+    verbs = [call[1] for call in fake.calls]
+    # networks before containers, the measurement before any container starts, removal at the end
+    assert verbs.index("network") < verbs.index("create") < verbs.index("start")
+    measure = next(i for i, call in enumerate(fake.calls) if "--print_measurement" in call)
+    assert measure < verbs.index("start")
+    assert fake.calls[-1][:3] == ["podman", "network", "rm"]
+    predict = next(call for call in fake.calls if "predict" in call)
+    assert predict[predict.index("predict") + 1] == "confserve-lb:8443"
+    assert "--attest" in predict
+    assert not settings.staging.exists()
+    policy_steps = [s for s in steps if "measuring" in s]
+    assert policy_steps
+
+
+def test_run_simulation_refuses_without_images(
+    simulation: tuple[cc.SimulationSettings, ClusterEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, fake = simulation
+
+    def no_images(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        if argv[1:3] == ["image", "inspect"]:
+            return subprocess.CompletedProcess(argv, 1, "", "no such image")
+        return fake(argv, **kw)
+
+    monkeypatch.setattr(c, "Engine", lambda name: RealEngine(name, no_images))
+    with pytest.raises(c.ContainersError, match="scripts/build-images first"):
+        cc.run_simulation(settings, once=True)
+
+
+def test_a_wrong_prediction_fails_and_still_tears_down(
+    simulation: tuple[cc.SimulationSettings, ClusterEngine], capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings, fake = simulation
+    fake.predicted = 7
+    code = cc.main(
+        ["up", "--once", "--workspace", str(settings.workspace), "--tree", str(TREE), "--name", "sim"]
+    )
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "digit 0 predicted as 7 -> FAIL" in out
+    assert fake.calls[-1][:3] == ["podman", "network", "rm"]
+
+
+def test_a_failed_predict_is_reported(
+    simulation: tuple[cc.SimulationSettings, ClusterEngine], capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings, fake = simulation
+    fake.code = 1
+    code = cc.main(
+        ["up", "--once", "--workspace", str(settings.workspace), "--tree", str(TREE), "--name", "sim"]
+    )
+    assert code == 1
+    assert "FAILED: the client's attested predict failed (exit 1)" in capsys.readouterr().out
+
+
+def test_main_down(
+    simulation: tuple[cc.SimulationSettings, ClusterEngine], capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings, _ = simulation
+    assert cc.main(["down", "--workspace", str(settings.workspace), "--name", "sim"]) == 0
+    assert "removed 6 resources" in capsys.readouterr().out

@@ -241,46 +241,62 @@ MODULES = {
 }
 
 
-def _install_run(name: str) -> Instruction:
-    (run,) = [i for i in parsed(name) if i.name == "RUN" and " install --no-index" in i.args]
-    return run
+def _install_runs(name: str) -> list[Instruction]:
+    return [i for i in parsed(name) if i.name == "RUN" and " install --no-index" in i.args]
+
+
+def _installed(name: str) -> dict[str, str]:
+    text = " ".join(run.args for run in _install_runs(name))
+    return dict(re.findall(r"([A-Za-z0-9_.-]+)==([0-9][\w.]*)", text))
 
 
 @pytest.mark.parametrize("name", ["server.Dockerfile", "secret-prov.Dockerfile", "client.Dockerfile"])
 def test_python_packages_come_only_from_the_wheelhouse(name: str) -> None:
     """An air-gapped build: every pip install reads the wheelhouse (a build context) and no index; the
-    wheelhouse is bind-mounted for that one step, so no wheel lands in a layer; no pip is left behind."""
-    run = _install_run(name)
-    assert run.flags["mount"] == "type=bind,from=wheels,target=/wheels"
-    installs = run.args.count(" install ")
-    assert installs >= 1
-    assert run.args.count("--no-index --find-links /wheels") == installs
-    assert "python3 -m venv --without-pip /opt/confserve" in run.args
-    assert "pip install" not in run.args.replace('/pip" install', "")  # only the wheelhouse's pip runs
-    assert "--invalidation-mode unchecked-hash" in run.args  # reproducible bytecode
-    assert [i for i in parsed(name) if i.name == "COPY" and "wheels" in i.args] == []
+    wheelhouse is bind-mounted for each such step, so no wheel lands in a layer; no pip is left behind;
+    the dependencies' layer is rebuilt when the wheelhouse changes (its name is a build argument)."""
+    instructions = parsed(name)
+    runs = _install_runs(name)
+    assert len(runs) == 2  # the dependencies, then confserve itself (--no-deps)
+    for run in runs:
+        assert run.flags["mount"] == "type=bind,from=wheels,target=/wheels"
+        installs = run.args.count(" install ")
+        assert run.args.count("--no-index --find-links /wheels") == installs
+        assert "pip install" not in run.args.replace('/pip" install', "")  # only the wheelhouse's pip runs
+        assert "--invalidation-mode unchecked-hash" in run.args  # reproducible bytecode
+    assert "python3 -m venv --without-pip /opt/confserve" in runs[0].args
+    assert runs[1].args.count("--no-deps .") == 1
+    assert instructions.index(runs[0]) - 1 == next(
+        i for i, ins in enumerate(instructions) if ins.name == "ARG" and ins.args == "WHEELHOUSE=unset"
+    )
+    assert [i for i in instructions if i.name == "COPY" and "wheels" in i.args] == []
+
+
+def test_server_installs_the_dependencies_pyproject_pins() -> None:
+    (deps, _) = _install_runs("server.Dockerfile")
+    assert "-r /wheels/dependencies.txt" in deps.args
+    script = (REPO / "scripts" / "make-wheelhouse").read_text()
+    assert '["project"]["dependencies"]' in script
+    assert 'printf \'%s\\n\' "$dependencies" > "$work/wheels/dependencies.txt"' in script
 
 
 def test_client_image_keeps_only_tensorflows_proto_modules() -> None:
-    run = _install_run("client.Dockerfile")
-    assert "tensorflow==2.21.0" in run.args.split("--no-deps .")[1].split("&&")[0]  # without its deps
-    assert '-type f ! -name "*_pb2.py" ! -name "__init__.py" -delete' in run.args
+    (deps, _) = _install_runs("client.Dockerfile")
+    assert "--no-deps tensorflow==2.21.0 tensorflow-serving-api==2.21.0 &&" in deps.args
+    assert '-type f ! -name "*_pb2.py" ! -name "__init__.py" -delete' in deps.args
 
 
 @pytest.mark.parametrize("name", ["secret-prov.Dockerfile", "client.Dockerfile"])
 def test_subset_images_pin_what_pyproject_pins(name: str) -> None:
-    run = _install_run(name)
-    assert "--no-deps ." in run.args
-    installed = dict(re.findall(r"([A-Za-z0-9_.-]+)==([0-9][\w.]*)", run.args))
+    installed = _installed(name)
     pins = _pins()
-    assert installed
+    assert len(installed) >= 8
     for package, version in installed.items():
         assert pins.get(package.lower()) == version, f"{package}=={version} differs from pyproject.toml"
 
 
 def test_secret_prov_image_installs_a_pinned_subset_that_suffices() -> None:
-    run = _install_run("secret-prov.Dockerfile")
-    installed = dict(re.findall(r"([A-Za-z0-9_.-]+)==([0-9][\w.]*)", run.args))
+    installed = _installed("secret-prov.Dockerfile")
     left_out = [m for p, m in MODULES.items() if p not in {k.lower() for k in installed}]
     assert "tensorflow" in left_out
     # With every left-out package unimportable, the key service's commands still load.
