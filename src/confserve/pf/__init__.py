@@ -2,6 +2,10 @@
 mounts), readable and writable outside an enclave. Depends on the standard library and `cryptography`
 only.
 
+It also holds the one writer of secret files (`write_private_file`: atomic, mode 0600 set before any
+byte, no symlink followed, fsynced, an existing file refused unless asked), which every package may
+use since this is the bottom layer.
+
 Format version 1 is read and written by every Gramine from v1.3.1 to v1.9; version 2 only by v1.9+.
 A file is bound to the normalised host path it will be opened under; opening it under another path fails.
 """
@@ -35,6 +39,7 @@ from confserve.pf._format import MAJOR_V1 as FORMAT_V1
 from confserve.pf._format import MAJOR_V2 as FORMAT_V2
 from confserve.pf._format import host_size
 from confserve.pf._keys import WrapKey
+from confserve.pf._output import atomic_output, write_private_file, write_public_file
 from confserve.pf._paths import bind_path, normalize_path
 from confserve.pf._reader import HeaderFacts, ProtectedFileReader
 from confserve.pf._writer import ProtectedFileWriter
@@ -56,6 +61,7 @@ __all__ = [
     "VersionError",
     "WrapKey",
     "WrapKeyError",
+    "atomic_output",
     "bind_path",
     "decrypt_bytes",
     "decrypt_file",
@@ -70,4 +76,6 @@ __all__ = [
     "open_protected",
     "read_protected",
     "verify_file",
+    "write_private_file",
+    "write_public_file",
 ]

@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import secrets
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
@@ -23,6 +21,7 @@ from confserve.files import open_input
 from confserve.pf._errors import FormatError, OutputIsInputError, PfError, TooLargeError
 from confserve.pf._format import MAJOR_V1, NODE_SIZE
 from confserve.pf._keys import WrapKey
+from confserve.pf._output import PRIVATE_MODE, PUBLIC_MODE, atomic_output
 from confserve.pf._paths import normalize_path
 from confserve.pf._reader import HeaderFacts, ProtectedFileReader, read_header_facts
 from confserve.pf._writer import ProtectedFileWriter
@@ -107,22 +106,6 @@ def is_protected(path: StrPath) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def _atomic_output(target: Path, mode: int) -> Iterator[BinaryIO]:
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.partial")
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "w+b") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _file_id(path: StrPath) -> tuple[int, int] | None:
     """(device, inode) of what `path` names, following symlinks; None if nothing is there."""
     try:
@@ -182,7 +165,7 @@ def encrypt_file(
     _refuse_same_file(src, dst)
     with (
         open_input(src) as fin,
-        _atomic_output(Path(dst), 0o644) as fout,
+        atomic_output(dst, mode=PUBLIC_MODE, replace=True) as fout,
         ProtectedFileWriter(fout, key, bound_path=bound, format_version=format_version) as w,
     ):
         _copy(fin, w)
@@ -192,7 +175,10 @@ def encrypt_file(
 def decrypt_file(src: StrPath, dst: StrPath, key: WrapKey, *, bound_path: str | None) -> int:
     """Decrypt `src` into `dst` (mode 0600). On any failure `dst` is not created. Returns the size."""
     _refuse_same_file(src, dst)
-    with open_protected(src, key, bound_path=bound_path) as reader, _atomic_output(Path(dst), 0o600) as out:
+    with (
+        open_protected(src, key, bound_path=bound_path) as reader,
+        atomic_output(dst, mode=PRIVATE_MODE, replace=True) as out,
+    ):
         return _copy(reader, out)
 
 

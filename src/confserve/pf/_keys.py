@@ -6,16 +6,15 @@ A key file holds exactly 16 raw bytes (no hex, no newline), as `gramine-sgx-pf-c
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import os
 import secrets
-from pathlib import Path
 
 from confserve.files import open_input
 from confserve.pf._errors import WrapKeyError
 from confserve.pf._format import KEY_SIZE
+from confserve.pf._output import write_private_file
 
 __all__ = ["WrapKey"]
 
@@ -54,33 +53,17 @@ class WrapKey:
         return cls(data)
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
-        """Write the key with mode 0600. Refuses to replace an existing file unless `overwrite`:
-        replacing a key makes everything encrypted under it unreadable."""
-        target = Path(path)
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+        """Write the key with mode 0600 (`write_private_file`: atomic, no symlink followed). Refuses to
+        replace an existing file unless `overwrite`: replacing a key makes everything encrypted under
+        it unreadable."""
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            write_private_file(path, self._key, replace=overwrite)
+        except FileExistsError:
+            raise WrapKeyError(
+                f"wrap key file {os.fspath(path)!r} already exists; not replacing it"
+            ) from None
         except OSError as e:
             raise WrapKeyError(f"cannot write wrap key file {os.fspath(path)!r}: {e.strerror}") from None
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(self._key)
-                f.flush()
-                os.fsync(f.fileno())
-            if overwrite:
-                os.replace(tmp, target)
-            else:
-                try:
-                    os.link(tmp, target)  # atomic create-if-absent
-                except FileExistsError:
-                    raise WrapKeyError(
-                        f"wrap key file {os.fspath(path)!r} already exists; not replacing it"
-                    ) from None
-        except OSError as e:
-            raise WrapKeyError(f"cannot write wrap key file {os.fspath(path)!r}: {e.strerror}") from None
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
 
     def raw(self) -> bytes:
         """The key bytes. Handle with care: never log them."""
