@@ -20,12 +20,12 @@ Text output is the four lines of the reference's `get_image_enclave_mr.sh`; `--j
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import click
 
+from confserve import pf
 from confserve.cli._common import fail, reports_errors
 from confserve.files import MAX_SMALL_FILE_BYTES, read_input
 
@@ -166,20 +166,15 @@ def gen_signing_key(out: str, force: bool, public_out: str | None) -> None:
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
     try:
-        fd = os.open(out, flags, 0o600)
+        pf.write_private_file(out, pem, replace=force)
     except FileExistsError:
         fail(f"{out} exists (use --force to replace it)")
         return  # pragma: no cover (fail exits)
-    os.fchmod(fd, 0o600)  # --force over an existing file keeps its old mode otherwise
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
     if public_out is not None:
         public_pem = key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        with open(public_out, "wb") as handle:
-            handle.write(public_pem)
+        pf.write_public_file(public_out, public_pem, replace=True)
         click.echo(f"public key:  {public_out}")
     click.echo(f"mr_signer:   {attestation.mr_signer_from_public_key(key).hex()}")

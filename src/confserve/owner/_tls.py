@@ -134,12 +134,6 @@ def _pem(obj: x509.Certificate | PrivateKey) -> bytes:
     )
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
 def generate_tls_material(
     out_dir: str | os.PathLike[str],
     service_domain: str,
@@ -198,14 +192,14 @@ def generate_tls_material(
     root.mkdir(parents=True, exist_ok=True)
     owner.mkdir(mode=0o700)
     client.mkdir(mode=0o755)
-    _write(owner / "ca.key", _pem(ca_key), 0o600)
-    _write(owner / "ca.crt", _pem(ca), 0o644)
-    _write(owner / "server.key", _pem(server_key), 0o600)
-    _write(owner / "server.crt", _pem(server_cert), 0o644)
-    _write(owner / "ssl.cfg", ssl_cfg, 0o600)
-    _write(client / "ca.crt", _pem(ca), 0o644)
+    pf.write_private_file(owner / "ca.key", _pem(ca_key))
+    pf.write_public_file(owner / "ca.crt", _pem(ca))
+    pf.write_private_file(owner / "server.key", _pem(server_key))
+    pf.write_public_file(owner / "server.crt", _pem(server_cert))
+    pf.write_private_file(owner / "ssl.cfg", ssl_cfg)
+    pf.write_public_file(client / "ca.crt", _pem(ca))
     # The name the server's certificate carries: clients of the bundle check it without --server-name.
-    _write(client / SERVER_NAME_FILE, (service_domain + "\n").encode("ascii"), 0o644)
+    pf.write_public_file(client / SERVER_NAME_FILE, (service_domain + "\n").encode("ascii"))
     if client_domain is not None:
         client_key = _new_key(key_type)
         client_cert = _cert(
@@ -219,13 +213,13 @@ def generate_tls_material(
             usage=ExtendedKeyUsageOID.CLIENT_AUTH,
         )
         for where in (owner, client):
-            _write(where / "client.key", _pem(client_key), 0o600)
-            _write(where / "client.crt", _pem(client_cert), 0o644)
+            pf.write_private_file(where / "client.key", _pem(client_key))
+            pf.write_public_file(where / "client.crt", _pem(client_cert))
     encrypted: Path | None = None
     bound: str | None = None
     if wrap_key is not None:
         server.mkdir(mode=0o755)
         encrypted = server / "ssl.cfg"
         bound = pf.normalize_path(ssl_config_bound_path)
-        encrypted.write_bytes(pf.encrypt_bytes(ssl_cfg, wrap_key, bound_path=bound))
+        pf.write_public_file(encrypted, pf.encrypt_bytes(ssl_cfg, wrap_key, bound_path=bound))
     return TlsMaterial(root, owner / "ssl.cfg", encrypted, bound, client, service_domain, client_domain)

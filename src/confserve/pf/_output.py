@@ -46,6 +46,11 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def _naming(exc: OSError, target: Path) -> OSError:
+    """The same error, naming the target rather than the temporary file (what the user asked for)."""
+    return type(exc)(exc.errno, exc.strerror, os.fspath(target))
+
+
 @contextlib.contextmanager
 def atomic_output(
     path: str | os.PathLike[str], *, mode: int = PRIVATE_MODE, replace: bool = False
@@ -55,7 +60,10 @@ def atomic_output(
     target = Path(path)
     directory = target.parent
     tmp = directory / f".{target.name}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        raise _naming(exc, target) from None
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "w+b") as handle:
@@ -66,7 +74,10 @@ def atomic_output(
         if replace:
             os.replace(tmp, target)
         else:
-            os.link(tmp, target, follow_symlinks=False)  # fails if the name exists: atomic create-if-absent
+            try:
+                os.link(tmp, target, follow_symlinks=False)  # fails if the name exists: create-if-absent
+            except OSError as exc:
+                raise _naming(exc, target) from None
             os.unlink(tmp)
         _fsync_directory(directory)
     except BaseException:

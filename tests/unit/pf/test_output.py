@@ -80,8 +80,9 @@ def test_an_existing_file_is_refused_unless_asked(tmp_path: Path) -> None:
     target = tmp_path / "key"
     target.write_bytes(b"old")
     target.chmod(0o644)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError) as caught:
         pf.write_private_file(target, b"new")
+    assert caught.value.filename == str(target)  # the error names the file asked for
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["key"]
     pf.write_private_file(target, b"new", replace=True)
@@ -126,8 +127,9 @@ def test_file_and_directory_are_fsynced(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_a_missing_directory_is_an_os_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError) as caught:
         pf.write_private_file(tmp_path / "no" / "key", b"secret")
+    assert caught.value.filename == str(tmp_path / "no" / "key")
 
 
 def test_wrap_key_save_uses_it(tmp_path: Path, strict_umask: None) -> None:
