@@ -10,11 +10,11 @@ confserve release verify host/models/digits --model digits --bind-root models/di
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
+from confserve import pf
 from confserve.cli._common import fail, reports_errors
 from confserve.releases import (
     MANIFEST_FILE,
@@ -43,17 +43,9 @@ def gen_key(directory: Path) -> None:
     private, public = directory / "release.key", directory / "release.pub.pem"
     if private.exists() or public.exists():
         fail(f"{directory} already holds a release key; not replacing it")
-    _write_0600(private, key.private_pem())
-    public.write_bytes(key.public_pem())
+    pf.write_private_file(private, key.private_pem())
+    pf.write_public_file(public, key.public_pem())
     click.echo(f"release key {key.key_id}: {private} (keep it), {public} (for the replicas)")
-
-
-def _write_0600(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 @release_group.command("publish")
@@ -86,9 +78,8 @@ def publish(base: Path, model: str, bind_root: str, key_path: Path, number: int 
     text = sign_release(
         key, model=model, release=number, key_id=key_id, versions=manifest_for_tree(base, bind_root)
     )
-    tmp = manifest.with_name(f".{MANIFEST_FILE}.tmp")
-    tmp.write_bytes(text)
-    os.replace(tmp, manifest)  # a polling replica sees the old or the new manifest, never half of one
+    # a polling replica sees the old or the new manifest, never half of one
+    pf.write_public_file(manifest, text, replace=True)
     click.echo(f"release {number} of model {model!r} written to {manifest}")
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import click
 
+from confserve import pf
 from confserve.cli._common import fail, reports_errors
 from confserve.pf import WrapKey
 
@@ -58,18 +58,6 @@ def secret_prov_group() -> None:
 
 
 # -- init -----------------------------------------------------------------------------------------
-
-
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _san(names: tuple[str, ...]) -> x509.SubjectAlternativeName:
@@ -171,9 +159,9 @@ def init_command(directory: str, hostnames: tuple[str, ...]) -> None:
     if existing:
         fail(f"{target} already holds {', '.join(existing)}; not replacing (move them away first)")
     ca_pem, cert_pem, key_pem = make_service_pki(names, datetime.datetime.now(datetime.UTC))
-    _write_new(target / "ca.crt", ca_pem, 0o644)
-    _write_new(target / "server.crt", cert_pem, 0o644)
-    _write_new(target / "server.key", key_pem, 0o600)
+    pf.write_public_file(target / "ca.crt", ca_pem)
+    pf.write_public_file(target / "server.crt", cert_pem)
+    pf.write_private_file(target / "server.key", key_pem)
     wrap_key = WrapKey.generate()
     wrap_key.save(target / "wrap_key")
     click.echo(f"wrote {target}/ca.crt, server.crt, server.key (0600), wrap_key (0600)")
@@ -378,17 +366,6 @@ def request_identity(signing_key_pem: bytes, isv_prod_id: int, isv_svn: int) -> 
     )
 
 
-def _write_secret(directory: Path, name: str, value: bytes) -> None:
-    fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        view = memoryview(value)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-
-
 # The values of confserve.attestation.RaTlsFormat, repeated so that `--help` imports no attestation code;
 # tests/unit/cli/test_main_cli.py checks the two agree.
 RATLS_FORMATS: Final = ("gramine-1.3", "gramine-1.4", "gramine-1.8")
@@ -463,7 +440,7 @@ def request_command(
         target = Path(out_dir)
         target.mkdir(mode=0o700, parents=True, exist_ok=True)
         for name, value in secrets.items():
-            _write_secret(target, name, value)
+            pf.write_private_file(target / name, value, replace=True)
         click.echo(f"written to {target}/ (mode 0600)")
 
 
