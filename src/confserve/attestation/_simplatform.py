@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from confserve import pf
 from confserve.attestation._errors import AttestationError
 from confserve.attestation._structs import (
     ATTRIBUTE_DEBUG,
@@ -729,8 +730,10 @@ class SimPlatform:
         own directory, with its private keys, stays with whoever plays the platform (the host)."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        _write(out / _ROOT_CERT_FILE, _pem(self._pki.certs["root_ca"]).encode("ascii"), 0o644)
-        _write(out / _COLLATERAL_FILE, self.collateral_json.encode(), 0o644)
+        pf.write_public_file(
+            out / _ROOT_CERT_FILE, _pem(self._pki.certs["root_ca"]).encode("ascii"), replace=True
+        )
+        pf.write_public_file(out / _COLLATERAL_FILE, self.collateral_json.encode(), replace=True)
         return out
 
     # -- persistence --
@@ -738,9 +741,17 @@ class SimPlatform:
     def _save_keys_and_certs(self) -> None:
         assert self._directory is not None
         for role in _ROLES:
-            _write_private(self._directory / f"{role}.key.pem", _key_pem(self._pki.keys[role]))
-            _write(self._directory / f"{role}.cert.pem", _pem(self._pki.certs[role]).encode("ascii"), 0o644)
-        _write_private(self._directory / _ATTESTATION_KEY_FILE, _key_pem(self._pki.keys["attestation"]))
+            pf.write_private_file(
+                self._directory / f"{role}.key.pem", _key_pem(self._pki.keys[role]), replace=True
+            )
+            pf.write_public_file(
+                self._directory / f"{role}.cert.pem",
+                _pem(self._pki.certs[role]).encode("ascii"),
+                replace=True,
+            )
+        pf.write_private_file(
+            self._directory / _ATTESTATION_KEY_FILE, _key_pem(self._pki.keys["attestation"]), replace=True
+        )
 
     def _save_state(self) -> None:
         assert self._directory is not None
@@ -750,8 +761,10 @@ class SimPlatform:
             "settings": self._settings.to_json(),
             "qe_id": self._qe_id.hex(),
         }
-        _write(self._directory / _PLATFORM_FILE, json.dumps(state, indent=1).encode(), 0o644)
-        _write(self._directory / _COLLATERAL_FILE, self.collateral_json.encode(), 0o644)
+        pf.write_public_file(
+            self._directory / _PLATFORM_FILE, json.dumps(state, indent=1).encode(), replace=True
+        )
+        pf.write_public_file(self._directory / _COLLATERAL_FILE, self.collateral_json.encode(), replace=True)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -765,22 +778,3 @@ def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
         raise ValueError("not a P-256 key")
     return key
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write atomically (temp file + rename) with `mode` set before any byte is written."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)  # O_CREAT's mode is filtered by the umask; fchmod is not
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    _write(path, data, 0o600)
