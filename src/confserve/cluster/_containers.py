@@ -61,6 +61,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from confserve import pf
 from confserve.cluster._nginx import NginxConfig, render_nginx
 from confserve.errors import ConfserveError, Status
 
@@ -819,10 +820,10 @@ def write_staged(staging: Path, files: Iterable[StagedFile]) -> None:
     for f in files:
         path = staging / f.path
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        path.write_bytes(f.data)
+        with pf.atomic_output(path, mode=f.mode, replace=True) as handle:  # keys among them: mode first
+            handle.write(f.data)
         if f.gid is not None:
-            os.chown(path, 0, f.gid)
-        path.chmod(f.mode)
+            os.chown(path, 0, f.gid, follow_symlinks=False)
 
 
 def create_resources(engine: Engine, plan_: Plan) -> None:
