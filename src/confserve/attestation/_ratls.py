@@ -168,10 +168,10 @@ def _load(cert: bytes | x509.Certificate) -> x509.Certificate:
         return cert
     try:
         return x509.load_der_x509_certificate(cert)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         try:
             return x509.load_pem_x509_certificate(cert)
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):
             raise VerificationError("peer certificate is not a parsable X.509 certificate") from None
 
 

@@ -507,7 +507,7 @@ class SimPlatform:
                 qe_id=bytes.fromhex(state["qe_id"]),
                 directory=path,
             )
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, x509.InvalidVersion) as exc:
             raise SimPlatformError(
                 f"cannot load the simulated platform in {path}: {type(exc).__name__}"
             ) from exc

@@ -71,7 +71,7 @@ def load_simulated_root(path: Path) -> TrustConfig:
         raise VerificationError(f"{pem_path} is too large to be a root certificate")
     try:
         cert = x509.load_pem_x509_certificate(data)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise VerificationError(f"{pem_path} is not a PEM certificate") from None
     return TrustConfig.simulated(cert.public_bytes(serialization.Encoding.DER))
 

@@ -105,7 +105,7 @@ def _root_key_id(root_ca_der: bytes) -> bytes:
     """SHA-384 of the root's uncompressed public point: dcap-qvl's `claims.platform.root_key_id`."""
     try:
         key = x509.load_der_x509_certificate(root_ca_der).public_key()
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise VerificationError("trusted root is not a DER X.509 certificate") from exc
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise VerificationError("trusted root does not have an EC public key")
@@ -182,7 +182,7 @@ class Collateral:
                     raise ValueError(f"{field} has no nextUpdate")
                 dates.append(int(crl.next_update_utc.timestamp()))
             dcap_qvl.QuoteCollateralV3.from_json(text)  # dcap-qvl must accept it too
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError, x509.InvalidVersion) as exc:
             raise VerificationError(f"collateral is malformed: {type(exc).__name__}") from exc
         return cls(json_text=text, next_update=min(dates))
 
@@ -347,10 +347,15 @@ def _check_embedded_root(parsed: QuoteV3, trust: TrustConfig) -> None:
     comparison against its pinned root key.
     """
     chain = parsed.signature_data.pck_chain_pem()
+    # The DER is compared, not parsed: a hostile chain's certificate never reaches a parser here. The
+    # base64 must be canonical (no slack in the last character's unused bits), so no byte goes unchecked.
+    body = b"".join(chain[-1].split(b"-----")[2].split())
     try:
-        last = x509.load_pem_x509_certificate(chain[-1]).public_bytes(serialization.Encoding.DER)
+        last = base64.b64decode(body, validate=True)
     except ValueError as exc:
         raise VerificationError("the quote's PCK chain ends in a malformed certificate") from exc
+    if base64.b64encode(last) != body:
+        raise VerificationError("the quote's PCK chain ends in a malformed certificate")
     if last != trust.root_ca_der:
         _log.info("quote's chain ends at a root with sha256 %s", hashlib.sha256(last).hexdigest())
         hint = ""

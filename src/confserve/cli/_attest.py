@@ -224,7 +224,7 @@ def _load_root(path: Path) -> bytes:
             if b"-----BEGIN" in data
             else x509.load_der_x509_certificate(data)
         )
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise AttestationError(f"{path} is not a PEM or DER certificate") from exc
     return cert.public_bytes(serialization.Encoding.DER)
 
