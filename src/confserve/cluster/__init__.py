@@ -20,15 +20,13 @@ from confserve.cluster._gramine import (
     render_gramine_manifest,
 )
 from confserve.cluster._k8s import (
-    OVERLAYS,
-    K8sError,
     K8sSettings,
     Measurement,
-    Overlay,
     render_k8s_deployment,
     render_k8s_tree,
     write_files,
 )
+from confserve.cluster._k8s_common import OVERLAYS, K8sError, Overlay
 from confserve.cluster._nginx import (
     NginxConfig,
     NginxError,

@@ -25,16 +25,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from confserve.cluster import _containers as c
-from confserve.cluster._k8s import (
-    GRPC_HOST,
-    NAMESPACE,
-    SECRET_PROV_ALIAS,
-    SECRET_PROV_NAMESPACE,
-    K8sSettings,
-    Measurement,
-    render_k8s_deployment,
-    write_files,
-)
+from confserve.cluster._k8s import K8sSettings, Measurement, render_k8s_deployment, write_files
+from confserve.cluster._k8s_common import GRPC_HOST, NAMESPACE, SECRET_PROV_ALIAS, SECRET_PROV_NAMESPACE
 from confserve.cluster._workspace import Workspace, confserve_command, prepare_workspace
 
 __all__ = ["SimulationResult", "SimulationSettings", "images", "main", "run_simulation"]

@@ -19,7 +19,7 @@ import click
 import pytest
 
 from confserve.cli._render import render_gramine_cmd
-from confserve.cluster import _k8s
+from confserve.cluster import _k8s_common, _k8s_server
 
 REPO = Path(__file__).resolve().parents[3]
 DOCKER = REPO / "deploy" / "docker"
@@ -197,18 +197,18 @@ def test_images_match_the_kubernetes_files() -> None:
     server = parsed("server.Dockerfile")
     sgx = parsed("server-sgx.Dockerfile")
     for instructions in (server, sgx):
-        assert [i.args for i in instructions if i.name == "WORKDIR"][-1] == _k8s.WORKDIR
+        assert [i.args for i in instructions if i.name == "WORKDIR"][-1] == _k8s_common.WORKDIR
         assert [i.args for i in instructions if i.name == "USER"][
             -1
-        ] == f"{_k8s.SERVER_UID}:{_k8s.SERVER_UID}"
+        ] == f"{_k8s_common.SERVER_UID}:{_k8s_common.SERVER_UID}"
     entrypoint = json.loads([i.args for i in sgx if i.name == "ENTRYPOINT"][-1])
-    patch = _k8s._sgx_patch()
+    patch = _k8s_server.sgx_patch()
     command = patch["spec"]["template"]["spec"]["containers"][0]["command"]  # type: ignore[index]
     assert entrypoint == command
     secret_prov = parsed("secret-prov.Dockerfile")
     assert [i.args for i in secret_prov if i.name == "USER"][
         -1
-    ] == f"{_k8s.SECRET_PROV_UID}:{_k8s.SECRET_PROV_UID}"
+    ] == f"{_k8s_common.SECRET_PROV_UID}:{_k8s_common.SECRET_PROV_UID}"
 
 
 @pytest.mark.parametrize("name", ["server-sgx.Dockerfile", "tf-serving-sgx.Dockerfile"])

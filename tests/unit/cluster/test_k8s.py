@@ -21,7 +21,8 @@ from click.testing import CliRunner
 from confserve.attestation import parse_policy_toml
 from confserve.cli import main
 from confserve.cluster import K8sError, K8sSettings, Measurement, render_k8s_deployment, render_k8s_tree
-from confserve.cluster._k8s import READY_PATH, to_yaml
+from confserve.cluster._k8s_common import READY_PATH
+from confserve.cluster._k8s_yaml import to_yaml
 from confserve.frontends._ops import OpsEndpoints
 
 REPO = Path(__file__).resolve().parents[3]
