@@ -14,11 +14,21 @@ nonce. Memory: two group buffers' worth (776 KiB) plus 32 bytes per 384 KiB of p
 
 Closing an unfinished writer after an error (`abort`) never finalises: no header is written, so the
 output is not a readable protected file.
+
+Randomness. Every node key and the header's KDF nonce come from `random_bytes(n)` (default
+`secrets.token_bytes`), drawn in this order, which is part of the seam's contract: for each group, its
+data nodes' keys in order, then its MHT node's key; at close, a new key for each MHT node that has
+children, highest number first; last, the 32-byte nonce. Each node ends up encrypted under the last key
+drawn for it, and that key is stored in its parent (the root's in the header), so with the wrap key
+every value drawn is readable from the file: a test replays the values of a file Gramine wrote and
+gets Gramine's bytes back exactly (tests/interop/test_gramine_pf_vectors.py). Anything but
+`secrets.token_bytes` belongs in tests: a predictable source makes predictable keys.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING, BinaryIO, Final
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -70,13 +80,23 @@ _GROUP_BYTES: Final = GROUP_NODES * NODE_SIZE
 class ProtectedFileWriter:
     """Streams plaintext into a protected file. `f` must be readable, writable and seekable.
 
-    Use as a context manager: a clean exit finalises the file, an exception aborts it.
+    Use as a context manager: a clean exit finalises the file, an exception aborts it. `random_bytes`
+    supplies node keys and the nonce (see the module's docstring); leave it alone outside tests.
     """
 
-    def __init__(self, f: BinaryIO, key: WrapKey, *, bound_path: str, format_version: int = MAJOR_V1) -> None:
+    def __init__(
+        self,
+        f: BinaryIO,
+        key: WrapKey,
+        *,
+        bound_path: str,
+        format_version: int = MAJOR_V1,
+        random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
         if format_version not in FORMAT_VERSIONS:
             raise PfError(f"cannot write protected-file format version {format_version} (1 or 2)")
         self._path = bind_path(bound_path)
+        self._random_bytes = random_bytes
         self._f = f
         self._key = key
         self._version = format_version
@@ -92,6 +112,12 @@ class ProtectedFileWriter:
         self._in_group = 0
         self._mht_entries = bytearray()  # (key||tag) of every MHT node written, indexed by MHT number
         self._state = "open"
+
+    def _random(self, size: int) -> bytes:
+        value = self._random_bytes(size)
+        if not isinstance(value, bytes) or len(value) != size:
+            raise PfError(f"the random source gave something else than the {size} bytes asked for")
+        return value
 
     # -- writing ----------------------------------------------------------------------------------
     def write(self, data: ReadableBuffer) -> int:
@@ -122,7 +148,7 @@ class ProtectedFileWriter:
 
     def _emit_data_node(self, plaintext: bytearray | memoryview) -> None:
         slot = 1 + self._in_group
-        key = secrets.token_bytes(KEY_SIZE)
+        key = self._random(KEY_SIZE)
         start = slot * NODE_SIZE
         AESGCM(key).encrypt_into(IV, plaintext, None, memoryview(self._group)[start : start + NODE_SIZE + 16])
         entry = self._in_group * CRYPTO_ENTRY_SIZE
@@ -137,7 +163,7 @@ class ProtectedFileWriter:
 
     def _flush_group(self) -> None:
         m = len(self._mht_entries) // CRYPTO_ENTRY_SIZE
-        key = secrets.token_bytes(KEY_SIZE)
+        key = self._random(KEY_SIZE)
         sealed = gcm_encrypt(key, self._mht)
         self._group[:NODE_SIZE] = sealed[:NODE_SIZE]
         self._mht_entries += key + sealed[NODE_SIZE:]
@@ -183,7 +209,7 @@ class ProtectedFileWriter:
         SIZE_STRUCT.pack_into(header, HDR_OFF_SIZE, self.size)
         header[HDR_OFF_ROOT_KEY : HDR_OFF_ROOT_KEY + CRYPTO_ENTRY_SIZE] = root
         header[HDR_OFF_DATA : HDR_OFF_DATA + MD_USER_DATA_SIZE] = self._head
-        nonce = secrets.token_bytes(KDF_NONCE_SIZE)
+        nonce = self._random(KDF_NONCE_SIZE)
         sealed = gcm_encrypt(derive_metadata_key(self._key.raw(), nonce), header)
         header[:] = bytes(HEADER_SIZE)
         node0 = bytearray(NODE_SIZE)
@@ -211,7 +237,7 @@ class ProtectedFileWriter:
         node[MHT_OFF_CHILDREN : MHT_OFF_CHILDREN + children * CRYPTO_ENTRY_SIZE] = self._mht_entries[
             src : src + children * CRYPTO_ENTRY_SIZE
         ]
-        key = secrets.token_bytes(KEY_SIZE)
+        key = self._random(KEY_SIZE)
         sealed = gcm_encrypt(key, node)
         node[:] = bytes(NODE_SIZE)
         self._f.seek(offset)
