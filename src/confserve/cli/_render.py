@@ -125,7 +125,10 @@ def _tree_bytes(root: Path) -> int:
 )
 @click.option("--model-size", help="Model size instead of --model-dir (bytes, or 500M, 2G).")
 @click.option(
-    "--ssl-config-bound-path", default="ssl.cfg", show_default=True, help="`confserve tls --bound-path`."
+    "--ssl-config-bound-path",
+    default=GramineConfig.ssl_config_bound_path,
+    show_default=True,
+    help="`confserve tls --bound-path`.",
 )
 @click.option(
     "--secret-prov-servers",
@@ -139,28 +142,48 @@ def _tree_bytes(root: Path) -> int:
     show_default=True,
     help="Path of the key service's CA inside the image (a trusted file).",
 )
-@click.option("--grpc-port", type=int, default=8500, show_default=True)
-@click.option("--rest-port", type=int, default=8501, show_default=True, help="confserve variant only.")
+@click.option("--grpc-port", type=int, default=GramineConfig.grpc_port, show_default=True)
+@click.option(
+    "--rest-port",
+    type=int,
+    default=GramineConfig.rest_port,
+    show_default=True,
+    help="confserve variant only.",
+)
 @click.option(
     "--grpc-threads",
     type=int,
-    default=16,
+    default=GramineConfig.grpc_threads,
     show_default=True,
     help="gRPC request threads: tf-serving's --grpc_max_threads; confserve's pool (its default) for sizing.",
 )
 @click.option(
-    "--rest-threads", type=int, default=8, show_default=True, help="confserve's REST pool, for sizing."
+    "--rest-threads",
+    type=int,
+    default=GramineConfig.rest_threads,
+    show_default=True,
+    help="confserve's REST pool, for sizing.",
 )
-@click.option("--intra-op-threads", type=int, default=2, show_default=True)
-@click.option("--inter-op-threads", type=int, default=2, show_default=True)
-@click.option("--batch-threads", type=int, default=0, show_default=True, help=">0: TF Serving batching.")
+@click.option("--intra-op-threads", type=int, default=GramineConfig.intra_op_threads, show_default=True)
+@click.option("--inter-op-threads", type=int, default=GramineConfig.inter_op_threads, show_default=True)
 @click.option(
-    "--poll-seconds", type=int, default=5, show_default=True, help="--file_system_poll_wait_seconds"
+    "--batch-threads",
+    type=int,
+    default=GramineConfig.batch_threads,
+    show_default=True,
+    help=">0: TF Serving batching.",
 )
-@click.option("--isv-prod-id", type=int, default=1, show_default=True)
-@click.option("--isv-svn", type=int, default=1, show_default=True)
+@click.option(
+    "--poll-seconds",
+    type=int,
+    default=GramineConfig.file_system_poll_wait_seconds,
+    show_default=True,
+    help="--file_system_poll_wait_seconds",
+)
+@click.option("--isv-prod-id", type=int, default=GramineConfig.isv_prod_id, show_default=True)
+@click.option("--isv-svn", type=int, default=GramineConfig.isv_svn, show_default=True)
 @click.option("--edmm", is_flag=True, help="SGX2 EDMM: add enclave pages on demand.")
-@click.option("--arch-libdir", default="/lib/x86_64-linux-gnu", show_default=True)
+@click.option("--arch-libdir", default=GramineConfig.arch_libdir, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout.")
 @reports_errors
 def render_gramine_cmd(
@@ -242,13 +265,27 @@ def _measurements(
 )
 @click.option("--image", help="Model-server image, NAME[:TAG][@sha256:DIGEST] (pin by digest).")
 @click.option("--secret-prov-image", help="Key-service image (with --with-secret-prov).")
-@click.option("--replicas", type=int, default=2, show_default=True, help="Initial and minimum replicas.")
-@click.option("--max-replicas", type=int, default=8, show_default=True, help="Autoscaler maximum.")
-@click.option("--model-name", default="digits", show_default=True)
-@click.option("--model-bind-root", help="`confserve model encrypt --out` [default: models/MODEL_NAME].")
-@click.option("--epc", default="4Gi", show_default=True, help="sgx: the enclave size of the manifest.")
 @click.option(
-    "--secret-prov-host", default="attestation.service.com", show_default=True, help="Key server DNS."
+    "--replicas",
+    type=int,
+    default=K8sSettings.replicas,
+    show_default=True,
+    help="Initial and minimum replicas.",
+)
+@click.option(
+    "--max-replicas",
+    type=int,
+    default=K8sSettings.max_replicas,
+    show_default=True,
+    help="Autoscaler maximum.",
+)
+@click.option("--model-name", default=K8sSettings.model_name, show_default=True)
+@click.option("--model-bind-root", help="`confserve model encrypt --out` [default: models/MODEL_NAME].")
+@click.option(
+    "--epc", default=K8sSettings.epc, show_default=True, help="sgx: the enclave size of the manifest."
+)
+@click.option(
+    "--secret-prov-host", default=K8sSettings.secret_prov_host, show_default=True, help="Key server DNS."
 )
 @click.option("--secret-prov-cidr", help="Key server address range, for the NetworkPolicy.")
 @click.option("--pccs-cidr", help="sgx: PCCS address range, for the NetworkPolicies.")

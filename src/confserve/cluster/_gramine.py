@@ -43,6 +43,7 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from confserve.cluster._k8s_common import SECRET_PROV_ALIAS, SECRET_PROV_PORT
 from confserve.errors import ConfserveError, Status
 from confserve.replica import ServeOptions
 
@@ -98,7 +99,7 @@ class GramineConfig:
     model_bind_root: str  # `confserve model encrypt --out` as given (or its --bind-root), e.g. models/digits
     model_bytes: int  # plaintext size of the model tree (all versions the server keeps loaded)
     ssl_config_bound_path: str = "ssl.cfg"  # `confserve tls ... --bound-path`
-    secret_prov_servers: str = "secret-prov.confserve.svc.cluster.local:4433"  # noqa: S105 - an address
+    secret_prov_servers: str = f"{SECRET_PROV_ALIAS}:{SECRET_PROV_PORT}"  # the name the k8s overlays give it
     # The CA that authenticates the key server. A trusted file: were it host-controlled, the host could
     # stand in for the key server and make the enclave accept a key (and so a model and TLS key) it chose.
     secret_prov_ca: str = "/etc/confserve/secret-prov-ca.crt"  # noqa: S105 - a path
