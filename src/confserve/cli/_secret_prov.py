@@ -186,6 +186,7 @@ def _limit(name: str) -> Callable[[], Any]:
 
 
 @secret_prov_group.command("serve")
+# The port is confserve.provisioning.DEFAULT_PORT, repeated so that `--help` stays light (a test checks).
 @click.option("--listen", default="0.0.0.0:4433", show_default=True, metavar="HOST:PORT")
 @click.option(
     "--cert", "cert_path", required=True, type=click.Path(dir_okay=False), help="Server chain (PEM)."

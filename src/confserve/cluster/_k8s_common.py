@@ -61,7 +61,8 @@ SERVER_SGX_IMAGE: Final = "confserve-server-sgx"
 SECRET_PROV_IMAGE: Final = "confserve-secret-prov"  # noqa: S105 - a name
 GRPC_PORT: Final = 8500  # TF Serving's ports
 REST_PORT: Final = 8501
-SECRET_PROV_PORT: Final = 4433  # Gramine's secret-provisioning port
+# confserve.provisioning.DEFAULT_PORT (Gramine's), repeated so rendering stays light (a test checks).
+SECRET_PROV_PORT: Final = 4433
 SECRET_PROV_METRICS_PORT: Final = 9433
 # The model server's readiness URL (REST port, HTTPS): ready only once attested, keyed and loaded.
 READY_PATH: Final = "/v1/confserve/ready"

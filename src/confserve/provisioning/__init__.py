@@ -22,6 +22,7 @@ from confserve.provisioning._errors import (
     UnavailableError,
 )
 from confserve.provisioning._protocol import (
+    DEFAULT_PORT,
     DEFAULT_SECRET_NAME,
     GRAMINE_REQUEST,
     GRAMINE_RESPONSE_PREFIX,
@@ -85,6 +86,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "DEFAULT_PORT",
     "DEFAULT_SECRET_NAME",
     "DEFAULT_SERVERS",
     "GRAMINE_REQUEST",

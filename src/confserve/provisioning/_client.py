@@ -46,6 +46,7 @@ from confserve.provisioning._errors import (
     UnavailableError,
 )
 from confserve.provisioning._protocol import (
+    DEFAULT_PORT,
     DEFAULT_SECRET_NAME,
     ClientConnection,
     Granted,
@@ -66,7 +67,7 @@ __all__ = [
     "request_secrets",
 ]
 
-DEFAULT_SERVERS: Final = "localhost:4433"  # Gramine's default (B.1)
+DEFAULT_SERVERS: Final = f"localhost:{DEFAULT_PORT}"  # Gramine's default (B.1)
 KEY_SIZE: Final = 16  # SECRET_PROVISION_SET_KEY requires exactly 16 bytes (B.1)
 _SEPARATORS: Final = re.compile(r"[,; ]")
 _KEY_NAME_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")  # a file name under keys/

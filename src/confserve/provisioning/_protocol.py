@@ -59,6 +59,7 @@ from typing import Final
 from confserve.provisioning._errors import ProtocolError
 
 __all__ = [
+    "DEFAULT_PORT",
     "DEFAULT_SECRET_NAME",
     "EXT_REQUEST_MAGIC",
     "EXT_RESPONSE_MAGIC",
@@ -77,6 +78,7 @@ __all__ = [
     "check_secret_name",
 ]
 
+DEFAULT_PORT: Final = 4433  # Gramine's secret-provisioning port (its client's and servers' default)
 GRAMINE_REQUEST: Final = b"SECRET_PROVISION_RA_TLS_REQUEST_V1\0"  # 35 bytes (B.3)
 GRAMINE_RESPONSE_PREFIX: Final = b"SECRET_PROVISION_RA_TLS_RESPONSE_V1:\0"  # 37 bytes (B.3)
 EXT_REQUEST_MAGIC: Final = b"CONFSERVE_SECRET_PROV_REQUEST_V1\0"  # 33 bytes

@@ -82,7 +82,7 @@ from confserve.provisioning._errors import (
     TlsError,
     UnavailableError,
 )
-from confserve.provisioning._protocol import ServerConnection
+from confserve.provisioning._protocol import DEFAULT_PORT, ServerConnection
 from confserve.provisioning._secrets import RateLimiter, SecretStore
 from confserve.provisioning._tls import PrivateKey, TlsChannel, server_context
 
@@ -170,7 +170,7 @@ class ServerSettings:
     collateral: CollateralLoader
     trust: TrustConfig
     listen_host: str = "127.0.0.1"
-    listen_port: int = 4433  # Gramine's default port (B.1)
+    listen_port: int = DEFAULT_PORT
     audit_log: Path | None = None
     audit_fsync: bool = True
     metrics_host: str | None = None

@@ -118,8 +118,13 @@ def test_copies_of_library_constants_agree() -> None:
     """Option defaults and choices repeated in light modules so `--help` needs no heavy import."""
     from confserve.attestation import DEFAULT_ENTRY_POINT, RaTlsFormat
     from confserve.cli import _measure, _secret_prov, _tls
+    from confserve.cluster import _k8s_common
     from confserve.owner import DEFAULT_SSL_CONFIG_BOUND_PATH
+    from confserve.provisioning import DEFAULT_PORT
 
+    listen = next(p for p in _secret_prov.serve_command.params if p.name == "listen")
+    assert listen.default == f"0.0.0.0:{DEFAULT_PORT}"
+    assert _k8s_common.SECRET_PROV_PORT == DEFAULT_PORT
     assert sorted(_secret_prov.RATLS_FORMATS) == sorted(fmt.value for fmt in RaTlsFormat)
     assert _measure.DEFAULT_ENTRY_POINT == DEFAULT_ENTRY_POINT
     assert _tls.DEFAULT_SSL_CONFIG_BOUND_PATH == DEFAULT_SSL_CONFIG_BOUND_PATH
