@@ -7,9 +7,9 @@ pays nothing for cryptography's X.509 layer or dcap-qvl.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from confserve._lazy import lazy_exports
 from confserve.attestation._errors import AttestationError, PolicyError, QuoteFormatError, VerificationError
 from confserve.attestation._types import SGX_TCB_STATUSES, EnclaveIdentity, VerifiedEvidence
 
@@ -240,10 +240,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
+__getattr__ = lazy_exports(__name__, _LAZY)

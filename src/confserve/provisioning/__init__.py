@@ -8,9 +8,9 @@ layer, the attestation stack) load on first use of a name.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from confserve._lazy import lazy_exports
 from confserve.provisioning._audit import AuditLog, AuditVerification, verify_audit_log
 from confserve.provisioning._errors import (
     AuditLogError,
@@ -134,10 +134,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
+__getattr__ = lazy_exports(__name__, _LAZY)

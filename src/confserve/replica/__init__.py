@@ -9,9 +9,9 @@ it; the enclave side and the start sequence (cryptography, attestation, provisio
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from confserve._lazy import lazy_exports
 from confserve.replica._options import (
     DEFAULT_MAX_MESSAGE_BYTES,
     MAX_CONFIG_BYTES,
@@ -79,10 +79,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
+__getattr__ = lazy_exports(__name__, _LAZY)

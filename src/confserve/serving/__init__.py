@@ -7,8 +7,9 @@ of the package is importable without TensorFlow.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from confserve._lazy import lazy_exports
 from confserve.serving._admission import Admission
 from confserve.serving._config import (
     AllVersions,
@@ -112,25 +113,16 @@ __all__ = [
 ]
 
 _LAZY = {
-    "DataPlane": "confserve.serving._dataplane",
-    "GRPC": "confserve.serving._dataplane",
-    "REST": "confserve.serving._dataplane",
-    "Servable": "confserve.serving._dataplane",
-    "SavedModelLoader": "confserve.serving._savedmodel",
-    "SavedModelServable": "confserve.serving._savedmodel",
-    "DEFAULT_SAVED_MODEL_TAGS": "confserve.serving._savedmodel",
-    "parse_saved_model_tags": "confserve.serving._savedmodel",
-    "set_tensorflow_threads": "confserve.serving._savedmodel",
-    "WarmupLoader": "confserve.serving._warmup",
+    "DataPlane": "_dataplane",
+    "GRPC": "_dataplane",
+    "REST": "_dataplane",
+    "Servable": "_dataplane",
+    "SavedModelLoader": "_savedmodel",
+    "SavedModelServable": "_savedmodel",
+    "DEFAULT_SAVED_MODEL_TAGS": "_savedmodel",
+    "parse_saved_model_tags": "_savedmodel",
+    "set_tensorflow_threads": "_savedmodel",
+    "WarmupLoader": "_warmup",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'confserve.serving' has no attribute {name!r}")
-    import importlib  # noqa: PLC0415
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _LAZY)
