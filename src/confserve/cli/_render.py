@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -110,6 +112,17 @@ def _tree_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _default_of(
+    settings: type, flag: str, *, field: str | None = None, help: str | None = None
+) -> Callable[[_F], _F]:
+    """An option whose default (and so its type) is the settings class's: declared once, there."""
+    name = field or flag.removeprefix("--").replace("-", "_")
+    return click.option(flag, default=getattr(settings, name), show_default=True, help=help)
+
+
 @render_group.command("gramine")
 @click.option("--variant", type=click.Choice(VARIANTS), default="confserve", show_default=True)
 @click.option("--model-name", required=True, help="The model's name (TF Serving --model_name).")
@@ -124,66 +137,32 @@ def _tree_bytes(root: Path) -> int:
     help="Model tree to size the enclave from [default: the bind root, if it is a directory here].",
 )
 @click.option("--model-size", help="Model size instead of --model-dir (bytes, or 500M, 2G).")
-@click.option(
-    "--ssl-config-bound-path",
-    default=GramineConfig.ssl_config_bound_path,
-    show_default=True,
-    help="`confserve tls --bound-path`.",
+@_default_of(GramineConfig, "--ssl-config-bound-path", help="`confserve tls --bound-path`.")
+@_default_of(GramineConfig, "--secret-prov-servers", help="Key servers, HOST:PORT list (measured).")
+@_default_of(
+    GramineConfig, "--secret-prov-ca", help="Path of the key service's CA inside the image (a trusted file)."
 )
-@click.option(
-    "--secret-prov-servers",
-    default=GramineConfig.secret_prov_servers,
-    show_default=True,
-    help="Key servers, HOST:PORT list (measured).",
-)
-@click.option(
-    "--secret-prov-ca",
-    default=GramineConfig.secret_prov_ca,
-    show_default=True,
-    help="Path of the key service's CA inside the image (a trusted file).",
-)
-@click.option("--grpc-port", type=int, default=GramineConfig.grpc_port, show_default=True)
-@click.option(
-    "--rest-port",
-    type=int,
-    default=GramineConfig.rest_port,
-    show_default=True,
-    help="confserve variant only.",
-)
-@click.option(
+@_default_of(GramineConfig, "--grpc-port")
+@_default_of(GramineConfig, "--rest-port", help="confserve variant only.")
+@_default_of(
+    GramineConfig,
     "--grpc-threads",
-    type=int,
-    default=GramineConfig.grpc_threads,
-    show_default=True,
     help="gRPC request threads: tf-serving's --grpc_max_threads; confserve's pool (its default) for sizing.",
 )
-@click.option(
-    "--rest-threads",
-    type=int,
-    default=GramineConfig.rest_threads,
-    show_default=True,
-    help="confserve's REST pool, for sizing.",
-)
-@click.option("--intra-op-threads", type=int, default=GramineConfig.intra_op_threads, show_default=True)
-@click.option("--inter-op-threads", type=int, default=GramineConfig.inter_op_threads, show_default=True)
-@click.option(
-    "--batch-threads",
-    type=int,
-    default=GramineConfig.batch_threads,
-    show_default=True,
-    help=">0: TF Serving batching.",
-)
-@click.option(
+@_default_of(GramineConfig, "--rest-threads", help="confserve's REST pool, for sizing.")
+@_default_of(GramineConfig, "--intra-op-threads")
+@_default_of(GramineConfig, "--inter-op-threads")
+@_default_of(GramineConfig, "--batch-threads", help=">0: TF Serving batching.")
+@_default_of(
+    GramineConfig,
     "--poll-seconds",
-    type=int,
-    default=GramineConfig.file_system_poll_wait_seconds,
-    show_default=True,
+    field="file_system_poll_wait_seconds",
     help="--file_system_poll_wait_seconds",
 )
-@click.option("--isv-prod-id", type=int, default=GramineConfig.isv_prod_id, show_default=True)
-@click.option("--isv-svn", type=int, default=GramineConfig.isv_svn, show_default=True)
+@_default_of(GramineConfig, "--isv-prod-id")
+@_default_of(GramineConfig, "--isv-svn")
 @click.option("--edmm", is_flag=True, help="SGX2 EDMM: add enclave pages on demand.")
-@click.option("--arch-libdir", default=GramineConfig.arch_libdir, show_default=True)
+@_default_of(GramineConfig, "--arch-libdir")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout.")
 @reports_errors
 def render_gramine_cmd(
@@ -265,28 +244,12 @@ def _measurements(
 )
 @click.option("--image", help="Model-server image, NAME[:TAG][@sha256:DIGEST] (pin by digest).")
 @click.option("--secret-prov-image", help="Key-service image (with --with-secret-prov).")
-@click.option(
-    "--replicas",
-    type=int,
-    default=K8sSettings.replicas,
-    show_default=True,
-    help="Initial and minimum replicas.",
-)
-@click.option(
-    "--max-replicas",
-    type=int,
-    default=K8sSettings.max_replicas,
-    show_default=True,
-    help="Autoscaler maximum.",
-)
-@click.option("--model-name", default=K8sSettings.model_name, show_default=True)
+@_default_of(K8sSettings, "--replicas", help="Initial and minimum replicas.")
+@_default_of(K8sSettings, "--max-replicas", help="Autoscaler maximum.")
+@_default_of(K8sSettings, "--model-name")
 @click.option("--model-bind-root", help="`confserve model encrypt --out` [default: models/MODEL_NAME].")
-@click.option(
-    "--epc", default=K8sSettings.epc, show_default=True, help="sgx: the enclave size of the manifest."
-)
-@click.option(
-    "--secret-prov-host", default=K8sSettings.secret_prov_host, show_default=True, help="Key server DNS."
-)
+@_default_of(K8sSettings, "--epc", help="sgx: the enclave size of the manifest.")
+@_default_of(K8sSettings, "--secret-prov-host", help="Key server DNS.")
 @click.option("--secret-prov-cidr", help="Key server address range, for the NetworkPolicy.")
 @click.option("--pccs-cidr", help="sgx: PCCS address range, for the NetworkPolicies.")
 @click.option(
