@@ -25,7 +25,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import click
 
@@ -172,6 +172,9 @@ def init_command(directory: str, hostnames: tuple[str, ...]) -> None:
 # -- serve ----------------------------------------------------------------------------------------
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
 def _limit(name: str) -> Callable[[], Any]:
     """A default taken from `ServerLimits` when the command runs: declared there once, with where each
     number comes from. The provisioning package is not imported for `--help`, so help does not show the
@@ -183,6 +186,16 @@ def _limit(name: str) -> Callable[[], Any]:
         return getattr(ServerLimits(), name)
 
     return default
+
+
+def _limit_option(
+    flag: str, name: str, help: str | None, *, value_type: click.ParamType | type | None = None
+) -> Callable[[_F], _F]:
+    """An option of `secret-prov serve` for the `ServerLimits` field `name`: its default is the field's,
+    and its range is the field's too (seconds and counts are positive; see ServerLimits)."""
+    if value_type is None:
+        value_type = click.FloatRange(min=0.001) if name.endswith("_seconds") else click.IntRange(min=1)
+    return click.option(flag, type=value_type, default=_limit(name), help=help)
 
 
 @secret_prov_group.command("serve")
@@ -201,44 +214,29 @@ def _limit(name: str) -> Callable[[], Any]:
 @click.option("--allow-simulated", is_flag=True, help="ra_config.json: accept simulated evidence.")
 @click.option("--collateral", type=click.Path(dir_okay=False), help="Collateral JSON (dcap-qvl form).")
 @click.option("--pccs-url", help="Fetch collateral from this PCCS (API v4).")
-@click.option(
-    "--handshake-timeout",
-    type=click.FloatRange(min=0.001),
-    default=_limit("handshake_timeout_seconds"),
-    help="Seconds from accept to a completed TLS handshake.",
+@_limit_option(
+    "--handshake-timeout", "handshake_timeout_seconds", "Seconds from accept to a completed TLS handshake."
 )
-@click.option(
-    "--read-timeout",
-    type=click.FloatRange(min=0.001),
-    default=_limit("read_timeout_seconds"),
-    help="Seconds from the handshake to a complete request.",
-)
-@click.option(
-    "--max-connections",
-    type=click.IntRange(min=1),
-    default=_limit("max_connections"),
-    help="Workers that verify, decide and answer.",
-)
-@click.option(
+@_limit_option("--read-timeout", "read_timeout_seconds", "Seconds from the handshake to a complete request.")
+@_limit_option("--max-connections", "max_connections", "Workers that verify, decide and answer.")
+@_limit_option(
     "--max-pending",
-    type=click.IntRange(min=1),
-    default=_limit("max_pending_connections"),
-    help="Connections before authentication (handshake, request); when full, the oldest of the address "
+    "max_pending_connections",
+    "Connections before authentication (handshake, request); when full, the oldest of the address "
     "holding the most is dropped.",
 )
-@click.option(
+@_limit_option(
     "--max-pending-per-address",
-    type=click.IntRange(min=1),
-    default=_limit("max_pending_per_address"),
-    help="Connections before authentication per source address (IPv6: per /64).",
+    "max_pending_per_address",
+    "Connections before authentication per source address (IPv6: per /64).",
 )
-@click.option(
+@_limit_option(
     "--rate-limit",
-    type=float,
-    default=_limit("rate_limit_per_second"),
-    help="New connections per address per second (0 disables).",
+    "rate_limit_per_second",
+    "New connections per address per second (0 disables).",
+    value_type=float,
 )
-@click.option("--rate-burst", type=click.IntRange(min=1), default=_limit("rate_limit_burst"))
+@_limit_option("--rate-burst", "rate_limit_burst", None)
 @reports_errors
 def serve_command(
     listen: str,
