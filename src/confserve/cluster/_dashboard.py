@@ -24,7 +24,10 @@ docs/secret-provisioning.md the endpoints):
 | replica     | REST `GET /v1/models/NAME`, TF Serving's JSON     | `model_version_status[]`: version, state |
 | key service | HTTP `/metrics` on its metrics port, Prometheus   | `confserve_secret_prov_releases_total`,  |
 |             | text                                              | `..._refusals_total` {reason}            |
+| key service | HTTP `/healthz` on its metrics port               | its condition (`LocalCluster.status`)    |
 | nginx       | its stream access log, one line per connection    | `upstream=ADDRESS`                       |
+| nginx       | the process table and listening sockets           | its condition (`LocalCluster.status`)    |
+| every one   | supervision's track in the cluster's state        | restarts, last reason, pending restart   |
 
 Everything read from a component is outside input: a text that does not parse, a counter that is
 negative or not finite, or a histogram whose buckets are not cumulative raises `MetricsError`, and the
@@ -44,6 +47,7 @@ from confserve.errors import ConfserveError, Status
 __all__ = [
     "ClusterScrape",
     "ClusterView",
+    "ComponentHealth",
     "Dashboard",
     "Histogram",
     "KeyServiceFigures",
@@ -53,6 +57,7 @@ __all__ = [
     "ReplicaCondition",
     "ReplicaRow",
     "ReplicaScrape",
+    "Restarts",
     "ServingFigures",
     "ServingScrape",
     "count_upstreams",
@@ -335,6 +340,32 @@ def key_service_figures(alive: bool, text: str | None, problem: str = "") -> Key
 
 # -- the whole view --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class Restarts:
+    """What supervision did to a component (from the cluster's state), for the view."""
+
+    count: int = 0
+    last_at: str = ""  # wall-clock time of the last restart (HH:MM:SS)
+    last_reason: str = ""
+    restart_in_seconds: float | None = None  # it is to be restarted after this wait (backoff)
+    waiting_reason: str = ""
+
+    def history(self) -> str:
+        """`restarted 2x, last 18:24:44 (exited)`, or "" without restarts."""
+        if not self.count:
+            return ""
+        last = f", last {self.last_at}" if self.last_at else ""
+        why = f" ({_one_line(self.last_reason)})" if self.last_reason else ""
+        return f"restarted {self.count}x{last}{why}"
+
+    def describe(self) -> str:
+        """The history and, while it waits, `restart in 4 s`."""
+        parts = [self.history()] if self.count else []
+        if self.restart_in_seconds is not None:
+            parts.append(f"restart in {self.restart_in_seconds:.0f} s")
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
 class ReplicaScrape:
     """What one replica answered. Texts are None when the request failed; `problem` says why."""
 
@@ -345,6 +376,7 @@ class ReplicaScrape:
     model_status: str | None = None
     problem: str = ""
     connections: int = 0
+    restarts: Restarts = field(default_factory=Restarts)
 
 
 @dataclass(frozen=True)
@@ -358,6 +390,14 @@ class ClusterScrape:
     key_service_problem: str
     balancer_alive: bool
     balancer_connections: int
+    # The health checks (`confserve status` gives them; None: only whether the process runs is known).
+    key_service_condition: ReplicaCondition | None = None
+    key_service_reason: str = ""
+    key_service_restarts: Restarts = field(default_factory=Restarts)
+    balancer_condition: ReplicaCondition | None = None
+    balancer_reason: str = ""
+    balancer_restarts: Restarts = field(default_factory=Restarts)
+    supervisor: str = ""  # who restarts failed components ("" when not known)
 
 
 @dataclass(frozen=True)
@@ -368,6 +408,17 @@ class ReplicaRow:
     figures: ServingFigures | None  # None: metrics did not answer or did not parse (see reason)
     versions: tuple[str, ...]
     connections: int
+    restarts: Restarts = field(default_factory=Restarts)
+
+
+@dataclass(frozen=True)
+class ComponentHealth:
+    """The key service's or nginx's health check: its condition (None: only liveness is known), the
+    reason it is not ready (or a note), and what supervision did."""
+
+    condition: ReplicaCondition | None = None
+    reason: str = ""
+    restarts: Restarts = field(default_factory=Restarts)
 
 
 @dataclass(frozen=True)
@@ -379,6 +430,9 @@ class ClusterView:
     balancer_alive: bool
     balancer_connections: int
     window: Literal["since start", "since the last scrape"]
+    key_service_health: ComponentHealth = field(default_factory=ComponentHealth)
+    balancer_health: ComponentHealth = field(default_factory=ComponentHealth)
+    supervisor: str = ""
 
 
 def _one_line(text: str) -> str:
@@ -412,6 +466,15 @@ class Dashboard:
             scrape.balancer_alive,
             scrape.balancer_connections,
             window,
+            ComponentHealth(
+                scrape.key_service_condition,
+                _one_line(scrape.key_service_reason),
+                scrape.key_service_restarts,
+            ),
+            ComponentHealth(
+                scrape.balancer_condition, _one_line(scrape.balancer_reason), scrape.balancer_restarts
+            ),
+            scrape.supervisor,
         )
 
     def _row(self, replica: ReplicaScrape, at_seconds: float) -> ReplicaRow:
@@ -421,6 +484,8 @@ class Dashboard:
         elif state == "starting" and replica.index in self._seen_ready:
             state, reason = "not ready", "stopped answering"  # it served before: not a start
         problems = [reason] if reason else []
+        if replica.restarts.restart_in_seconds is not None:
+            problems.append(f"restart in {replica.restarts.restart_in_seconds:.0f} s")
         if replica.problem:
             problems.append(replica.problem)
         figures = None
@@ -442,7 +507,13 @@ class Dashboard:
                 if error and state != "ready":
                     problems.append(error)
         return ReplicaRow(
-            replica.index, state, _one_line("; ".join(problems)), figures, versions, replica.connections
+            replica.index,
+            state,
+            _one_line("; ".join(problems)),
+            figures,
+            versions,
+            replica.connections,
+            replica.restarts,
         )
 
 
@@ -457,6 +528,28 @@ def _count(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
+_WORDS: Final[dict[ReplicaCondition, str]] = {
+    "ready": "ok",
+    "starting": "starting",
+    "not ready": "not ready",
+    "dead": "DOWN",
+}
+
+
+def _component_line(name: str, health: ComponentHealth, legacy_status: str, figures: str) -> str:
+    """`NAME WORD (reason): figures; restarts`. Without a health check, WORD comes from liveness."""
+    if health.condition is None:
+        line = f"{name} {legacy_status}: {figures}"
+    elif health.condition == "ready":
+        line = f"{name} ok: {figures}" + (f" ({health.reason})" if health.reason else "")
+    else:
+        word = _WORDS[health.condition]
+        reason = f" ({health.reason})" if health.reason else ""
+        line = f"{name} {word}{reason}" + ("" if health.condition == "dead" else f": {figures}")
+    restarts = health.restarts.describe()
+    return f"{line}; {restarts}" if restarts else line
+
+
 def _key_service_line(view: ClusterView) -> str:
     key = view.key_service
     status = "DOWN" if not key.alive else ("ok" if key.releases is not None else "running")
@@ -467,12 +560,16 @@ def _key_service_line(view: ClusterView) -> str:
         if key.refusals_by_reason:
             reasons = ", ".join(f"{r} {_count(n)}" for r, n in key.refusals_by_reason.items())
             figures += f" ({reasons})"
-    return f"key service {status}: {figures}"
+    return _component_line("key service", view.key_service_health, status, figures)
 
 
 def _balancer_line(view: ClusterView) -> str:
     status = "ok" if view.balancer_alive else "DOWN"
-    return f"nginx {status}: {view.balancer_connections} connections"
+    return _component_line("nginx", view.balancer_health, status, f"{view.balancer_connections} connections")
+
+
+def _healthy(condition: ReplicaCondition | None, alive: bool) -> bool:
+    return condition == "ready" if condition is not None else alive
 
 
 def _cells(row: ReplicaRow) -> dict[str, str]:
@@ -487,6 +584,7 @@ def _cells(row: ReplicaRow) -> dict[str, str]:
         "errors": _count(f.errors if f else None),
         "conns": str(row.connections),
         "models": " ".join(row.versions) or "-",
+        "restarts": str(row.restarts.count),
         "reason": row.reason,
     }
 
@@ -500,9 +598,13 @@ def render_text(view: ClusterView) -> str:
             f"  replica {c['replica']} {c['state']}: {c['req/s']} req/s, p50 {c['p50']}, p99 {c['p99']}, "
             f"requests {c['requests']}, errors {c['errors']}, connections {c['conns']}, models {c['models']}"
         )
+        if row.restarts.count:
+            line += f", {row.restarts.history()}"  # a pending restart is in the reason
         lines.append(line + (f" ({c['reason']})" if c["reason"] else ""))
     if not view.replicas:
         lines.append("  no replicas")
+    if view.supervisor:
+        lines.append(f"  supervisor: {view.supervisor}")
     return "\n".join(lines)
 
 
@@ -516,6 +618,7 @@ _COLUMNS: Final = (
     "errors",
     "conns",
     "models",
+    "restarts",
     "reason",
 )
 _STATE_STYLE: Final = {"ready": "green", "starting": "yellow", "not ready": "yellow", "dead": "bold red"}
@@ -538,17 +641,20 @@ def render_table(view: ClusterView, hint: str = "") -> Any:
         expand=False,
     )
     for name in _COLUMNS:
-        right = name in ("req/s", "p50", "p99", "requests", "errors", "conns")
+        right = name in ("req/s", "p50", "p99", "requests", "errors", "conns", "restarts")
         table.add_column(name, justify="right" if right else "left", overflow="fold")
     for row in view.replicas:
         # Every cell is a Text: what a component said is shown as is, never read as rich markup.
         cells = [Text(value) for value in _cells(row).values()]
         cells[1] = Text(row.state, style=_STATE_STYLE[row.state])
         table.add_row(*cells)
-    key_style = "green" if view.key_service.alive else "bold red"
-    lb_style = "green" if view.balancer_alive else "bold red"
-    return Group(
+    key_style = "green" if _healthy(view.key_service_health.condition, view.key_service.alive) else "bold red"
+    lb_style = "green" if _healthy(view.balancer_health.condition, view.balancer_alive) else "bold red"
+    lines: list[Any] = [
         table,
         Text(_key_service_line(view), style=key_style),
         Text(_balancer_line(view), style=lb_style),
-    )
+    ]
+    if view.supervisor:
+        lines.append(Text(f"supervisor: {view.supervisor}"))
+    return Group(*lines)

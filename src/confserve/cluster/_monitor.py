@@ -9,6 +9,7 @@ a request that fails becomes a short reason, so a component that does not answer
 
 from __future__ import annotations
 
+import calendar
 import os
 import ssl
 import time
@@ -18,7 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from confserve.cluster._dashboard import NOT_ANSWERING, ClusterScrape, ReplicaScrape, count_upstreams
+from confserve.cluster._dashboard import (
+    NOT_ANSWERING,
+    ClusterScrape,
+    ReplicaScrape,
+    Restarts,
+    count_upstreams,
+)
 from confserve.cluster._local import LocalCluster
 from confserve.cluster._workspace import Workspace
 
@@ -113,7 +120,10 @@ class Monitor:
         connections = self._upstreams.read()
         replicas = [self._replica(r, status["model"], context, connections) for r in status["replicas"]]
         prov = status["secret_provisioning"]
-        key_text, key_problem = _get(prov["metrics"], None) if prov["alive"] else (None, "")
+        answers = prov["alive"] and not str(prov.get("reason", "")).startswith(NOT_ANSWERING)
+        key_text, key_problem = _get(prov["metrics"], None) if answers else (None, "")
+        balancer = status["load_balancer"]
+        supervisor = status.get("supervisor", "")
         return ClusterScrape(
             at_seconds=self._clock(),
             clock=self._wall_clock(),
@@ -122,8 +132,15 @@ class Monitor:
             key_service_alive=prov["alive"],
             key_service_metrics=key_text,
             key_service_problem=key_problem,
-            balancer_alive=status["load_balancer"]["alive"],
+            balancer_alive=balancer["alive"],
             balancer_connections=sum(connections.values()),
+            key_service_condition=prov.get("state"),
+            key_service_reason=prov.get("reason", ""),
+            key_service_restarts=restarts(prov),
+            balancer_condition=balancer.get("state"),
+            balancer_reason=balancer.get("reason", ""),
+            balancer_restarts=restarts(balancer),
+            supervisor=_supervisor_text(supervisor) if supervisor != "" else "",
         )
 
     @staticmethod
@@ -133,7 +150,7 @@ class Monitor:
         conns = sum(connections.get(f"127.0.0.1:{r[port]}", 0) for port in ("grpc_port", "rest_port"))
         metrics = model_status = None
         problems = []
-        if r["state"] in ("ready", "not ready") and r["reason"] != NOT_ANSWERING:  # it answers HTTP
+        if r["state"] in ("ready", "not ready") and not r["reason"].startswith(NOT_ANSWERING):  # it answers
             metrics, problem = _get(r["metrics"], context)
             if problem:
                 problems.append(f"metrics: {problem}")
@@ -148,7 +165,30 @@ class Monitor:
             model_status=model_status,
             problem="; ".join(problems),
             connections=conns,
+            restarts=restarts(r),
         )
+
+
+def restarts(component: dict[str, Any]) -> Restarts:
+    """What supervision did to a component, from its entry in `LocalCluster.status()`."""
+    last = component.get("last_restart")
+    return Restarts(
+        count=int(component.get("restarts", 0)),
+        last_at=time.strftime("%H:%M:%S", time.localtime(_unix(last))) if last else "",
+        last_reason=component.get("last_restart_reason", ""),
+        restart_in_seconds=component.get("restart_in_seconds"),
+        waiting_reason=component.get("restart_reason", ""),
+    )
+
+
+def _unix(iso: str) -> float:
+    return calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+def _supervisor_text(supervisor: dict[str, Any] | None) -> str:
+    if supervisor is None or not supervisor.get("alive"):
+        return "none: nothing restarts a failed component (confserve up repairs the cluster)"
+    return f"{supervisor['mode']}, pid {supervisor['pid']}: restarts failed components"
 
 
 def scrape(cluster: LocalCluster) -> ClusterScrape:
