@@ -31,7 +31,8 @@ COPY src ./src
 RUN --mount=type=bind,from=wheels,target=/wheels \
     /opt/confserve/bin/python "$(echo /wheels/pip-*.whl)/pip" install --no-index --find-links /wheels \
         --no-compile --no-cache-dir --disable-pip-version-check --quiet --no-deps . \
-    && /opt/confserve/bin/python -m compileall -q --invalidation-mode unchecked-hash /opt/confserve/lib \
+    && /opt/confserve/bin/python -m compileall -q --invalidation-mode unchecked-hash \
+        /opt/confserve/lib/python3.11/site-packages/confserve \
     && cd / && rm -rf /build
 
 RUN useradd --uid 10002 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin confserve \
