@@ -42,7 +42,7 @@ from confserve.attestation import (
     verify,
     verify_ratls_certificate,
 )
-from confserve.cli._secret_prov import make_service_pki
+from confserve.owner import key_service_pki
 from confserve.provisioning import (
     ClientConnection,
     ClientSettings,
@@ -185,7 +185,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         base = Path(work)
         platform = SimPlatform.init(base / "plat", now=int(time.time()))
-        ca_pem, cert_pem, key_pem = make_service_pki(
+        ca_pem, cert_pem, key_pem = key_service_pki(
             ("localhost", "127.0.0.1"), datetime.datetime.now(datetime.UTC)
         )
         (base / "ca.crt").write_bytes(ca_pem)

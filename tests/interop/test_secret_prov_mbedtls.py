@@ -35,7 +35,7 @@ from confserve.attestation import (
     TrustConfig,
     create_ratls_credentials,
 )
-from confserve.cli._secret_prov import make_service_pki
+from confserve.owner import key_service_pki
 from confserve.provisioning import (
     SecretProvisioningServer,
     SecretStore,
@@ -72,7 +72,7 @@ def service(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[SecretProvisioningServer, Path, SimPlatform]]:
     base = tmp_path_factory.mktemp("svc")
-    ca_pem, cert_pem, key_pem = make_service_pki(
+    ca_pem, cert_pem, key_pem = key_service_pki(
         ("localhost", "127.0.0.1"), datetime.datetime.now(datetime.UTC)
     )
     (base / "ca.crt").write_bytes(ca_pem)

@@ -20,7 +20,6 @@ prints the same identity, so an owner can approve it for testing.
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import signal
 import sys
 from collections.abc import Callable
@@ -34,14 +33,10 @@ from confserve.cli._common import fail, reports_errors
 from confserve.pf import WrapKey
 
 if TYPE_CHECKING:
-    from cryptography import x509
-
     from confserve.attestation import Attester, EnclaveIdentity
 
 REQUEST_ENTRY_POINT: Final = "confserve secret-prov request"
 REQUEST_MEASURED_ARGS: Final[dict[str, str]] = {}
-_CA_VALIDITY: Final = datetime.timedelta(days=3650)
-_SERVER_VALIDITY: Final = datetime.timedelta(days=825)  # the CA/Browser Forum's former maximum
 
 
 def _host_port(value: str, option: str) -> tuple[str, int]:
@@ -58,73 +53,6 @@ def secret_prov_group() -> None:
 
 
 # -- init -----------------------------------------------------------------------------------------
-
-
-def _san(names: tuple[str, ...]) -> x509.SubjectAlternativeName:
-    from cryptography import x509
-
-    entries: list[x509.GeneralName] = []
-    for name in names:
-        try:
-            entries.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            entries.append(x509.DNSName(name))
-    return x509.SubjectAlternativeName(entries)
-
-
-def make_service_pki(hostnames: tuple[str, ...], now: datetime.datetime) -> tuple[bytes, bytes, bytes]:
-    """(ca.crt PEM, server.crt PEM, server.key PEM): a P-256 CA and a server certificate for `hostnames`."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "confserve"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "confserve secret provisioning CA"),
-        ]
-    )
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + _CA_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    server = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + _SERVER_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(_san(hostnames), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return ca.public_bytes(pem), server.public_bytes(pem), key_pem
 
 
 def _default_hostnames() -> tuple[str, ...]:
@@ -158,7 +86,9 @@ def init_command(directory: str, hostnames: tuple[str, ...]) -> None:
     existing = [name for name in files if (target / name).exists()]
     if existing:
         fail(f"{target} already holds {', '.join(existing)}; not replacing (move them away first)")
-    ca_pem, cert_pem, key_pem = make_service_pki(names, datetime.datetime.now(datetime.UTC))
+    from confserve.owner import key_service_pki
+
+    ca_pem, cert_pem, key_pem = key_service_pki(names, datetime.datetime.now(datetime.UTC))
     pf.write_public_file(target / "ca.crt", ca_pem)
     pf.write_public_file(target / "server.crt", cert_pem)
     pf.write_private_file(target / "server.key", key_pem)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         TlsMaterial,
         TlsMaterialError,
         generate_tls_material,
+        key_service_pki,
     )
 
 # Where each lazily imported name lives: the module is imported on first use.
@@ -50,6 +51,7 @@ _LAZY: dict[str, str] = {
     "TlsMaterial": "_tls",
     "TlsMaterialError": "_tls",
     "generate_tls_material": "_tls",
+    "key_service_pki": "_tls",
 }
 
 __all__ = [
@@ -66,6 +68,7 @@ __all__ = [
     "generate_tls_material",
     "import_frozen_graph",
     "inspect_model_tree",
+    "key_service_pki",
     "load_digits_dataset",
     "make_digits_model",
     "make_resnet50_model",

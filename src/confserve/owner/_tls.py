@@ -14,6 +14,10 @@ leaf, and left the server's private key in a plaintext ssl.cfg next to the model
 `ssl.cfg` is TF Serving's SSLConfig text proto (PEM contents, not paths). Keys are ECDSA P-256 by
 default (RSA-3072 on request), every certificate has its own random serial, leaves carry SANs, key usage
 and extended key usage, and validity is bounded.
+
+The key service's TLS material (`key_service_pki`, for `confserve secret-prov init`) comes from the same
+builder: one place decides validity, key usage and names for every certificate confserve issues
+(RA-TLS certificates aside, which follow Gramine's; attestation/_ratls.py).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -36,12 +41,24 @@ from confserve.tfs_config import SSLConfig, format_text
 
 SERVER_NAME_FILE = "server_name"  # in a client bundle: the server certificate's DNS name
 
-__all__ = ["SERVER_NAME_FILE", "KeyType", "TlsMaterial", "TlsMaterialError", "generate_tls_material"]
+__all__ = [
+    "DEFAULT_SSL_CONFIG_BOUND_PATH",
+    "SERVER_NAME_FILE",
+    "KeyType",
+    "TlsMaterial",
+    "TlsMaterialError",
+    "generate_tls_material",
+    "key_service_pki",
+]
 
 KeyType = Literal["ecdsa-p256", "rsa-3072"]
 DEFAULT_SSL_CONFIG_BOUND_PATH: Final = "ssl.cfg"  # the server opens its config relative to its root
 _CA_DAYS: Final = 5 * 365  # the CA outlives a few rotations of leaf certificates
-_CLOCK_SKEW: Final = datetime.timedelta(minutes=5)  # notBefore backdated for peers with a slow clock
+_CLOCK_SKEW: Final = datetime.timedelta(hours=1)  # notBefore backdated for peers with a slow clock
+# The key service's CA signs one server certificate and is then thrown away (rotation = a new CA), so
+# it may live long; its server certificate keeps to the CA/Browser Forum's former maximum of 825 days.
+_KEY_SERVICE_CA_DAYS: Final = 3650
+_KEY_SERVICE_DAYS: Final = 825
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
@@ -88,6 +105,7 @@ def _check_name(name: str, what: str) -> None:
 def _cert(
     *,
     subject: str,
+    names: Sequence[str] = (),
     key: PrivateKey,
     issuer: x509.Certificate | None,
     issuer_key: PrivateKey,
@@ -120,7 +138,8 @@ def _cert(
         builder = builder.add_extension(
             x509.KeyUsage(True, False, not ec_key, False, ec_key, False, False, False, False), critical=True
         )
-        builder = builder.add_extension(x509.SubjectAlternativeName([_san(subject)]), critical=False)
+        alt_names = [_san(name) for name in names or (subject,)]
+        builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         assert usage is not None
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
@@ -132,6 +151,52 @@ def _pem(obj: x509.Certificate | PrivateKey) -> bytes:
     return obj.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+
+
+def _ca_and_server(
+    hostnames: Sequence[str],
+    *,
+    ca_subject: str,
+    now: datetime.datetime,
+    ca_days: int,
+    days: int,
+    key_type: KeyType,
+) -> tuple[PrivateKey, x509.Certificate, PrivateKey, x509.Certificate]:
+    """A new CA and a server certificate it issues for `hostnames` (the first is the subject)."""
+    ca_key = _new_key(key_type)
+    ca = _cert(subject=ca_subject, key=ca_key, issuer=None, issuer_key=ca_key, now=now, days=ca_days, ca=True)
+    server_key = _new_key(key_type)
+    server = _cert(
+        subject=hostnames[0],
+        names=hostnames,
+        key=server_key,
+        issuer=ca,
+        issuer_key=ca_key,
+        now=now,
+        days=days,
+        ca=False,
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+    )
+    return ca_key, ca, server_key, server
+
+
+def key_service_pki(hostnames: Sequence[str], now: datetime.datetime) -> tuple[bytes, bytes, bytes]:
+    """The key service's TLS material, PEM: (CA certificate, server certificate, server key). The
+    server certificate names every one of `hostnames` (DNS names or IP addresses; clients must use one).
+    The CA's key is not returned: nothing else is ever signed with it."""
+    if not hostnames:
+        raise TlsMaterialError("the key service needs at least one host name or address")
+    for name in hostnames:
+        _check_name(name, "host name")
+    _, ca, server_key, server = _ca_and_server(
+        hostnames,
+        ca_subject="confserve secret provisioning CA",
+        now=now,
+        ca_days=_KEY_SERVICE_CA_DAYS,
+        days=_KEY_SERVICE_DAYS,
+        key_type="ecdsa-p256",
+    )
+    return _pem(ca), _pem(server), _pem(server_key)
 
 
 def generate_tls_material(
@@ -160,26 +225,13 @@ def generate_tls_material(
         if sub.exists():
             raise TlsMaterialError(f"{sub} already exists; refusing to replace TLS material")
     now = now or datetime.datetime.now(datetime.UTC)
-    ca_key = _new_key(key_type)
-    ca = _cert(
-        subject=f"confserve CA for {service_domain}",
-        key=ca_key,
-        issuer=None,
-        issuer_key=ca_key,
+    ca_key, ca, server_key, server_cert = _ca_and_server(
+        (service_domain,),
+        ca_subject=f"confserve CA for {service_domain}",
         now=now,
-        days=max(_CA_DAYS, days),
-        ca=True,
-    )
-    server_key = _new_key(key_type)
-    server_cert = _cert(
-        subject=service_domain,
-        key=server_key,
-        issuer=ca,
-        issuer_key=ca_key,
-        now=now,
+        ca_days=max(_CA_DAYS, days),
         days=days,
-        ca=False,
-        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        key_type=key_type,
     )
     config = SSLConfig(
         server_key=_pem(server_key).decode(),

@@ -4,19 +4,21 @@ reaches the server bundle in the clear, and ssl.cfg is TF Serving's SSLConfig.""
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import stat
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from confserve import pf
 from confserve.cli import main
-from confserve.owner import TlsMaterialError, generate_tls_material
+from confserve.owner import TlsMaterialError, generate_tls_material, key_service_pki
 from confserve.tfs_config import SSLConfig, parse_text
 
 SERVICE = "grpc.tf-serving.service.com"
@@ -196,3 +198,33 @@ def test_client_bundle_names_the_server(twoway: Path, tmp_path: Path) -> None:
     (bundle / "server_name").write_text("not a name!\n")
     with pytest.raises(ClientError, match="does not hold a DNS name"):
         ClientTls.from_bundle(bundle)
+
+
+def test_key_service_pki_names_every_host_and_verifies() -> None:
+    """`secret-prov init`'s material comes from the same builder: the server certificate verifies under
+    its CA for every name given (DNS or IP address) and no other, for 825 days; the CA key is not kept."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_pem, cert_pem, key_pem = key_service_pki(("keys.example.com", "localhost", "127.0.0.1"), now)
+    ca, cert = x509.load_pem_x509_certificate(ca_pem), x509.load_pem_x509_certificate(cert_pem)
+    store = verification.Store([ca])
+    for name in (
+        x509.DNSName("keys.example.com"),
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ):
+        verification.PolicyBuilder().store(store).time(now).build_server_verifier(name).verify(cert, [])
+    with pytest.raises(verification.VerificationError):
+        verification.PolicyBuilder().store(store).time(now).build_server_verifier(
+            x509.DNSName("evil.example.com")
+        ).verify(cert, [])
+    assert 824 <= (cert.not_valid_after_utc - now).days <= 825
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    key = serialization.load_pem_private_key(key_pem, None)
+    assert key.public_key() == cert.public_key()
+    assert b"PRIVATE KEY" not in ca_pem + cert_pem
+
+
+@pytest.mark.parametrize("names", [(), ("bad name",), ("ok.example.com", "a/b")])
+def test_key_service_pki_refuses_bad_names(names: tuple[str, ...]) -> None:
+    with pytest.raises(TlsMaterialError):
+        key_service_pki(names, datetime.datetime.now(datetime.UTC))
