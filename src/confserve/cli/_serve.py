@@ -97,7 +97,36 @@ def _with_config(config: Path, values: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-@click.command("serve")
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+class _TfServingFlags(click.Command):
+    """Boolean flags in TF Serving's spellings too: `--enable_batching=true|false` and absl's
+    `--noenable_batching`, besides the plain `--enable_batching`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        flags = {
+            name
+            for param in self.params
+            if isinstance(param, click.Option) and param.is_flag
+            for name in param.opts
+        }
+        rewritten = []
+        for arg in args:
+            name, sep, value = arg.partition("=")
+            if sep and name in flags:
+                if value.lower() in _TRUE:
+                    rewritten.append(name)
+                elif value.lower() not in _FALSE:
+                    raise click.BadParameter(f"{value!r} is not true or false", ctx=ctx, param_hint=name)
+                continue
+            if arg.startswith("--no") and not sep and f"--{arg[4:]}" in flags:
+                continue  # absl's --noFLAG: the default (off)
+            rewritten.append(arg)
+        return super().parse_args(ctx, rewritten)
+
+
+@click.command("serve", cls=_TfServingFlags)
 @_serve_options
 @click.option(
     "--config",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 
 from confserve.cli._serve import serve
@@ -116,3 +117,25 @@ def test_measured_flags_are_the_behavioural_ones() -> None:
     # ... what it does with data is.
     assert {"model_name", "model_base_path", "ssl_config_file", "secret_provision_ca_chain_path", "insecure",
             "allow_plaintext", "enable_batching", "monitoring_config_file"} <= measured  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--enable_batching=true"], True),
+        (["--enable_batching=True"], True),
+        (["--enable-batching=1"], True),
+        (["--enable_batching=false"], False),
+        (["--noenable_batching"], False),
+        (["--enable_batching"], True),
+        ([], False),
+    ],
+)
+def test_tf_serving_boolean_spellings(argv: list[str], expected: bool) -> None:
+    assert parse(argv).enable_batching is expected
+
+
+def test_boolean_spelling_errors_and_no_rest_untouched() -> None:
+    assert parse(["--no_rest"]).no_rest is True
+    with pytest.raises(click.BadParameter, match="'maybe' is not true or false"):
+        parse(["--enable_batching=maybe"])
