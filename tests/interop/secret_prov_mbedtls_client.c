@@ -1,5 +1,5 @@
 /* A secret-provisioning client on mbedTLS, written for confserve's interop tests from the protocol
- * description in gramine-interop.md B.2/B.3 (it is not Gramine's code): TLS 1.2, the server verified
+ * description in docs/formats.md#sp-tls and #sp-wire (it is not Gramine's code): TLS 1.2, the server verified
  * against a CA file with the host name as listed, a client certificate and key from files, then the
  * 35-byte request and the 41-byte response header plus secret.
  *

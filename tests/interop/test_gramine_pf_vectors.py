@@ -128,7 +128,7 @@ def test_our_v1_files_open_where_gramines_do(
 def test_bound_path_is_compared_after_normalisation(
     vectors: tuple[Path, list[dict[str, Any]], pf.WrapKey],
 ) -> None:
-    """Gramine normalises the host path it opens (A.10), so "./x" and "x//y/../" name the same binding."""
+    """Gramine normalises the host path it opens (docs/formats.md#pf-path), so "./x" and "x//y/../" name the same binding."""
     root, entries, key = vectors
     entry = next(e for e in entries if e["gramine"] == "v1.8" and e["plaintext_size"] == 100)
     for spelling in ("./models/m/1/size-100.bin", "models//m/1/x/../size-100.bin"):

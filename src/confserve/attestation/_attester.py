@@ -1,11 +1,11 @@
 """Producing quotes: inside Gramine-SGX through /dev/attestation, or from a simulated platform.
 
-An `Attester` turns 64 bytes of report_data (typically a hash binding a TLS key or a nonce) into a DCAP
-quote. `GramineAttester` follows gramine-interop.md D: write all 64 bytes to `user_report_data` in one
+An `Attester` turns 64 bytes of report_data (typically a hash binding a TLS key or a nonce) into a DCAP quote.
+`GramineAttester` follows docs/formats.md#dev-attestation: write all 64 bytes to `user_report_data` in one
 `write`, then open `quote` and read it to EOF (the quote is generated at open time). Its file operations go
 through `AttestationFiles`, so tests drive it with an in-memory fake; the real implementation is
-`DevAttestationFiles`. Every quote handed out is parsed and checked to carry the requested report_data, so
-a stale or foreign quote never leaves this module.
+`DevAttestationFiles`. Every quote handed out is parsed and checked to carry the requested report_data, so a
+stale or foreign quote never leaves this module.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ __all__ = [
 ]
 
 DEV_ATTESTATION: Final = Path("/dev/attestation")
-REPORT_DATA_SIZE: Final = 64  # SGX REPORTDATA (E.2)
-# attestation_type holds "none", "epid" or "dcap" (gramine-interop D); anything longer is not Gramine's.
+REPORT_DATA_SIZE: Final = 64  # SGX REPORTDATA (docs/formats.md#quote-body)
+# attestation_type holds "none", "epid" or "dcap" (docs/formats.md#dev-attestation); longer is not Gramine's.
 _MAX_TYPE_BYTES: Final = 16
 
 
@@ -114,7 +114,8 @@ class DevAttestationFiles:
         return b"".join(chunks)
 
     def write(self, name: str, data: bytes) -> None:
-        """One `write` call: every write replaces the pseudo-file's whole value (gramine-interop D)."""
+        """One `write` call: every write replaces the pseudo-file's whole value
+        (docs/formats.md#dev-attestation)."""
         fd = os.open(self._root / name, os.O_WRONLY)
         try:
             written = os.write(fd, data)

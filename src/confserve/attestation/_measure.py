@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 An enclave's identity is (MRENCLAVE, MRSIGNER, ISVPRODID, ISVSVN), the fields a quote carries
-(gramine-interop.md E.2) and a policy matches (`_policy.py`).
+(docs/formats.md#quote-body) and a policy matches (`_policy.py`).
 
 * **Simulated MRENCLAVE.** There is no SGX hardware to hash enclave pages, so a simulated replica is
   measured as SHA-256 over a canonical description of everything that decides its behaviour: each file of
@@ -15,8 +15,8 @@ An enclave's identity is (MRENCLAVE, MRSIGNER, ISVPRODID, ISVSVN), the fields a 
   are normalised to strings (`True` -> "true", `5` -> "5"), the form they have on a command line.
   The interpreter and third-party wheels are *not* measured: they are pinned in pyproject.toml; add
   their versions to the measured arguments to bind them too.
-* **MRSIGNER** = SHA-256 of the RSA-3072 modulus as 384 little-endian bytes (E.6), for an enclave
-  signing key with public exponent 3 as EINIT requires.
+* **MRSIGNER** = SHA-256 of the RSA-3072 modulus as 384 little-endian bytes (docs/formats.md#sigstruct), for
+  an enclave signing key with public exponent 3 as EINIT requires.
 * **SIGSTRUCT** (the 1808-byte `.sig` Gramine writes next to the manifest) is parsed with the
   (offset, size, name) table `SIGSTRUCT_LAYOUT` (Intel SDM Vol. 3D §38.13, "Enclave Signature Structure").
   `parse_sigstruct` checks: total size 1808; HEADER and HEADER2 constants; VENDOR is 0 or 0x8086;
@@ -77,7 +77,7 @@ class MeasurementError(AttestationError):
 
 
 # --------------------------------------------------------------------------------------------------
-# Signing key and MRSIGNER (gramine-interop.md E.6)
+# Signing key and MRSIGNER (docs/formats.md#sigstruct)
 
 SGX_MODULUS_BITS = 3072
 SGX_MODULUS_BYTES = SGX_MODULUS_BITS // 8
@@ -254,7 +254,7 @@ def load_measured_args_toml(data: bytes) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------------
-# SIGSTRUCT (Intel SDM Vol. 3D §38.13; gramine-interop.md E.6)
+# SIGSTRUCT (Intel SDM Vol. 3D §38.13; docs/formats.md#sigstruct)
 
 SIGSTRUCT_SIZE = 1808
 

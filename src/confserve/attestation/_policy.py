@@ -24,7 +24,7 @@ An allow rule matches when each of its present fields matches: `mr_enclave` and 
 from ra_config.json) is equal. A rule with no field matches every enclave; only ra_config.json with all
 four switches "off" produces one.
 
-ra_config.json semantics (reference `ra_utils.h`, reference-solution.md §1.3)
+ra_config.json semantics (the reference's `ra_utils.h`; docs/policy.md)
 -------------------------------------------------------------------------------
 * Four switches `verify_mr_enclave`, `verify_mr_signer`, `verify_isv_prod_id`, `verify_isv_svn`.
 * If all four are "off", any enclave is accepted (identity-wise; TCB, debug and simulated checks still

@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 Real SGX quotes chain to Intel's SGX Root CA. A simulated platform plays every Intel role with keys of its
 own, so that a simulated quote goes through exactly the same dcap-qvl verification as a real one and only
-the trust anchor differs (dcap-verification.md 4.1). The roles and what dcap-qvl 0.7.0 requires of them
-(dcap-verification.md 4.2; all P-256 / ECDSA-SHA256):
+the trust anchor differs (docs/formats.md#dcap-root). The roles and what dcap-qvl 0.7.0 requires of them
+(docs/formats.md#dcap-simulated; all P-256 / ECDSA-SHA256):
 
     root CA            self-signed; subject says "NOT INTEL"; signs the root CRL
     PCK Processor CA   CA:TRUE pathlen:0, signed by the root; signs the PCK CRL
@@ -108,7 +108,8 @@ class SimPlatformError(AttestationError):
 
 
 def default_attributes(*, debug: bool = False) -> bytes:
-    """ATTRIBUTES of a 64-bit initialised enclave (flags INIT|MODE64BIT, optional DEBUG; E.2)."""
+    """ATTRIBUTES of a 64-bit initialised enclave (INIT|MODE64BIT, optional DEBUG;
+    docs/formats.md#quote-body)."""
     flags = ATTRIBUTE_INIT | ATTRIBUTE_MODE64BIT | (ATTRIBUTE_DEBUG if debug else 0)
     return flags.to_bytes(8, "little") + _XFRM_X87_SSE_AVX_AVX512.to_bytes(8, "little")
 
@@ -255,7 +256,7 @@ def _raw_signature(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
 
 
 def _raw_public_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    """X || Y of a P-256 public key, without the 0x04 point prefix (E.3)."""
+    """X || Y of a P-256 public key, without the 0x04 point prefix (docs/formats.md#quote-signature)."""
     point = key.public_key().public_bytes(
         serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
     )
@@ -359,7 +360,8 @@ def _issue_crl(
 
 
 def _compact(obj: Any) -> str:
-    # dcap-qvl re-serialises the signed JSON compactly in key order (dcap-verification 1.6): sign that form.
+    # dcap-qvl re-serialises the signed JSON compactly in key order (docs/formats.md#dcap-collateral): sign
+    # that form.
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=True)
 
 
@@ -676,7 +678,8 @@ class SimPlatform:
         return self.sign_report(body).to_bytes()
 
     def header(self) -> QuoteHeader:
-        """The header this platform's QE writes (E.1; Intel's QE vendor ID, as dcap-qvl requires)."""
+        """The header this platform's QE writes (Intel's QE vendor ID, as dcap-qvl requires;
+        docs/formats.md#quote-header)."""
         return QuoteHeader(
             version=3,
             att_key_type=2,
@@ -714,7 +717,7 @@ class SimPlatform:
                 qe_report=qe_report,
                 qe_report_signature=_raw_signature(self._pki.keys["pck"], qe_report.to_bytes()),
                 qe_auth_data=_QE_AUTH_DATA,
-                certification_data=chain + b"\x00",  # QE3 ends the chain with a NUL (E.3)
+                certification_data=chain + b"\x00",  # a NUL, as QE3 writes (docs/formats.md#quote-signature)
             ),
         )
         signature = _raw_signature(attestation_key, unsigned.signed_bytes())

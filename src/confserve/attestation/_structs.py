@@ -4,15 +4,15 @@ Theory of operation
 -------------------
 Every binary layout is an (offset, size, name, kind) table; `kind` is `int` (unsigned little-endian) or
 `bytes`. `_decode` and `_encode` walk a table, so the table is the single statement of the format and the
-code cannot drift from it. References are to docs/specs "gramine-interop.md" section E (which follows
-Intel's `sgx_quote_3.h` / `sgx_report.h` and the SGX SDM vol. 3D 38.15) and "dcap-verification.md" 4.2.
+code cannot drift from it. The layouts are described in docs/formats.md#quote (after
+Intel's `sgx_quote_3.h` / `sgx_report.h` and the SGX SDM vol. 3D 38.15).
 
-A v3 quote is `header(48) || report_body(384) || u32 sig_len || signature_data(sig_len)` (E.1-E.3). The
-parser is strict: the quote must be exactly as long as its length fields say (no trailing bytes), the
-header must say v3 / ECDSA-P256 / SGX, and the certification data must be type 5 (the PEM PCK chain that
-Gramine's QE3 emits, gramine-interop D). Anything else raises `QuoteFormatError` with a short message that
-names the offending field. v4/v5 headers are read only far enough to refuse TDX and non-v3 SGX quotes
-with a clear message. Parsing proves nothing about authenticity: only `_verify` does.
+A v3 quote is `header(48) || report_body(384) || u32 sig_len || signature_data(sig_len)`. The parser is
+strict: the quote must be exactly as long as its length fields say (no trailing bytes), the header must say v3
+/ ECDSA-P256 / SGX, and the certification data must be type 5 (the PEM PCK chain that Gramine's QE3 emits,
+docs/formats.md#dev-attestation). Anything else raises `QuoteFormatError` with a short message that names the
+offending field. v4/v5 headers are read only far enough to refuse TDX and non-v3 SGX quotes with a clear
+message. Parsing proves nothing about authenticity: only `_verify` does.
 
 Re-encoding a parsed quote gives the identical bytes (reserved fields and the certification data,
 including any trailing NUL after the PEM chain, are kept verbatim).
@@ -54,23 +54,26 @@ __all__ = [
 # --- constants ------------------------------------------------------------------------------------
 
 QUOTE_HEADER_SIZE: Final = 48  # E.1
-REPORT_BODY_SIZE: Final = 384  # E.2, sgx_report_body_t
+REPORT_BODY_SIZE: Final = 384  # sgx_report_body_t (docs/formats.md#quote-body)
 QUOTE_SIGNED_SIZE: Final = QUOTE_HEADER_SIZE + REPORT_BODY_SIZE  # 432: the ISV signature covers [0, 432)
-_SIG_LEN_SIZE: Final = 4  # u32 signature_data_len at quote offset 432 (E.2)
-_SIG_DATA_FIXED_SIZE: Final = 576  # sig 64 + attest key 64 + QE report 384 + QE report sig 64 (E.3)
-# Gramine's /dev/attestation/quote buffer holds at most 8192 bytes (gramine-interop D, SGX_QUOTE_MAX_SIZE);
-# real type-5 quotes are 4.4-5 KB. A larger input is refused before anything else is looked at.
+_SIG_LEN_SIZE: Final = 4  # u32 signature_data_len at quote offset 432 (docs/formats.md#quote-body)
+_SIG_DATA_FIXED_SIZE: Final = (
+    576  # sig 64 + attest key 64 + QE report 384 + QE report sig 64 (docs/formats.md#quote-signature)
+)
+# Gramine's /dev/attestation/quote buffer holds at most 8192 bytes (SGX_QUOTE_MAX_SIZE;
+# docs/formats.md#dev-attestation); real type-5 quotes are 4.4-5 KB. A larger input is refused before anything
+# else is looked at.
 MAX_QUOTE_BYTES: Final = 8192
 
-QUOTE_VERSION_3: Final = 3  # E.1: SGX ECDSA quotes from QE3
-ATT_KEY_TYPE_ECDSA_P256: Final = 2  # E.1: 2 = ECDSA-256-with-P-256 (3 = P-384, unsupported by dcap-qvl)
+QUOTE_VERSION_3: Final = 3  # SGX ECDSA quotes from QE3 (docs/formats.md#quote-header)
+ATT_KEY_TYPE_ECDSA_P256: Final = 2  # 2 = ECDSA-256-with-P-256 (3 = P-384, unsupported by dcap-qvl)
 TEE_TYPE_SGX: Final = 0x00000000  # E.1 (v4/v5 header offset 4)
 TEE_TYPE_TDX: Final = 0x00000081
-CERT_DATA_TYPE_PCK_CHAIN: Final = 5  # E.3: PEM PCK leaf || PCK CA || root
-# E.1: Intel's QE vendor ID; dcap-qvl refuses any other ("Unknown QE vendor ID", dcap-verification 4.2).
+CERT_DATA_TYPE_PCK_CHAIN: Final = 5  # PEM: PCK leaf, PCK CA, root
+# Intel's QE vendor ID; dcap-qvl refuses any other ("Unknown QE vendor ID", docs/formats.md#dcap-checks).
 INTEL_QE_VENDOR_ID: Final = bytes.fromhex("939A7233F79C4CA9940A0DB3957F0607")
 
-# E.2: ATTRIBUTES.flags bits (u64 at report-body offset 48).
+# ATTRIBUTES.flags bits (docs/formats.md#quote-body) (u64 at report-body offset 48).
 ATTRIBUTE_INIT: Final = 0x01
 ATTRIBUTE_DEBUG: Final = 0x02
 ATTRIBUTE_MODE64BIT: Final = 0x04
@@ -169,7 +172,7 @@ def _need(data: bytes | memoryview, size: int, what: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class QuoteHeader:
-    """The 48-byte quote header (E.1); shared by v3, v4 and v5 quotes."""
+    """The 48-byte quote header (docs/formats.md#quote-header); shared by v3, v4 and v5 quotes."""
 
     version: int
     att_key_type: int
@@ -206,7 +209,8 @@ def parse_quote_header(quote: bytes) -> QuoteHeader:
 
 @dataclass(frozen=True, slots=True)
 class ReportBody:
-    """An SGX report body (E.2): the enclave's measured identity plus 64 bytes it chose (report_data)."""
+    """An SGX report body (docs/formats.md#quote-body): the enclave's measured identity plus 64 bytes it chose
+    (report_data)."""
 
     cpu_svn: bytes
     misc_select: int
@@ -292,9 +296,9 @@ class ReportBody:
 
 # --- signature data -------------------------------------------------------------------------------
 
-# E.3: type-5 data is PEM certificates back to back, optionally ended by one NUL (as QE3 writes it).
-# Nothing else is tolerated: dcap-qvl's own PEM reading is lenient (it accepts e.g. a vertical tab for a
-# line feed), and a quote must not verify after any byte of it changed.
+# Type-5 data (docs/formats.md#quote-signature) is PEM certificates back to back, optionally ended by one NUL
+# (as QE3 writes it). Nothing else is tolerated: dcap-qvl's own PEM reading is lenient (it accepts e.g. a
+# vertical tab for a line feed), and a quote must not verify after any byte of it changed.
 _PEM_CERT = re.compile(
     rb"-----BEGIN CERTIFICATE-----\r?\n(?:[A-Za-z0-9+/]+={0,2}\r?\n)+-----END CERTIFICATE-----(?:\r?\n)?"
 )
@@ -303,7 +307,7 @@ _CERT_CHAIN = re.compile(rb"(?:" + _PEM_CERT.pattern + rb")+\x00?")
 
 @dataclass(frozen=True, slots=True)
 class EcdsaSignatureData:
-    """The v3 ECDSA signature data (E.3) with type-5 certification data."""
+    """The v3 ECDSA signature data (docs/formats.md#quote-signature) with type-5 certification data."""
 
     isv_signature: bytes
     attestation_key: bytes
@@ -372,7 +376,7 @@ class EcdsaSignatureData:
         )
 
     def pck_chain_pem(self) -> list[bytes]:
-        """The PEM certificates of the type-5 chain, leaf first (E.3: leaf || PCK CA || root)."""
+        """The PEM certificates of the type-5 chain, leaf first (leaf, PCK CA, root)."""
         return [m.group(0) for m in _PEM_CERT.finditer(self.certification_data)]
 
 
@@ -381,7 +385,7 @@ class EcdsaSignatureData:
 
 @dataclass(frozen=True, slots=True)
 class QuoteV3:
-    """An SGX DCAP ECDSA quote, version 3 (E.1-E.3)."""
+    """An SGX DCAP ECDSA quote, version 3 (docs/formats.md#quote)."""
 
     header: QuoteHeader
     report_body: ReportBody
@@ -418,7 +422,7 @@ class QuoteV3:
         return out
 
     def signed_bytes(self) -> bytes:
-        """quote[0:432], the bytes the attestation key signs (E.3)."""
+        """quote[0:432], the bytes the attestation key signs (docs/formats.md#quote-signature)."""
         return self.header.to_bytes() + self.report_body.to_bytes()
 
 

@@ -8,7 +8,7 @@ Theory of operation
    `QuoteFormatError`);
 2. runs dcap-qvl 0.7.0's `QuoteVerifier(root_ca_der=trust.root_ca_der).verify_with_policy(...)`: the root
    CRL, the PCK chain and CRLs, TCB info and QE identity signatures and dates, the QE report and its
-   binding to the attestation key, the quote signature and the TCB level (dcap-verification.md 1.4). Only
+   binding to the attestation key, the quote signature and the TCB level (docs/formats.md#dcap-checks). Only
    the trust anchor differs between real and simulated quotes; the code path is identical;
 3. checks what dcap-qvl leaves unchecked or reports: the PCK chain embedded in the quote must end with
    the trusted root itself (dcap-qvl ignores that copy), the claims must describe the header and report
@@ -81,8 +81,8 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 # Intel SGX Root CA (public certificate; dcap-qvl `src/TrustedRootCA.der`, also published by Intel at
-# certificates.trustedservices.intel.com). SHA-256 of this DER, from dcap-verification.md 1.5 and
-# testvectors/dcap/README.md; checked at import.
+# certificates.trustedservices.intel.com). SHA-256 of this DER (docs/formats.md#dcap-root);
+# checked at import.
 INTEL_SGX_ROOT_CA_SHA256: Final = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
 INTEL_SGX_ROOT_CA_DER: Final = base64.b64decode(
     "MIICjzCCAjSgAwIBAgIUImUM1lqdNInzg7SVUr9QGzknBqwwCgYIKoZIzj0EAwIwaDEaMBgGA1UEAwwRSW50ZWwgU0dYIFJvb3Qg"
@@ -340,7 +340,8 @@ def _check_claims(parsed: QuoteV3, claims: dict[str, Any], trust: TrustConfig) -
 
 
 def _check_embedded_root(parsed: QuoteV3, trust: TrustConfig) -> None:
-    """The PCK chain in the quote must end with the trusted root itself (E.3: leaf || PCK CA || root).
+    """The PCK chain in the quote must end with the trusted root itself (leaf, PCK CA, root:
+    docs/formats.md#quote-signature).
 
     dcap-qvl anchors the chain at `trust.root_ca_der` and ignores the copy of the root in the quote, so
     without this check the bytes of that copy would be unauthenticated. Intel's QVL makes the same
@@ -366,8 +367,8 @@ def _check_embedded_root(parsed: QuoteV3, trust: TrustConfig) -> None:
 
 
 def _check_attributes(flags: int) -> None:
-    """Enclave attribute checks of Gramine's RA-TLS verifier (gramine-interop.md C.6): the enclave must
-    be initialised and 64-bit, and must not hold the provisioning or launch key (those are Intel's
+    """Enclave attribute checks of Gramine's RA-TLS verifier (docs/formats.md#ratls-attributes): the enclave
+    must be initialised and 64-bit, and must not hold the provisioning or launch key (those are Intel's
     architectural enclaves, never an application). DEBUG is refused by dcap-qvl before this point."""
     if not flags & ATTRIBUTE_INIT:
         raise VerificationError("enclave attributes: INIT is not set")

@@ -8,15 +8,15 @@ file: the program, every library, the Python packages, the CA that authenticates
 arguments (`loader.argv`) and the environment (`loader.env`). The host controls nothing else: no argument
 from the command line (never `loader.insecure__use_cmdline_argv`), no host environment, no pass-through
 ("allowed") files. Only two things come from the host, both as encrypted mounts (Gramine protected files,
-gramine-interop.md A) under the key the secret-provisioning service releases after attestation: the model
+docs/formats.md#pf) under the key the secret-provisioning service releases after attestation: the model
 tree and the TLS configuration (`ssl.cfg`, which holds the server's private key).
 
-Protected files are bound to the host path Gramine opens them under (A.10): a file opened at
-`PATH/REST` in an encrypted mount `{path = PATH, uri = "file:URI"}` is checked against the string
-`normalize(URI + "/" + REST)`. The mounts are therefore made from the same strings `confserve model
-encrypt` and `confserve tls --encrypt-with` bind to: the model's bind root (default: the `--out` path as
-given, e.g. `models/digits`) and the ssl.cfg bound path (default `ssl.cfg`), both relative to the
-directory `gramine-sgx` runs in. Inside the enclave they appear at `/` + that path.
+Protected files are bound to the host path Gramine opens them under (docs/formats.md#pf-path): a file opened
+at `PATH/REST` in an encrypted mount `{path = PATH, uri = "file:URI"}` is checked against the string
+`normalize(URI + "/" + REST)`. The mounts are therefore made from the same strings `confserve model encrypt`
+and `confserve tls --encrypt-with` bind to: the model's bind root (default: the `--out` path as given, e.g.
+`models/digits`) and the ssl.cfg bound path (default `ssl.cfg`), both relative to the directory `gramine-sgx`
+runs in. Inside the enclave they appear at `/` + that path.
 
 Variants:
 
@@ -25,7 +25,7 @@ Variants:
   installs it as Gramine key `default` (`SECRET_PROVISION_SET_KEY`, as Gramine's own client does), which
   opens the encrypted mounts; Gramine decrypts and checks every block.
 * `tf-serving`: the reference's arrangement, fixed: the real `tensorflow_model_server` with Gramine's
-  `libsecret_prov_attest.so` preloaded (SECRET_PROVISION_* variables, gramine-interop.md B.1), talking to
+  `libsecret_prov_attest.so` preloaded (SECRET_PROVISION_* variables, docs/formats.md#sp-client), talking to
   confserve's secret-provisioning service; the whole model directory and ssl.cfg are encrypted mounts;
   TF Serving's plaintext REST port is off (it cannot serve TLS).
 
@@ -354,8 +354,8 @@ def render_gramine_manifest(config: GramineConfig) -> str:
     lines += [_mount(ca_dir, ca_dir)]
     lines += [
         '  { type = "tmpfs", path = "/tmp" },',
-        "  # The only host data: encrypted, bound to these host paths (gramine-interop.md A.10), opened with",
-        "  # the key the secret-provisioning service releases after attestation.",
+        "  # The only host data: encrypted, bound to these host paths (confserve's docs/formats.md#pf-path),",
+        "  # opened with the key the secret-provisioning service releases after attestation.",
         _mount(_in_enclave(model), model, "encrypted", config.key_name),
         _mount(_in_enclave(ssl_cfg), ssl_cfg, "encrypted", config.key_name),
         "]",

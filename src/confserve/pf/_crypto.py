@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives.cmac import CMAC
 from confserve.pf._errors import IntegrityError
 from confserve.pf._format import IV, KDF_LABEL, KDF_NONCE_SIZE
 
-# NIST SP 800-108 counter-mode KDF block (A.6): counter u32 = 1 | label, NUL-padded to 64 | nonce[32] |
-# output length in bits u32 = 128. One AES-CMAC block chain, no truncation.
+# NIST SP 800-108 counter-mode KDF block (docs/formats.md#pf-kdf): counter u32 = 1 | label, NUL-padded to 64 |
+# nonce[32] | output length in bits u32 = 128. One AES-CMAC block chain, no truncation.
 _KDF_PREFIX = struct.pack("<I", 1) + KDF_LABEL.ljust(64, b"\0")
 _KDF_SUFFIX = struct.pack("<I", 128)
 

@@ -1,10 +1,10 @@
-"""The protected-file format: constants, binary layouts and node geometry (gramine-interop.md A.3-A.9).
+"""The protected-file format: constants, binary layouts and node geometry (docs/formats.md#pf).
 
-A protected file is a sequence of 4096-byte nodes. Node 0 is the metadata node; when the plaintext is
-longer than the 3072 bytes kept inside the metadata, node 1 is the root of a Merkle hash tree (MHT) and
-data nodes follow, 96 of them after each MHT node. Every node is AES-128-GCM ciphertext under its own
-random key, with a zero IV and no AAD; a node's key and tag live in its parent, the root's in the
-metadata header, whose key is derived from the wrap key (A.6). Layouts are (offset, size) tables.
+A protected file is a sequence of 4096-byte nodes. Node 0 is the metadata node; when the plaintext is longer
+than the 3072 bytes kept inside the metadata, node 1 is the root of a Merkle hash tree (MHT) and data nodes
+follow, 96 of them after each MHT node. Every node is AES-128-GCM ciphertext under its own random key, with a
+zero IV and no AAD; a node's key and tag live in its parent, the root's in the metadata header, whose key is
+derived from the wrap key (docs/formats.md#pf-kdf). Layouts are (offset, size) tables.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Final
 
 NODE_SIZE: Final = 4096  # PF_NODE_SIZE
 KEY_SIZE: Final = 16  # AES-128: PF_KEY_SIZE
-IV: Final = bytes(12)  # every AES-GCM operation uses a zero IV (A.3), safe because keys are single-use
+# Every AES-GCM operation uses a zero IV, safe because keys are single-use (docs/formats.md#pf-node-keys).
+IV: Final = bytes(12)
 MAC_SIZE: Final = 16  # PF_MAC_SIZE
 FILE_ID: Final = b"GRAFS_PF"  # PF_FILE_ID 0x46505f5346415247, little-endian on disk
 MAJOR_V1: Final = 1  # written by Gramine v1.3.1 ... v1.8
@@ -30,7 +31,8 @@ CRYPTO_ENTRY_SIZE: Final = KEY_SIZE + MAC_SIZE  # gcm_crypto_data_t: key[16] || 
 KDF_LABEL: Final = b"SGX-PROTECTED-FS-METADATA-KEY"
 KDF_NONCE_SIZE: Final = 32
 
-# Metadata node, plain part (A.4). Offsets of the encrypted blob differ by one byte between versions.
+# Metadata node, plain part (docs/formats.md#pf-metadata-node). Offsets of the encrypted blob differ by one
+# byte between versions.
 #   offset size field
 #   0      8    file_id "GRAFS_PF"
 #   8      1    major_version
@@ -47,7 +49,7 @@ OFF_META_MAC: Final = 42
 OFF_FLAGS_V2: Final = 58
 ENCRYPTED_HEADER_OFFSET: Final = {MAJOR_V1: 58, MAJOR_V2: 59}
 
-# Encrypted header, plaintext form (A.5), 3884 bytes.
+# Encrypted header, plaintext form (docs/formats.md#pf-header), 3884 bytes.
 #   offset size field
 #   0      772  file_path, NUL-terminated, zero-filled
 #   772    8    file_size (u64 LE)
@@ -62,7 +64,7 @@ HDR_OFF_DATA: Final = 812
 HEADER_SIZE: Final = 3884
 SIZE_STRUCT: Final = struct.Struct("<Q")
 
-# MHT node plaintext (A.8): 96 data entries then 32 child-MHT entries, 32 bytes each.
+# MHT node plaintext (docs/formats.md#pf-mht): 96 data entries then 32 child-MHT entries, 32 bytes each.
 MHT_OFF_CHILDREN: Final = ATTACHED_DATA_NODES * CRYPTO_ENTRY_SIZE  # 3072
 
 # One "group" on disk is an MHT node followed by its 96 data nodes: physical nodes 1+97m .. 97+97m.
@@ -81,7 +83,8 @@ def mht_node_count(size: int) -> int:
 
 
 def host_size(size: int) -> int:
-    """Exact size on disk of a freshly written protected file with `size` plaintext bytes (A.9)."""
+    """Exact size on disk of a freshly written protected file with `size` plaintext bytes
+    (docs/formats.md#pf-size)."""
     return NODE_SIZE * (1 + mht_node_count(size) + data_node_count(size))
 
 

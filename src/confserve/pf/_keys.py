@@ -1,4 +1,5 @@
-"""Wrap keys: the 16 raw bytes from which every protected file's metadata key is derived (A.2).
+"""Wrap keys: the 16 raw bytes from which every protected file's metadata key is derived
+(docs/formats.md#pf-wrap-key).
 
 A key file holds exactly 16 raw bytes (no hex, no newline), as `gramine-sgx-pf-crypt gen-key` writes.
 `WrapKey` never shows its bytes in `repr` or `str`, so it cannot leak into a log line by accident.

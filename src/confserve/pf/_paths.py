@@ -1,9 +1,9 @@
 """The bound path: which string a protected file stores, exactly as Gramine computes it.
 
-Gramine binds a protected file to the *normalised host path* it is opened under (gramine-interop.md
-A.10): the mount URI without `file:`, plus `/` and the path relative to the mount point, normalised
-lexically by `get_norm_path`. The comparison on open is byte-for-byte. No symlink resolution, no cwd
-joining, no basename: "models/m/1/saved_model.pb" and "/models/m/1/saved_model.pb" are different bindings.
+Gramine binds a protected file to the *normalised host path* it is opened under (docs/formats.md#pf-path): the
+mount URI without `file:`, plus `/` and the path relative to the mount point, normalised lexically by
+`get_norm_path`. The comparison on open is byte-for-byte. No symlink resolution, no cwd joining, no basename:
+"models/m/1/saved_model.pb" and "/models/m/1/saved_model.pb" are different bindings.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ __all__ = ["bind_path", "normalize_path"]
 
 
 def normalize_path(path: str) -> str:
-    """Gramine's lexical normalisation (A.10).
+    """Gramine's lexical normalisation (docs/formats.md#pf-path).
 
     Collapses repeated `/`, drops `.` components, lets `x/..` remove `x`, keeps leading `..` in a
     relative path, drops `..` at the root of an absolute path, removes a trailing `/`, and keeps an

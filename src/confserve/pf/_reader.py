@@ -1,13 +1,13 @@
 """Reading a protected file: a seekable, read-only, file-like view of its plaintext.
 
-Theory of operation. Opening reads and authenticates the metadata node (A.12): the magic and version
-are checked, the metadata key is derived from the wrap key and the per-file nonce, and the 3884-byte
-header is decrypted under GCM, which authenticates the bound path, the plaintext size, the root MHT
-node's key and tag, and the first 3 KiB of plaintext. Everything else is verified lazily on read: a data
-node is decrypted with the key and tag found in its MHT node, which is itself authenticated through its
-ancestors up to the root. Since every node key is random and every tag sits in the parent, a node
-swapped, replayed from another file or reordered fails its tag. The host size must be exactly what the
-authenticated plaintext size implies, so truncation and extension are caught at open.
+Theory of operation. Opening reads and authenticates the metadata node (docs/formats.md#pf-read): the magic
+and version are checked, the metadata key is derived from the wrap key and the per-file nonce, and the
+3884-byte header is decrypted under GCM, which authenticates the bound path, the plaintext size, the root MHT
+node's key and tag, and the first 3 KiB of plaintext. Everything else is verified lazily on read: a data node
+is decrypted with the key and tag found in its MHT node, which is itself authenticated through its ancestors
+up to the root. Since every node key is random and every tag sits in the parent, a node swapped, replayed from
+another file or reordered fails its tag. The host size must be exactly what the authenticated plaintext size
+implies, so truncation and extension are caught at open.
 
 Memory is bounded whatever the file size: a small LRU of MHT nodes, the last data node, and one reused
 read buffer for the 96 data nodes of a group (384 KiB).

@@ -1,4 +1,5 @@
-"""Writing a protected file that every Gramine version of the chosen format reads (A.11).
+"""Writing a protected file that every Gramine version of the chosen format reads
+(docs/formats.md#pf-write).
 
 Theory of operation. Plaintext arrives as a stream. The first 3 KiB stay in memory for the header;
 every further 4096 bytes become a data node, encrypted at once under a fresh random key into the buffer
@@ -218,7 +219,8 @@ class ProtectedFileWriter:
         node0[OFF_MINOR] = MINOR_VERSION
         node0[OFF_NONCE : OFF_NONCE + KDF_NONCE_SIZE] = nonce
         node0[OFF_META_MAC : OFF_META_MAC + 16] = sealed[HEADER_SIZE:]
-        off = ENCRYPTED_HEADER_OFFSET[self._version]  # v2: feature_flags at 58 stays 0 (A.12)
+        # v2: the flags byte at 58 stays 0 (docs/formats.md#pf-metadata-node)
+        off = ENCRYPTED_HEADER_OFFSET[self._version]
         node0[off : off + HEADER_SIZE] = sealed[:HEADER_SIZE]
         self._f.seek(0)
         self._f.write(node0)

@@ -1,7 +1,7 @@
 """The in-enclave client: attest with RA-TLS, fetch named secrets, keep them in memory only.
 
-Behaviour follows Gramine's `libsecret_prov_attest.so` (gramine-interop.md B.1, B.2) where it matters for
-interoperability, and improves on it where Gramine gives up early:
+Behaviour follows Gramine's `libsecret_prov_attest.so` (docs/formats.md#sp-client, #sp-tls) where it matters
+for interoperability, and improves on it where Gramine gives up early:
 
 * servers come from a `SECRET_PROVISION_SERVERS`-style list (separators `,` `;` or space; `host:port`;
   entries missing host or port skipped; default `localhost:4433`);
@@ -67,8 +67,8 @@ __all__ = [
     "request_secrets",
 ]
 
-DEFAULT_SERVERS: Final = f"localhost:{DEFAULT_PORT}"  # Gramine's default (B.1)
-KEY_SIZE: Final = 16  # SECRET_PROVISION_SET_KEY requires exactly 16 bytes (B.1)
+DEFAULT_SERVERS: Final = f"localhost:{DEFAULT_PORT}"  # Gramine's default (docs/formats.md#sp-client)
+KEY_SIZE: Final = 16  # SECRET_PROVISION_SET_KEY requires exactly 16 bytes (docs/formats.md#sp-client)
 _SEPARATORS: Final = re.compile(r"[,; ]")
 _KEY_NAME_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")  # a file name under keys/
 _TRUTHY: Final = ("1", "true", "TRUE")  # Gramine's reading of SECRET_PROVISION_SET_PF_KEY
@@ -169,7 +169,7 @@ class KeyInstaller(Protocol):
 
 class DevAttestationKeys:
     """Gramine's /dev/attestation/keys: one `write` of the 16 raw bytes; the key name must already exist
-    (declared in the manifest), or opening it fails (gramine-interop.md A.2, B.1)."""
+    (declared in the manifest), or opening it fails (docs/formats.md#pf-wrap-key)."""
 
     def __init__(self, root: Path = Path("/dev/attestation/keys")) -> None:
         self._root = root

@@ -8,7 +8,7 @@ decrypted bytes they read into `ServerConnection.receive_data` / `ClientConnecti
 out the bytes these objects return. Every input is bounded; anything malformed, oversized, truncated or
 out of order raises `ProtocolError` (never another exception).
 
-**Gramine protocol** (gramine-interop.md B.3; unchanged from Gramine v1.0 to v1.9):
+**Gramine protocol** (docs/formats.md#sp-wire; unchanged from Gramine v1.0 to v1.9):
 
 | direction        | offset | size | content                                                    |
 |------------------|--------|------|------------------------------------------------------------|
@@ -78,9 +78,9 @@ __all__ = [
     "check_secret_name",
 ]
 
-DEFAULT_PORT: Final = 4433  # Gramine's secret-provisioning port (its client's and servers' default)
-GRAMINE_REQUEST: Final = b"SECRET_PROVISION_RA_TLS_REQUEST_V1\0"  # 35 bytes (B.3)
-GRAMINE_RESPONSE_PREFIX: Final = b"SECRET_PROVISION_RA_TLS_RESPONSE_V1:\0"  # 37 bytes (B.3)
+DEFAULT_PORT: Final = 4433  # Gramine's port, its clients' and servers' default (docs/formats.md#sp-wire)
+GRAMINE_REQUEST: Final = b"SECRET_PROVISION_RA_TLS_REQUEST_V1\0"  # 35 bytes
+GRAMINE_RESPONSE_PREFIX: Final = b"SECRET_PROVISION_RA_TLS_RESPONSE_V1:\0"  # 37 bytes
 EXT_REQUEST_MAGIC: Final = b"CONFSERVE_SECRET_PROV_REQUEST_V1\0"  # 33 bytes
 EXT_RESPONSE_MAGIC: Final = b"CONFSERVE_SECRET_PROV_RESPONSE_V1\0"  # 34 bytes
 assert len(GRAMINE_REQUEST) == 35

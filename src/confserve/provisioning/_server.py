@@ -6,8 +6,8 @@ Two stages, so that what an anonymous peer can do never holds what authenticated
 
 * **Pre-authentication** (`_admission.AdmissionStage`, one thread, non-blocking sockets): admission
   (per-address rate and cap, eviction when full), the TLS handshake (requesting a client certificate and
-  accepting any, B.5) and the request read, each under a deadline. An idle or slow peer holds a slot of this
-  bounded stage, never a thread.
+  accepting any, docs/formats.md#sp-tls) and the request read, each under a deadline. An idle or slow peer
+  holds a slot of this bounded stage, never a thread.
 * **Decision** (a pool of `max_connections` workers): a connection whose I/O is done is handed to a free
   worker, which gathers the client's certificates and calls `_decision.decide` (RA-TLS + DCAP
   verification, policy, the requested names; a pure function of its inputs and the clock), appends the

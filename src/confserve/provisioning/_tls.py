@@ -1,9 +1,9 @@
 """TLS for secret provisioning: pyOpenSSL contexts and a memory-BIO channel driven over a socket.
 
-Why pyOpenSSL: the server must request the enclave's self-signed RA-TLS certificate and accept it at the
-TLS layer whatever its issuer (its authority is the quote inside, checked afterwards; gramine-interop.md
-B.5). The standard `ssl` module cannot do that (`CERT_REQUIRED` always builds a chain to a trusted CA), and
-it cannot take the enclave's fresh private key from memory either; pyOpenSSL can do both
+Why pyOpenSSL: the server must request the enclave's self-signed RA-TLS certificate and accept it at the TLS
+layer whatever its issuer (its authority is the quote inside, checked afterwards; docs/formats.md#sp-tls). The
+standard `ssl` module cannot do that (`CERT_REQUIRED` always builds a chain to a trusted CA), and it cannot
+take the enclave's fresh private key from memory either; pyOpenSSL can do both
 (`set_verify(..., callback -> True)`, `use_privatekey(<cryptography key>)`).
 
 Why memory BIOs: OpenSSL never touches the socket. `TlsChannel` moves ciphertext between the socket and
@@ -95,7 +95,8 @@ def load_private_key(path: str) -> PrivateKey:
 
 def _base_context(method: int) -> SSL.Context:
     ctx = SSL.Context(method)
-    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)  # Gramine v1.3.1 speaks TLS 1.2 only (B.2)
+    # Gramine v1.3.1 speaks TLS 1.2 only (docs/formats.md#sp-tls)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
     ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_RENEGOTIATION)
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
@@ -154,7 +155,7 @@ def _dns_match(pattern: str, host: str) -> bool:
 
 def check_hostname(cert: x509.Certificate, host: str) -> None:
     """The server certificate must name `host`: SAN dNSName / iPAddress if a SAN is present, else CN
-    (mbedTLS's rule, which Gramine's client uses; gramine-interop.md B.2). Raises TlsError."""
+    (mbedTLS's rule, which Gramine's client uses; docs/formats.md#sp-tls). Raises TlsError."""
     try:
         address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
     except ValueError:

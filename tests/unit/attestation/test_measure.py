@@ -63,7 +63,7 @@ def test_generated_key_is_sgx_shaped(key: rsa.RSAPrivateKey) -> None:
 
 def test_mr_signer_known_answer_independent_formulation(key: rsa.RSAPrivateKey) -> None:
     # Independent route: modulus from the DER SubjectPublicKeyInfo via the PKCS#1 big-endian bytes,
-    # reversed to little-endian (E.6: SHA-256 of the 384-byte little-endian modulus).
+    # reversed to little-endian (docs/formats.md#sigstruct: SHA-256 of the 384-byte little-endian modulus).
     n = key.private_numbers().public_numbers.n
     big_endian = n.to_bytes(384, "big")
     expected = hashlib.sha256(big_endian[::-1]).digest()
@@ -316,7 +316,7 @@ def test_layout_tiles_the_structure_and_matches_the_spec() -> None:
         position += size
     assert position == SIGSTRUCT_SIZE == 1808
     fields = {name: (offset, size) for offset, size, name in SIGSTRUCT_LAYOUT}
-    # gramine-interop.md E.6
+    # docs/formats.md#sigstruct
     assert fields["modulus"] == (128, 384)
     assert fields["exponent"] == (512, 4)
     assert fields["signature"] == (516, 384)
@@ -338,7 +338,7 @@ def test_round_trip(key: rsa.RSAPrivateKey, sigstruct: bytes) -> None:
     assert parsed.date_iso == "2026-01-01"
     assert parsed.attributes_flags == 0x04
     assert parsed.attributes_xfrm == 0x03
-    # E.6: MRSIGNER is the hash of bytes [128, 512) as stored.
+    # docs/formats.md#sigstruct: MRSIGNER is the hash of bytes [128, 512) as stored.
     assert parsed.mr_signer == hashlib.sha256(sigstruct[128:512]).digest()
 
 

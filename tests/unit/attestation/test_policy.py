@@ -22,7 +22,7 @@ from confserve.attestation import (
 )
 from confserve.attestation._policy import KNOWN_TCB_STATUSES, MAX_POLICY_FILE_BYTES
 
-# The reference's committed ra_config.json values are quoted truncated in reference-solution.md §1.3
+# The reference's committed ra_config.json values are quoted truncated in the reference's notes
 # ("7de5ab70…fd90", "b11a7be3…6ae8"); the middle is filled in here.
 REF_ENCLAVE = "7de5ab70" + "00" * 26 + "fd90"
 REF_SIGNER = "b11a7be3" + "11" * 26 + "6ae8"

@@ -108,7 +108,7 @@ def test_gramine_certificate_shape(creds: object) -> None:
     assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
     legacy = cert.extensions.get_extension_for_oid(LEGACY_QUOTE_OID)
     assert not legacy.critical
-    # Byte-exact placement of the legacy extension as Gramine writes it (C.2), long-form length.
+    # Byte-exact placement of the legacy extension as Gramine writes it (docs/formats.md#ratls-legacy), long-form length.
     der = cert.public_bytes(serialization.Encoding.DER)
     marker = bytes.fromhex("060b06092a864886f84d8a3906") + b"\x04\x82"
     at = der.index(marker)

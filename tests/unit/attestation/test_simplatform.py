@@ -1,4 +1,4 @@
-"""The simulated platform: PKI shape required by dcap-qvl (dcap-verification.md 4.2), quote structure,
+"""The simulated platform: PKI shape required by dcap-qvl (docs/formats.md#dcap-simulated), quote structure,
 collateral shape, persistence with restrictive file modes."""
 
 from __future__ import annotations

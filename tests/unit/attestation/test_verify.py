@@ -148,7 +148,7 @@ def test_flipped_byte_anywhere_in_real_quote_fails(sgx_quote: bytes, sgx_collate
 
 def test_flipped_report_data_fails_on_the_isv_signature(sgx_quote: bytes, sgx_collateral: Collateral) -> None:
     tampered = bytearray(sgx_quote)
-    tampered[368] ^= 0x01  # first byte of REPORTDATA (E.2)
+    tampered[368] ^= 0x01  # first byte of REPORTDATA (docs/formats.md#quote-body)
     with pytest.raises(VerificationError, match="ISV enclave report signature is invalid"):
         verify(bytes(tampered), sgx_collateral, INTEL, SGX_NOW)
 
@@ -643,7 +643,7 @@ def test_root_without_an_ec_key_is_refused() -> None:
 def test_enclave_attribute_checks(
     platform: SimPlatform, sim_trust: TrustConfig, flags: int, message: str
 ) -> None:
-    """Gramine's RA-TLS attribute rules (C.6) hold for every quote, simulated or real."""
+    """Gramine's RA-TLS attribute rules (docs/formats.md#ratls-attributes) hold for every quote, simulated or real."""
     attributes = flags.to_bytes(8, "little") + bytes(8)
     quote = platform.quote(REPORT_DATA, IDENTITY, attributes=attributes)
     with pytest.raises(VerificationError, match=message):

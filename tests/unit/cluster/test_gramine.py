@@ -178,7 +178,7 @@ def test_encrypted_mounts_use_the_key_the_service_releases(variant: Variant) -> 
 
 
 def host_path_for(mounts: list[dict[str, str]], enclave_path: str) -> str:
-    """The host string Gramine binds a file opened at `enclave_path` to (gramine-interop.md A.10)."""
+    """The host string Gramine binds a file opened at `enclave_path` to (docs/formats.md#pf-path)."""
     for mount in mounts:
         root = mount["path"]
         if enclave_path == root or enclave_path.startswith(root + "/"):

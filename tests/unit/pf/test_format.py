@@ -16,7 +16,7 @@ KEY = pf.WrapKey(bytes.fromhex("ffeeddccbbaa99887766554433221100"))
 
 
 def test_kdf_self_check_vector() -> None:
-    # gramine-interop.md A.6: KDK ffeedd..00, nonce 00..1f.
+    # docs/formats.md#pf-kdf: KDK ffeedd..00, nonce 00..1f.
     assert derive_metadata_key(KEY.raw(), bytes(range(32))).hex() == "13023cb37e5faf2da6ea64ba7c79cc62"
 
 
