@@ -1,5 +1,5 @@
 """RA-TLS certificates in Gramine's formats: make them from an attester, verify them against a quote
-verifier (gramine-interop.md C).
+verifier (docs/formats.md#ratls).
 
 Theory of operation. An RA-TLS certificate is self-signed; its authority is the SGX quote inside it,
 whose report_data commits to the certificate's public key, so whoever completes a TLS handshake with the
@@ -10,11 +10,12 @@ and accepts all of them:
 |-------------|------------|------------|------------------------------------------------------------------|
 | LEGACY_RSA  | v1.3.x     | RSA-3072   | legacy extension: quote with report_data = SHA-256(SPKI) || 0*32 |
 | LEGACY_EC   | v1.4-v1.7  | ECDSA P-384| the same legacy extension                                        |
-| TCG_DICE    | v1.8+      | ECDSA P-384| legacy extension, plus TCG DICE tagged evidence (C.3): a second  |
+| TCG_DICE    | v1.8+      | ECDSA P-384| legacy extension, plus TCG DICE tagged evidence: a second        |
 |             |            |            | quote over SHA-256(CBOR claims), the claims naming the key hash  |
 
-The legacy extension's OID is the mis-encoded `0.6.9.42.840.113741.1337.6` Gramine writes (C.2); the
-correct `1.2.840.113741.1337.6` is accepted too. When the DICE extension is present only it is used, as
+The legacy extension's OID is the mis-encoded `0.6.9.42.840.113741.1337.6` Gramine writes
+(docs/formats.md#ratls-legacy); the correct `1.2.840.113741.1337.6` is accepted too (the DICE evidence:
+docs/formats.md#ratls-dice). When the DICE extension is present only it is used, as
 Gramine v1.8+ does. Verification order: parse, check the self-signature, check the key type, extract the
 evidence, check the binding of quote to key (cheap), then verify the quote (`verify_quote`, normally
 `confserve.attestation.verify` with collateral and trust bound in) and return its evidence. confserve is
@@ -53,14 +54,15 @@ __all__ = [
     "verify_ratls_certificate",
 ]
 
-LEGACY_QUOTE_OID: Final = x509.ObjectIdentifier("0.6.9.42.840.113741.1337.6")  # what Gramine writes (C.2)
+LEGACY_QUOTE_OID: Final = x509.ObjectIdentifier("0.6.9.42.840.113741.1337.6")  # what Gramine writes
 LEGACY_QUOTE_OID_CORRECT: Final = x509.ObjectIdentifier("1.2.840.113741.1337.6")  # also accepted by Gramine
-TCG_DICE_EVIDENCE_OID: Final = x509.ObjectIdentifier("2.23.133.5.4.9")  # C.3
+TCG_DICE_EVIDENCE_OID: Final = x509.ObjectIdentifier("2.23.133.5.4.9")
 _CBOR_TAG_TAGGED_EVIDENCE: Final = 60000
 _CLAIM_PUBKEY_HASH: Final = "pubkey-hash"
-# IANA named-information hash algorithm IDs accepted in the pubkey-hash claim (C.3).
+# IANA named-information hash algorithm IDs accepted in the pubkey-hash claim (docs/formats.md#ratls-dice).
 _HASH_ALGS: Final = {1: hashlib.sha256, 7: hashlib.sha384, 8: hashlib.sha512}
-_MAX_EVIDENCE_BYTES: Final = 8192  # Gramine's limit on either extension's value (C.2, C.3)
+# Gramine's limit on either extension's value (docs/formats.md#ratls-legacy).
+_MAX_EVIDENCE_BYTES: Final = 8192
 _SUBJECT: Final = x509.Name(
     [
         x509.NameAttribute(NameOID.COMMON_NAME, "RATLS"),
@@ -68,7 +70,7 @@ _SUBJECT: Final = x509.Name(
         x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
     ]
 )
-# Gramine's default validity (C.1); its verifiers ignore validity, and so does confserve's.
+# Gramine's default validity (docs/formats.md#ratls-cert); its verifiers ignore it, and so does confserve's.
 _NOT_BEFORE: Final = datetime.datetime(2001, 1, 1, tzinfo=datetime.UTC)
 _NOT_AFTER: Final = datetime.datetime(2030, 12, 31, 23, 59, 59, tzinfo=datetime.UTC)
 
@@ -111,7 +113,7 @@ def _spki(public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> bytes:
 
 
 def ratls_report_data(digest: bytes) -> bytes:
-    """report_data for a 32-byte digest: digest || 32 zero bytes (C.1)."""
+    """report_data for a 32-byte digest: digest || 32 zero bytes (docs/formats.md#ratls-cert)."""
     if len(digest) != 32:
         raise ValueError("RA-TLS report_data commits to a 32-byte SHA-256 digest")
     return digest + bytes(32)
@@ -129,7 +131,7 @@ def create_ratls_credentials(
     not_before: datetime.datetime = _NOT_BEFORE,
     not_after: datetime.datetime = _NOT_AFTER,
 ) -> RaTlsCredentials:
-    """Generate a fresh key and a self-signed RA-TLS certificate whose quote(s) bind it (C.1)."""
+    """Generate a fresh key and a self-signed RA-TLS certificate whose quote(s) bind it."""
     key: PrivateKey
     if fmt is RaTlsFormat.LEGACY_RSA:
         key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
@@ -221,7 +223,7 @@ def _check_binding(quote: bytes, digest: bytes, what: str) -> None:
 
 
 def _dice_quote(evidence: bytes, spki: bytes) -> bytes:
-    """Check the TCG DICE tagged evidence (C.3) and return its quote, which binds the claims."""
+    """Check the TCG DICE evidence (docs/formats.md#ratls-dice); return its quote, which binds the claims."""
     try:
         item = cbor2.loads(evidence)
         if not (
