@@ -539,7 +539,7 @@ class SimPlatform:
 
     @property
     def collateral_json(self) -> str:
-        """The collateral as dcap-qvl `QuoteCollateralV3` JSON (the shape of testvectors/dcap/*.json)."""
+        """The collateral as dcap-qvl `QuoteCollateralV3` JSON (docs/formats.md#dcap-collateral)."""
         return json.dumps(self._collateral, indent=1)
 
     @property

@@ -159,7 +159,7 @@ def _parse_iso(value: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Collateral:
-    """Verification collateral in dcap-qvl's `QuoteCollateralV3` JSON shape (testvectors/dcap/*.json).
+    """Verification collateral in dcap-qvl's `QuoteCollateralV3` JSON shape (docs/formats.md#dcap-collateral).
 
     `next_update` is the earliest nextUpdate of the TCB info, the QE identity and both CRLs: from then on
     the set may no longer verify (dcap-qvl treats a CRL's nextUpdate as exclusive, the JSON collateral's as
