@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     )
 
 EXIT_REFUSED = 1  # verification failed, policy refused, or an operation failed
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _hex_bytes(size: int) -> Callable[[click.Context, click.Parameter, str | None], bytes | None]:
@@ -280,6 +281,13 @@ _POLICY = click.option(
 )
 
 
+def _verification_options(command: _F) -> _F:
+    """The options verifying evidence needs: collateral or a platform, the time, the root, the policy."""
+    for option in reversed((_COLLATERAL, _SIM_PLATFORM, _NOW, _ROOT, _ALLOW_SIMULATED, _POLICY)):
+        command = option(command)
+    return command
+
+
 def _verification_setup(
     collateral_file: Path | None,
     platform_dir: Path | None,
@@ -348,12 +356,7 @@ def _verify_and_emit(
 
 @attest.command("verify-quote")
 @click.argument("quote_file", metavar="QUOTE", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@_COLLATERAL
-@_SIM_PLATFORM
-@_NOW
-@_ROOT
-@_ALLOW_SIMULATED
-@_POLICY
+@_verification_options
 @reports_errors
 def attest_verify_quote(
     quote_file: Path,
@@ -371,12 +374,7 @@ def attest_verify_quote(
 
 @attest.command("show-cert")
 @click.argument("cert_file", metavar="CERT", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@_COLLATERAL
-@_SIM_PLATFORM
-@_NOW
-@_ROOT
-@_ALLOW_SIMULATED
-@_POLICY
+@_verification_options
 @reports_errors
 def attest_show_cert(
     cert_file: Path,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -56,6 +57,17 @@ def gen_key(wrap_key: str, force: bool) -> None:
     click.echo(f"wrote wrap key {wrap_key} (fingerprint {key.fingerprint()})")
 
 
+def _report_tree(entries: list[pf.TreeEntry], verbose: bool, detail: Callable[[pf.TreeEntry], str]) -> None:
+    if verbose:
+        for entry in entries:
+            click.echo(f"{entry.relative_path}: {detail(entry)}")
+
+
+def _refuse_directory_output(output_path: str) -> None:
+    if os.path.isdir(output_path):
+        fail(f"output {output_path!r} is a directory; name the output file")
+
+
 @pf_group.command()
 @_wrap_key
 @_input
@@ -86,13 +98,10 @@ def encrypt(
     version = int(format_version)
     if os.path.isdir(input_path):
         entries = pf.encrypt_tree(input_path, output_path, key, bind_root=bound_path, format_version=version)
-        for entry in entries:
-            if verbose:
-                click.echo(f"{entry.relative_path}: bound to {entry.bound_path}")
+        _report_tree(entries, verbose, lambda e: f"bound to {e.bound_path}")
         click.echo(f"encrypted {len(entries)} files into {output_path} (format v{version})")
         return
-    if os.path.isdir(output_path):
-        fail(f"output {output_path!r} is a directory; name the output file")
+    _refuse_directory_output(output_path)
     bound = pf.encrypt_file(input_path, output_path, key, bound_path=bound_path, format_version=version)
     click.echo(
         f"encrypted {input_path} -> {output_path} (format v{version}); Gramine must open it as: {bound}"
@@ -117,13 +126,10 @@ def decrypt(
     check = _bound_for_check(verify_path, bound_path, input_path)
     if os.path.isdir(input_path):
         entries = pf.decrypt_tree(input_path, output_path, key, bind_root=check)
-        for entry in entries:
-            if verbose:
-                click.echo(f"{entry.relative_path}: {entry.size} bytes")
+        _report_tree(entries, verbose, lambda e: f"{e.size} bytes")
         click.echo(f"decrypted {len(entries)} files into {output_path}")
         return
-    if os.path.isdir(output_path):
-        fail(f"output {output_path!r} is a directory; name the output file")
+    _refuse_directory_output(output_path)
     size = pf.decrypt_file(input_path, output_path, key, bound_path=check)
     click.echo(f"decrypted {input_path} -> {output_path} ({size} bytes)")
 
