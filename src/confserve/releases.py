@@ -39,6 +39,7 @@ from confserve.errors import ConfserveError, Status
 
 __all__ = [
     "MANIFEST_FILE",
+    "MAX_MANIFEST_BYTES",
     "Release",
     "ReleaseError",
     "ReleaseKey",

@@ -212,6 +212,19 @@ class ServeOptions:
     prefer_tflite_model: bool = _opt(False, "Not supported.", refused="TensorFlow Lite models are not served")
     xla_cpu_compilation_enabled: bool = _opt(False, "Not supported.", refused="XLA JIT compilation is off")
     xla_gpu_compilation_enabled: bool = _opt(False, "Not supported.", refused="XLA JIT compilation is off")
+    # -- releases and key leases (docs/releases.md) ------------------------------------------------------
+    release_public_key: str | None = _opt(
+        None,
+        "The owner's release public key (release.pub.pem): serve only what a valid signed release lists.",
+        measured=True,
+        path="file",
+    )
+    # The owner's freshness/availability trade-off: a raised floor or a withdrawn key takes effect within
+    # one lease, and a replica that cannot renew stops serving when it ends. Five minutes by default; the
+    # key service's policy may shorten it (max_lease_seconds), never lengthen it.
+    secret_provision_lease_seconds: float = _opt(
+        300.0, "Renew the keys and release floors with the key service within this long.", minimum=2
+    )
     # -- behaviour (measured by content) ----------------------------------------------------------------
     saved_model_tags: str = _opt(
         "serve", "Comma-separated tags of the MetaGraph served from each SavedModel.", measured=True
@@ -265,6 +278,11 @@ class ServeOptions:
             raise OptionsError("--model_config_file_poll_wait_seconds needs --model_config_file")
         if self.secret_provision_set_key and not self.secret_provision_servers:
             raise OptionsError("--secret_provision_set_key needs --secret_provision_servers")
+        if self.release_public_key and self.secret_provision_set_key:
+            raise OptionsError(
+                "--release_public_key checks the files' ciphertext: Gramine's encrypted mounts "
+                "(--secret_provision_set_key) hide it"
+            )
         if self.attestation not in ("auto", "gramine", "simulated"):
             raise OptionsError(f"--attestation must be auto, gramine or simulated, not {self.attestation!r}")
         self._validate_tf_serving_flags()

@@ -23,6 +23,7 @@ from confserve import pf
 from confserve.attestation import EnclaveIdentity
 from confserve.errors import ConfserveError, Status
 from confserve.files import MAX_SMALL_FILE_BYTES, read_input, read_input_text
+from confserve.releases import load_public_key
 from confserve.replica._enclave import (
     EnclaveError,
     EnclaveRuntime,
@@ -35,7 +36,7 @@ from confserve.replica._options import OptionsError, ServeOptions
 
 if TYPE_CHECKING:
     from confserve.frontends import ModelServer, ServerSettings, TlsConfig
-    from confserve.serving import ModelConfig
+    from confserve.serving import ModelConfig, ReleasedOpener
     from confserve.serving.batching import BatchingSettings
 
 __all__ = [
@@ -91,6 +92,10 @@ def measured_args(options: ServeOptions, *, base_dir: Path | None = None) -> dic
         raise OptionsError("--secret_provision_ca_chain_path is required with secret provisioning")
     set_key = options.secret_provision_set_key
     ssl_bound = options.ssl_config_bound_path
+    releases = {}
+    if options.release_public_key is not None:
+        # The owner's release key decides what may be served: by content, so the host cannot swap it.
+        releases["release_public_key"] = _file_identity(options.release_public_key, base_dir)
     return serve_measured_args(
         models=_model_identity(options, base_dir),
         ssl_config_file=pf.normalize_path(options.ssl_config_file) if options.ssl_config_file else None,
@@ -113,6 +118,7 @@ def measured_args(options: ServeOptions, *, base_dir: Path | None = None) -> dic
             # Which MetaGraph serves, and whether signatures are refused by method name.
             "saved_model_tags": ",".join(_saved_model_tags(options)),
             "signature_method_name_check": "true" if options.enable_signature_method_name_check else "false",
+            **releases,
         },
     )
 
@@ -347,12 +353,25 @@ def _config_reader(options: ServeOptions, wrap_key: pf.WrapKey | None) -> Callab
     return read_models
 
 
+def _released_opener(public_key_path: str, wrap_key: pf.WrapKey | None) -> ReleasedOpener:
+    """The opener of a replica with a pinned release key: it serves what the owner's signed releases list,
+    decrypted with the key each release names (docs/releases.md)."""
+    from confserve.serving import KeyGrant, ReleasedOpener, StaticKeys  # noqa: PLC0415
+
+    try:
+        public_key = load_public_key(read_input(public_key_path, max_bytes=MAX_SMALL_FILE_BYTES))
+    except OSError as exc:
+        raise ReplicaError(f"cannot read --release_public_key {public_key_path}: {exc.strerror}") from None
+    keys = StaticKeys(KeyGrant(any_key=wrap_key))
+    return ReleasedOpener(public_key, keys, plaintext=wrap_key is None)
+
+
 # -- build and start ---------------------------------------------------------------------------------------
 def build(options: ServeOptions, stop: threading.Event) -> ModelServer | None:
     """Validate, attest, get the key, load the models and open the ports; returns the started server,
     or None when `stop` was set while waiting for the key. Raises ConfserveError subclasses."""
     from confserve.frontends import ModelServer  # noqa: PLC0415
-    from confserve.serving import PlainOpener, ProtectedOpener  # noqa: PLC0415
+    from confserve.serving import FileOpener, PlainOpener, ProtectedOpener  # noqa: PLC0415
 
     options.validate()
     models = _models(options)
@@ -380,7 +399,9 @@ def build(options: ServeOptions, stop: threading.Event) -> ModelServer | None:
             config_source = read_models
     assert models is not None
     tls = None if options.ssl_config_file is None else _read_tls(options, wrap_key, plaintext_ok)
-    opener = PlainOpener() if wrap_key is None else ProtectedOpener(wrap_key)
+    opener: FileOpener = PlainOpener() if wrap_key is None else ProtectedOpener(wrap_key)
+    if options.release_public_key is not None:
+        opener = _released_opener(options.release_public_key, wrap_key)
     evidence = None
     if runtime is not None and tls is not None:
         spki = _spki(tls)

@@ -47,6 +47,16 @@ from confserve.serving._metrics import DEFAULT_METRICS_PATH, ServingMetrics
 from confserve.serving._opener import FileOpener, PlainOpener
 from confserve.serving._policy import select_versions
 from confserve.serving._protected import ProtectedOpener
+from confserve.serving._releases import (
+    GatedVersions,
+    KeyGrant,
+    KeyProvider,
+    ModelRelease,
+    ReleasedOpener,
+    ReleaseRefusedError,
+    StaticKeys,
+    VersionGate,
+)
 from confserve.serving._source import AspiredVersions, FileSystemSource
 from confserve.serving._store import ModelStore
 from confserve.serving._tensors import dtype_name
@@ -77,19 +87,25 @@ __all__ = [
     "FailedPreconditionError",
     "FileOpener",
     "FileSystemSource",
+    "GatedVersions",
     "InvalidInputError",
+    "KeyGrant",
+    "KeyProvider",
     "LatestVersions",
     "LoadError",
     "Loader",
     "ManagerSettings",
     "ModelConfig",
     "ModelManager",
+    "ModelRelease",
     "ModelStore",
     "ModelUnavailableError",
     "NotFoundError",
     "PermissionDeniedError",
     "PlainOpener",
     "ProtectedOpener",
+    "ReleaseRefusedError",
+    "ReleasedOpener",
     "ResourceExhaustedError",
     "SavedModelLoader",
     "SavedModelServable",
@@ -99,7 +115,9 @@ __all__ = [
     "ServingMetrics",
     "SpecificVersions",
     "State",
+    "StaticKeys",
     "UnimplementedError",
+    "VersionGate",
     "VersionPolicy",
     "VersionStatus",
     "WarmupLoader",

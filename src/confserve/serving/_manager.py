@@ -11,9 +11,11 @@ Theory of operation (after TF Serving's AspiredVersionsManager):
   GetModelStatus. A failed version is never served and does not affect other versions or models; it is
   tried again only after the source stops and then resumes publishing it.
 - Availability preserving: a version that is no longer aspired is unloaded only once an aspired version of
-  the same model is AVAILABLE, or when the model has no aspired version at all. While every aspired version
-  is loading or has failed, the old version keeps serving (TF Serving would drop it once the new version
-  has failed; serving the last good version is the safer choice for an operator).
+  the same model is AVAILABLE, or when the model has no aspired version at all, or when the source
+  refuses it (`AspiredVersions.refused`: a release gate withdrew it; it keeps the reason as its error).
+  While every aspired version is loading or has failed, the old version keeps serving (TF Serving would
+  drop it once the new version has failed; serving the last good version is the safer choice for an
+  operator).
 - Requests hold a ref-counted `ServableHandle`. Unloading first takes the version out of the serving
   table (state UNLOADING, no new handles) and releases the servable only when the last handle is released,
   so in-flight requests never fail because of an unload.
@@ -136,11 +138,12 @@ class _Version(Generic[S]):
 
 
 class _Model(Generic[S]):
-    __slots__ = ("aspired", "labels", "versions")
+    __slots__ = ("aspired", "labels", "refused", "versions")
 
     def __init__(self) -> None:
         self.aspired: dict[int, str] = {}
         self.labels: dict[str, int] = {}
+        self.refused: dict[int, str] = {}
         self.versions: dict[int, _Version[S]] = {}
 
 
@@ -196,6 +199,13 @@ class ModelManager(Generic[S]):
             model = self._models.setdefault(aspired.model, _Model())
             model.aspired = dict(aspired.paths)
             model.labels = dict(aspired.labels)
+            model.refused = {v: r for v, r in aspired.refused.items() if v not in model.aspired}
+            for number, reason in model.refused.items():
+                if number not in model.versions:  # shown in GetModelStatus with its reason
+                    model.versions[number] = _Version(number, "")
+                    model.versions[number].move(State.END)
+                if model.versions[number].state is State.END:
+                    model.versions[number].error = reason
             for number, record in model.versions.items():
                 if number not in model.aspired and record.state is State.END:
                     record.retry_when_aspired = True
@@ -233,9 +243,13 @@ class ModelManager(Generic[S]):
         for number, record in model.versions.items():
             if number in model.aspired:
                 continue
+            refused = model.refused.get(number)
+            if refused is not None and record.state is not State.END:
+                record.error = refused
+                record.retry_when_aspired = True
             if record.state is State.START or (record.state is State.LOADING and not record.in_progress):
                 record.move(State.END)
-            elif record.state is State.AVAILABLE and (any_available or not model.aspired):
+            elif record.state is State.AVAILABLE and (any_available or not model.aspired or refused):
                 record.move(State.UNLOADING)
                 if record.refs == 0:
                     record.unload_started = True

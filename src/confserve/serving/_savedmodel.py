@@ -288,6 +288,8 @@ class SavedModelLoader:
     def _read(self, root: str, rel: str) -> bytes:
         try:
             return self._opener.read_bytes(posixpath.join(root, rel))
+        except LoadError:  # the opener's own refusal (a release gate) says why
+            raise
         except Exception as exc:
             _log.warning("cannot read model file %s: %s", rel, exc.__class__.__name__)
             raise LoadError(f"cannot read model file {rel} ({exc.__class__.__name__})") from None
