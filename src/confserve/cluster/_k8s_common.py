@@ -43,6 +43,7 @@ __all__ = [
     "new_kustomization",
     "object_meta",
     "pod_security",
+    "pod_template_patch",
     "replace_op",
     "restricted_container",
     "service_account",
@@ -173,3 +174,13 @@ PLACEHOLDER_PCCS_URL: Final = "https://pccs.example.com:8081/sgx/certification/v
 
 def replace_op(path: str, value: object) -> dict[str, object]:
     return {"op": "replace", "path": path, "value": value}
+
+
+def pod_template_patch(kind: str, metadata: dict[str, str], pod_spec: dict[str, object]) -> dict[str, object]:
+    """A strategic-merge patch of the pod template of the workload `kind` named in `metadata`."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": kind,
+        "metadata": metadata,
+        "spec": {"template": {"spec": pod_spec}},
+    }

@@ -23,6 +23,7 @@ from confserve.cluster._k8s_common import (
     new_kustomization,
     object_meta,
     pod_security,
+    pod_template_patch,
     restricted_container,
     service_account,
 )
@@ -260,33 +261,28 @@ def secret_prov_files() -> dict[str, str]:
 
 
 def secret_prov_simulation_patch() -> dict[str, object]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": {"name": "secret-prov", "namespace": SECRET_PROV_NAMESPACE},
-        "spec": {
-            "template": {
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "secret-prov",
-                            "args": secret_prov_args(simulated=True),
-                            "volumeMounts": [
-                                {
-                                    "name": "sim-platform",
-                                    "mountPath": "/etc/confserve/sim-platform",
-                                    "readOnly": True,
-                                }
-                            ],
-                        }
-                    ],
-                    "volumes": [
+    return pod_template_patch(
+        "StatefulSet",
+        {"name": "secret-prov", "namespace": SECRET_PROV_NAMESPACE},
+        {
+            "containers": [
+                {
+                    "name": "secret-prov",
+                    "args": secret_prov_args(simulated=True),
+                    "volumeMounts": [
                         {
                             "name": "sim-platform",
-                            "secret": {"secretName": "confserve-sim-platform", "defaultMode": 0o440},
+                            "mountPath": "/etc/confserve/sim-platform",
+                            "readOnly": True,
                         }
                     ],
                 }
-            }
+            ],
+            "volumes": [
+                {
+                    "name": "sim-platform",
+                    "secret": {"secretName": "confserve-sim-platform", "defaultMode": 0o440},
+                }
+            ],
         },
-    }
+    )

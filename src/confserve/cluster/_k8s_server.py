@@ -33,6 +33,7 @@ from confserve.cluster._k8s_common import (
     new_kustomization,
     object_meta,
     pod_security,
+    pod_template_patch,
     restricted_container,
     service_account,
 )
@@ -288,53 +289,48 @@ def _simulation_args(servers: str) -> list[str]:
 
 
 def _simulation_patch(servers: str = f"{SECRET_PROV_ALIAS}:{SECRET_PROV_PORT}") -> dict[str, object]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": SERVER},
-        "spec": {
-            "template": {
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "model-server",
-                            "command": ["confserve"],
-                            "args": _simulation_args(servers),
-                            "volumeMounts": [
-                                {
-                                    "name": "sim-platform",
-                                    "mountPath": "/etc/confserve/sim-platform",
-                                    "readOnly": True,
-                                },
-                                {
-                                    "name": "sim-enclave",
-                                    "mountPath": "/etc/confserve/enclave",
-                                    "readOnly": True,
-                                },
-                                {
-                                    "name": "secret-prov-ca",
-                                    "mountPath": "/etc/confserve/ca",
-                                    "readOnly": True,
-                                },
-                            ],
-                        }
-                    ],
-                    "volumes": [
-                        # SIMULATION ONLY: the simulated platform's keys let their holder forge quotes.
+    return pod_template_patch(
+        "Deployment",
+        {"name": SERVER},
+        {
+            "containers": [
+                {
+                    "name": "model-server",
+                    "command": ["confserve"],
+                    "args": _simulation_args(servers),
+                    "volumeMounts": [
                         {
                             "name": "sim-platform",
-                            "secret": {"secretName": "confserve-sim-platform", "defaultMode": 0o440},
+                            "mountPath": "/etc/confserve/sim-platform",
+                            "readOnly": True,
                         },
                         {
                             "name": "sim-enclave",
-                            "secret": {"secretName": "confserve-sim-enclave", "defaultMode": 0o440},
+                            "mountPath": "/etc/confserve/enclave",
+                            "readOnly": True,
                         },
-                        {"name": "secret-prov-ca", "configMap": {"name": "confserve-secret-prov-ca"}},
+                        {
+                            "name": "secret-prov-ca",
+                            "mountPath": "/etc/confserve/ca",
+                            "readOnly": True,
+                        },
                     ],
                 }
-            }
+            ],
+            "volumes": [
+                # SIMULATION ONLY: the simulated platform's keys let their holder forge quotes.
+                {
+                    "name": "sim-platform",
+                    "secret": {"secretName": "confserve-sim-platform", "defaultMode": 0o440},
+                },
+                {
+                    "name": "sim-enclave",
+                    "secret": {"secretName": "confserve-sim-enclave", "defaultMode": 0o440},
+                },
+                {"name": "secret-prov-ca", "configMap": {"name": "confserve-secret-prov-ca"}},
+            ],
         },
-    }
+    )
 
 
 def _mib(quantity: str) -> int:
@@ -348,78 +344,73 @@ def sgx_memory_limit(epc: str) -> str:
 
 def sgx_patch(epc: str = "4Gi") -> dict[str, object]:
     aesm_mount = {"name": "aesmd-socket", "mountPath": "/var/run/aesmd"}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": SERVER},
-        "spec": {
-            "template": {
-                "spec": {
-                    # Nodes with SGX, as labelled by node-feature-discovery for the Intel device plugin.
-                    "nodeSelector": {"intel.feature.node.kubernetes.io/sgx": "true"},
-                    # Intel's AESM as a native sidecar: Gramine asks it for DCAP quotes over its socket.
-                    "initContainers": [
-                        {
-                            "name": "aesmd",
-                            "image": SERVER_SGX_IMAGE,
-                            "restartPolicy": "Always",
-                            "command": ["/opt/intel/sgx-aesm-service/aesm/aesm_service", "--no-daemon"],
-                            "env": [{"name": "LD_LIBRARY_PATH", "value": "/opt/intel/sgx-aesm-service/aesm"}],
-                            "resources": {
-                                "requests": {
-                                    "cpu": "100m",
-                                    "memory": "64Mi",
-                                    "sgx.intel.com/enclave": "1",
-                                    "sgx.intel.com/provision": "1",
-                                    "sgx.intel.com/epc": "1Mi",
-                                },
-                                "limits": {
-                                    "memory": "256Mi",
-                                    "sgx.intel.com/enclave": "1",
-                                    "sgx.intel.com/provision": "1",
-                                    "sgx.intel.com/epc": "1Mi",
-                                },
-                            },
-                            "securityContext": restricted_container(),
-                            "volumeMounts": [
-                                aesm_mount,
-                                {"name": "aesmd-data", "mountPath": "/var/opt/aesmd"},
-                            ],
-                        }
-                    ],
-                    "containers": [
-                        {
-                            "name": "model-server",
-                            "image": SERVER_SGX_IMAGE,
-                            # Arguments and environment are fixed in the measured manifest.
-                            "command": ["gramine-sgx", "/opt/confserve/enclave/confserve"],
-                            "resources": {
-                                # Without EDMM the whole enclave is committed in EPC at start: request it.
-                                # Memory: the untrusted side (loader, file buffers); the limit also leaves
-                                # room for enclave pages the kernel pages out of EPC into memory.
-                                "requests": {
-                                    "cpu": "2",
-                                    "memory": "1Gi",
-                                    "sgx.intel.com/epc": epc,
-                                    "sgx.intel.com/enclave": "1",
-                                },
-                                "limits": {
-                                    "memory": sgx_memory_limit(epc),
-                                    "sgx.intel.com/epc": epc,
-                                    "sgx.intel.com/enclave": "1",
-                                },
-                            },
-                            "volumeMounts": [aesm_mount],
-                        }
-                    ],
-                    "volumes": [
-                        {"name": "aesmd-socket", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
-                        {"name": "aesmd-data", "emptyDir": {"sizeLimit": "64Mi"}},
+    return pod_template_patch(
+        "Deployment",
+        {"name": SERVER},
+        {
+            # Nodes with SGX, as labelled by node-feature-discovery for the Intel device plugin.
+            "nodeSelector": {"intel.feature.node.kubernetes.io/sgx": "true"},
+            # Intel's AESM as a native sidecar: Gramine asks it for DCAP quotes over its socket.
+            "initContainers": [
+                {
+                    "name": "aesmd",
+                    "image": SERVER_SGX_IMAGE,
+                    "restartPolicy": "Always",
+                    "command": ["/opt/intel/sgx-aesm-service/aesm/aesm_service", "--no-daemon"],
+                    "env": [{"name": "LD_LIBRARY_PATH", "value": "/opt/intel/sgx-aesm-service/aesm"}],
+                    "resources": {
+                        "requests": {
+                            "cpu": "100m",
+                            "memory": "64Mi",
+                            "sgx.intel.com/enclave": "1",
+                            "sgx.intel.com/provision": "1",
+                            "sgx.intel.com/epc": "1Mi",
+                        },
+                        "limits": {
+                            "memory": "256Mi",
+                            "sgx.intel.com/enclave": "1",
+                            "sgx.intel.com/provision": "1",
+                            "sgx.intel.com/epc": "1Mi",
+                        },
+                    },
+                    "securityContext": restricted_container(),
+                    "volumeMounts": [
+                        aesm_mount,
+                        {"name": "aesmd-data", "mountPath": "/var/opt/aesmd"},
                     ],
                 }
-            }
+            ],
+            "containers": [
+                {
+                    "name": "model-server",
+                    "image": SERVER_SGX_IMAGE,
+                    # Arguments and environment are fixed in the measured manifest.
+                    "command": ["gramine-sgx", "/opt/confserve/enclave/confserve"],
+                    "resources": {
+                        # Without EDMM the whole enclave is committed in EPC at start: request it.
+                        # Memory: the untrusted side (loader, file buffers); the limit also leaves
+                        # room for enclave pages the kernel pages out of EPC into memory.
+                        "requests": {
+                            "cpu": "2",
+                            "memory": "1Gi",
+                            "sgx.intel.com/epc": epc,
+                            "sgx.intel.com/enclave": "1",
+                        },
+                        "limits": {
+                            "memory": sgx_memory_limit(epc),
+                            "sgx.intel.com/epc": epc,
+                            "sgx.intel.com/enclave": "1",
+                        },
+                    },
+                    "volumeMounts": [aesm_mount],
+                }
+            ],
+            "volumes": [
+                {"name": "aesmd-socket", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+                {"name": "aesmd-data", "emptyDir": {"sizeLimit": "64Mi"}},
+            ],
         },
-    }
+    )
 
 
 def _pccs_network_policy() -> dict[str, object]:
