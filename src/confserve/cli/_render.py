@@ -123,6 +123,18 @@ def _default_of(
     return click.option(flag, default=getattr(settings, name), show_default=True, help=help)
 
 
+def _defaults_of(settings: type, *options: tuple[str, str | None]) -> Callable[[_F], _F]:
+    """`_default_of` for several options, in order: ("--flag", help) or ("--flag:field", help)."""
+
+    def apply(command: _F) -> _F:
+        for spec, help_text in reversed(options):
+            flag, _, field = spec.partition(":")
+            command = _default_of(settings, flag, field=field or None, help=help_text)(command)
+        return command
+
+    return apply
+
+
 @render_group.command("gramine")
 @click.option("--variant", type=click.Choice(VARIANTS), default="confserve", show_default=True)
 @click.option("--model-name", required=True, help="The model's name (TF Serving --model_name).")
@@ -137,30 +149,25 @@ def _default_of(
     help="Model tree to size the enclave from [default: the bind root, if it is a directory here].",
 )
 @click.option("--model-size", help="Model size instead of --model-dir (bytes, or 500M, 2G).")
-@_default_of(GramineConfig, "--ssl-config-bound-path", help="`confserve tls --bound-path`.")
-@_default_of(GramineConfig, "--secret-prov-servers", help="Key servers, HOST:PORT list (measured).")
-@_default_of(
-    GramineConfig, "--secret-prov-ca", help="Path of the key service's CA inside the image (a trusted file)."
-)
-@_default_of(GramineConfig, "--grpc-port")
-@_default_of(GramineConfig, "--rest-port", help="confserve variant only.")
-@_default_of(
+@_defaults_of(
     GramineConfig,
-    "--grpc-threads",
-    help="gRPC request threads: tf-serving's --grpc_max_threads; confserve's pool (its default) for sizing.",
+    ("--ssl-config-bound-path", "`confserve tls --bound-path`."),
+    ("--secret-prov-servers", "Key servers, HOST:PORT list (measured)."),
+    ("--secret-prov-ca", "Path of the key service's CA inside the image (a trusted file)."),
+    ("--grpc-port", None),
+    ("--rest-port", "confserve variant only."),
+    (
+        "--grpc-threads",
+        "gRPC request threads: tf-serving's --grpc_max_threads; confserve's pool (its default) for sizing.",
+    ),
+    ("--rest-threads", "confserve's REST pool, for sizing."),
+    ("--intra-op-threads", None),
+    ("--inter-op-threads", None),
+    ("--batch-threads", ">0: TF Serving batching."),
+    ("--poll-seconds:file_system_poll_wait_seconds", "--file_system_poll_wait_seconds"),
+    ("--isv-prod-id", None),
+    ("--isv-svn", None),
 )
-@_default_of(GramineConfig, "--rest-threads", help="confserve's REST pool, for sizing.")
-@_default_of(GramineConfig, "--intra-op-threads")
-@_default_of(GramineConfig, "--inter-op-threads")
-@_default_of(GramineConfig, "--batch-threads", help=">0: TF Serving batching.")
-@_default_of(
-    GramineConfig,
-    "--poll-seconds",
-    field="file_system_poll_wait_seconds",
-    help="--file_system_poll_wait_seconds",
-)
-@_default_of(GramineConfig, "--isv-prod-id")
-@_default_of(GramineConfig, "--isv-svn")
 @click.option("--edmm", is_flag=True, help="SGX2 EDMM: add enclave pages on demand.")
 @_default_of(GramineConfig, "--arch-libdir")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout.")
