@@ -99,8 +99,16 @@ _PLATFORM_FILE: Final = "platform.json"
 _COLLATERAL_FILE: Final = "collateral.json"
 _ROOT_CERT_FILE: Final = "root_ca.cert.pem"  # also what a published (public) directory holds
 # (file stem, role) of every key pair; certificates are <stem>.cert.pem, keys <stem>.key.pem (0600).
-_ROLES: Final = ("root_ca", "pck_ca", "pck", "tcb_signing")
 _ATTESTATION_KEY_FILE: Final = "attestation_key.key.pem"
+# The chain dcap-qvl expects (docs/formats.md#dcap-simulated), issuers first:
+# (role, subject, issuing role or None for self-signed, is a CA, CRL distribution path).
+_CHAIN: Final = (
+    ("root_ca", SIM_ROOT_CA_COMMON_NAME, None, True, "rootcacrl"),
+    ("pck_ca", "confserve SIMULATED SGX PCK Processor CA - NOT INTEL", "root_ca", True, "rootcacrl"),
+    ("pck", "confserve SIMULATED SGX PCK Certificate - NOT INTEL", "pck_ca", False, "pckcrl?ca=processor"),
+    ("tcb_signing", "confserve SIMULATED SGX TCB Signing - NOT INTEL", "root_ca", False, "rootcacrl"),
+)
+_ROLES: Final = tuple(role for role, *_ in _CHAIN)
 
 
 class SimPlatformError(AttestationError):
@@ -416,46 +424,20 @@ class SimPlatform:
             ppid=secrets.token_bytes(16),
         )
         keys = {role: ec.generate_private_key(ec.SECP256R1()) for role in (*_ROLES, "attestation")}
-        root = _issue_cert(
-            subject=SIM_ROOT_CA_COMMON_NAME,
-            key=keys["root_ca"],
-            issuer=None,
-            issuer_key=keys["root_ca"],
-            ca=True,
-            now=now,
-            crl_path="rootcacrl",
-        )
-        pck_ca = _issue_cert(
-            subject="confserve SIMULATED SGX PCK Processor CA - NOT INTEL",
-            key=keys["pck_ca"],
-            issuer=root,
-            issuer_key=keys["root_ca"],
-            ca=True,
-            now=now,
-            crl_path="rootcacrl",
-        )
-        pck = _issue_cert(
-            subject="confserve SIMULATED SGX PCK Certificate - NOT INTEL",
-            key=keys["pck"],
-            issuer=pck_ca,
-            issuer_key=keys["pck_ca"],
-            ca=False,
-            now=now,
-            crl_path="pckcrl?ca=processor",
-            extra=(x509.UnrecognizedExtension(x509.ObjectIdentifier(_SGX_EXT), tcb.extension_der()),),
-        )
-        tcb_signing = _issue_cert(
-            subject="confserve SIMULATED SGX TCB Signing - NOT INTEL",
-            key=keys["tcb_signing"],
-            issuer=root,
-            issuer_key=keys["root_ca"],
-            ca=False,
-            now=now,
-            crl_path="rootcacrl",
-        )
-        pki = _Pki(
-            keys=keys, certs={"root_ca": root, "pck_ca": pck_ca, "pck": pck, "tcb_signing": tcb_signing}
-        )
+        sgx_extension = x509.UnrecognizedExtension(x509.ObjectIdentifier(_SGX_EXT), tcb.extension_der())
+        certs: dict[str, x509.Certificate] = {}
+        for role, subject, issuer, ca, crl_path in _CHAIN:
+            certs[role] = _issue_cert(
+                subject=subject,
+                key=keys[role],
+                issuer=certs[issuer] if issuer else None,
+                issuer_key=keys[issuer or role],
+                ca=ca,
+                now=now,
+                crl_path=crl_path,
+                extra=(sgx_extension,) if role == "pck" else (),
+            )
+        pki = _Pki(keys=keys, certs=certs)
         platform = cls(
             pki=pki,
             tcb=tcb,
