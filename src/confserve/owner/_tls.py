@@ -165,19 +165,33 @@ def _ca_and_server(
     """A new CA and a server certificate it issues for `hostnames` (the first is the subject)."""
     ca_key = _new_key(key_type)
     ca = _cert(subject=ca_subject, key=ca_key, issuer=None, issuer_key=ca_key, now=now, days=ca_days, ca=True)
-    server_key = _new_key(key_type)
-    server = _cert(
-        subject=hostnames[0],
-        names=hostnames,
-        key=server_key,
+    server_key, server = _leaf(hostnames, ExtendedKeyUsageOID.SERVER_AUTH, ca, ca_key, now, days, key_type)
+    return ca_key, ca, server_key, server
+
+
+def _leaf(
+    names: Sequence[str],
+    usage: x509.ObjectIdentifier,
+    ca: x509.Certificate,
+    ca_key: PrivateKey,
+    now: datetime.datetime,
+    days: int,
+    key_type: KeyType,
+) -> tuple[PrivateKey, x509.Certificate]:
+    """A new key and a certificate `ca` issues to it for `names` (the first is the subject)."""
+    key = _new_key(key_type)
+    cert = _cert(
+        subject=names[0],
+        names=names,
+        key=key,
         issuer=ca,
         issuer_key=ca_key,
         now=now,
         days=days,
         ca=False,
-        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        usage=usage,
     )
-    return ca_key, ca, server_key, server
+    return key, cert
 
 
 def key_service_pki(hostnames: Sequence[str], now: datetime.datetime) -> tuple[bytes, bytes, bytes]:
@@ -253,16 +267,8 @@ def generate_tls_material(
     # The name the server's certificate carries: clients of the bundle check it without --server-name.
     pf.write_public_file(client / SERVER_NAME_FILE, (service_domain + "\n").encode("ascii"))
     if client_domain is not None:
-        client_key = _new_key(key_type)
-        client_cert = _cert(
-            subject=client_domain,
-            key=client_key,
-            issuer=ca,
-            issuer_key=ca_key,
-            now=now,
-            days=days,
-            ca=False,
-            usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        client_key, client_cert = _leaf(
+            (client_domain,), ExtendedKeyUsageOID.CLIENT_AUTH, ca, ca_key, now, days, key_type
         )
         for where in (owner, client):
             pf.write_private_file(where / "client.key", _pem(client_key))
