@@ -57,6 +57,14 @@ def gen_key(wrap_key: str, force: bool) -> None:
     click.echo(f"wrote wrap key {wrap_key} (fingerprint {key.fingerprint()})")
 
 
+_verify_path = click.option(
+    "-V", "--verify", "verify_path", is_flag=True, help="Check the bound path against the -i string."
+)
+_check_bound_path = click.option(
+    "--bound-path", help="Check the bound path against this path (for a directory: its root)."
+)
+
+
 def _report_tree(entries: list[pf.TreeEntry], verbose: bool, detail: Callable[[pf.TreeEntry], str]) -> None:
     if verbose:
         for entry in entries:
@@ -112,10 +120,8 @@ def encrypt(
 @_wrap_key
 @_input
 @_output
-@click.option(
-    "-V", "--verify", "verify_path", is_flag=True, help="Check the bound path against the -i string."
-)
-@click.option("--bound-path", help="Check the bound path against this path (for a directory: its root).")
+@_verify_path
+@_check_bound_path
 @_verbose
 @reports_errors
 def decrypt(
@@ -137,10 +143,8 @@ def decrypt(
 @pf_group.command()
 @_wrap_key
 @_input
-@click.option(
-    "-V", "--verify", "verify_path", is_flag=True, help="Check the bound path against the -i string."
-)
-@click.option("--bound-path", help="Check the bound path against this path (for a directory: its root).")
+@_verify_path
+@_check_bound_path
 @reports_errors
 def verify(wrap_key: str, input_path: str, verify_path: bool, bound_path: str | None) -> None:
     """Authenticate every node of protected files; writes nothing."""
