@@ -20,7 +20,7 @@ from tests.adversarial._fuzz import Budget, Mutation, mutate, rng_for
 BOUND = "models/m/1/variables/variables.data-00000-of-00001"
 # 0 and 1 byte, all in the header, one data node, exactly one group, two groups (a second MHT node).
 SIZES = (0, 1, 3072, 3073, 3072 + 96 * 4096, 3072 + 97 * 4096 + 5)
-# Plain header fields (gramine-interop.md A.4): magic, versions, KDF nonce, header tag, v2 flags.
+# Plain header fields (docs/formats.md#pf-metadata-node): magic, versions, KDF nonce, header tag, v2 flags.
 HEADER_FIELDS = ((0, 8), (8, 9), (9, 10), (10, 42), (42, 58), (58, 59))
 
 
