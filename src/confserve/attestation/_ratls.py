@@ -27,13 +27,14 @@ from __future__ import annotations
 import datetime
 import enum
 import hashlib
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 import cbor2
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
@@ -180,7 +181,10 @@ def _load(cert: bytes | x509.Certificate) -> x509.Certificate:
 def _check_self_signature(
     cert: x509.Certificate, public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 ) -> None:
-    algorithm = cert.signature_hash_algorithm
+    try:
+        algorithm = cert.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        raise VerificationError("RA-TLS certificate's signature algorithm is not supported") from None
     if algorithm is None:  # pragma: no cover - only EdDSA keys lack one, and those were refused already
         raise VerificationError("RA-TLS certificate has no usable signature algorithm")
     try:
@@ -192,10 +196,33 @@ def _check_self_signature(
         raise VerificationError("RA-TLS certificate's self-signature is invalid") from None
 
 
+def _der_bit_string(data: bytes) -> bytes:
+    """DER BIT STRING of `data` with no unused bits (X.690 8.6; definite length, long form over 127)."""
+    body = b"\x00" + data
+    size = len(body)
+    if size < 0x80:
+        return b"\x03" + bytes((size,)) + body
+    raw = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return b"\x03" + bytes((0x80 | len(raw),)) + raw + body
+
+
+def _check_canonical_encoding(cert: x509.Certificate, spki: bytes) -> None:
+    """The key and the signature must be encoded as they re-encode. cryptography accepts a BIT STRING
+    that declares unused bits (when they are zero), so two encodings of one key or signature would both
+    verify, leaving a byte no check covers; mbedTLS (Gramine's verifier) refuses them, and so does this."""
+    der = cert.public_bytes(serialization.Encoding.DER)
+    if spki not in cert.tbs_certificate_bytes or not der.endswith(_der_bit_string(cert.signature)):
+        raise VerificationError("RA-TLS certificate's key or signature is not canonically encoded")
+
+
 def _extension_value(cert: x509.Certificate, *oids: x509.ObjectIdentifier) -> bytes | None:
+    try:
+        extensions = cert.extensions  # parsed lazily, on first access
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
+        raise VerificationError("RA-TLS certificate's extensions are malformed") from None
     for oid in oids:
         try:
-            ext = cert.extensions.get_extension_for_oid(oid)
+            ext = extensions.get_extension_for_oid(oid)
         except x509.ExtensionNotFound:
             continue
         if ext.critical:
@@ -222,10 +249,20 @@ def _check_binding(quote: bytes, digest: bytes, what: str) -> None:
         raise VerificationError(f"RA-TLS quote's report_data does not match {what}")
 
 
+def _cbor_item(data: bytes) -> object:
+    """Exactly one CBOR item: bytes after it would be evidence nothing authenticates (cbor2.loads
+    ignores them)."""
+    stream = io.BytesIO(data)
+    item = cbor2.CBORDecoder(stream).decode()
+    if stream.tell() != len(data):
+        raise ValueError("bytes after the CBOR item")
+    return item
+
+
 def _dice_quote(evidence: bytes, spki: bytes) -> bytes:
     """Check the TCG DICE evidence (docs/formats.md#ratls-dice); return its quote, which binds the claims."""
     try:
-        item = cbor2.loads(evidence)
+        item = _cbor_item(evidence)
         if not (
             isinstance(item, cbor2.CBORTag)
             and item.tag == _CBOR_TAG_TAGGED_EVIDENCE
@@ -235,13 +272,13 @@ def _dice_quote(evidence: bytes, spki: bytes) -> bytes:
         ):
             raise VerificationError("RA-TLS tagged evidence is not tag 60000 [quote, claims]")
         quote, claims_bytes = bytes(item.value[0]), bytes(item.value[1])
-        claims = cbor2.loads(claims_bytes)
+        claims = _cbor_item(claims_bytes)
         if not isinstance(claims, dict) or not claims:
             raise VerificationError("RA-TLS evidence claims are not a non-empty map")
         hash_entry_bytes = claims.get(_CLAIM_PUBKEY_HASH)
         if not isinstance(hash_entry_bytes, bytes):
             raise VerificationError("RA-TLS evidence claims carry no pubkey-hash")
-        hash_entry = cbor2.loads(hash_entry_bytes)
+        hash_entry = _cbor_item(hash_entry_bytes)
     except (cbor2.CBORDecodeError, RecursionError, ValueError, TypeError) as e:
         raise VerificationError(f"RA-TLS tagged evidence is not valid CBOR: {type(e).__name__}") from None
     if not (
@@ -265,7 +302,7 @@ def extract_ratls_quote(cert: bytes | x509.Certificate) -> tuple[RaTlsFormat, by
     certificate = _load(cert)
     try:
         public_key = certificate.public_key()
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise VerificationError("RA-TLS certificate's public key cannot be loaded") from None
     if isinstance(public_key, rsa.RSAPublicKey):
         if public_key.key_size != 3072:
@@ -277,6 +314,7 @@ def extract_ratls_quote(cert: bytes | x509.Certificate) -> tuple[RaTlsFormat, by
         raise VerificationError("RA-TLS key must be RSA-3072 or ECDSA P-384/P-256")
     _check_self_signature(certificate, public_key)
     spki = _spki(public_key)
+    _check_canonical_encoding(certificate, spki)
     dice = _extension_value(certificate, TCG_DICE_EVIDENCE_OID)
     if dice is not None:
         if isinstance(public_key, rsa.RSAPublicKey):
