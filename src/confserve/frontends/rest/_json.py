@@ -24,6 +24,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -51,6 +52,9 @@ __all__ = [
 _B64 = "b64"
 # Deeper nesting than this is not a tensor anyone sends; the bound keeps the recursion small.
 _MAX_RANK = 64
+# json.loads lets a lone UTF-16 surrogate through (a "\ud800" escape, or its UTF-8-like bytes ED A0..BF
+# xx): no protobuf string or UTF-8 encoder takes one, so a body that may hold one is checked after parsing.
+_MAYBE_SURROGATE: Final = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 _INT64_MIN: Final = -(1 << 63)
 _INT64_MAX: Final = (1 << 63) - 1
 _UINT64_MAX: Final = (1 << 64) - 1
@@ -75,6 +79,11 @@ def loads(body: bytes) -> dict[str, Any]:
         raise InvalidInputError(f"JSON Parse error: {reason} at offset: {exc.pos}") from None
     except (ValueError, RecursionError):
         raise InvalidInputError("JSON Parse error: invalid JSON") from None
+    if _MAYBE_SURROGATE.search(body):  # rare: only then is every string checked
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInputError("JSON Parse error: Invalid encoding in string.") from None
     if not isinstance(value, dict):
         raise InvalidInputError("JSON Value: the request body Is not object")  # TF Serving: "Is not object"
     return value
