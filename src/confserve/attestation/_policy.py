@@ -59,6 +59,8 @@ from confserve.files import open_input
 
 __all__ = [
     "KNOWN_TCB_STATUSES",
+    "MAX_FLOOR",
+    "MAX_LEASE_SECONDS",
     "MAX_POLICY_FILE_BYTES",
     "AllowRule",
     "Decision",
@@ -83,6 +85,9 @@ _MAX_LIST_ITEMS = 1000
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\[\]-]*")
 _SECRET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _ADVISORY_RE = re.compile(r"[A-Z0-9][A-Z0-9-]*")
+_MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # as releases name models (confserve.releases)
+MAX_FLOOR = 2**53 - 1  # release numbers are exact JSON numbers
+MAX_LEASE_SECONDS = 2**32 - 1  # the key service's wire format carries a u32
 _HEX64_RE = re.compile(r"[0-9a-fA-F]{64}")
 _DECIMAL_RE = re.compile(r"[0-9]{1,5}")
 
@@ -206,8 +211,17 @@ class Policy:
     allowed_advisory_ids: frozenset[str] = field(default_factory=frozenset)
     allow_simulated: bool = False
     allow_debug: bool = False
+    # Each model's lowest acceptable release (docs/releases.md): the key service hands them to replicas
+    # with their keys. Sorted (model, floor) pairs; a mapping is accepted and sorted.
+    floors: tuple[tuple[str, int], ...] | Mapping[str, int] = ()
+    # The longest key lease a replica may hold before renewing (None: the replica's own setting).
+    max_lease_seconds: int | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "floors", _checked_floors(self.floors))
+        lease = self.max_lease_seconds
+        if lease is not None and (type(lease) is not int or not 1 <= lease <= MAX_LEASE_SECONDS):
+            raise PolicyError(f"max_lease_seconds must be an integer in 1..{MAX_LEASE_SECONDS}")
         rules = tuple(self.rules)
         if not all(isinstance(rule, AllowRule) for rule in rules):
             raise PolicyError("rules must be AllowRule values")
@@ -232,6 +246,10 @@ class Policy:
         object.__setattr__(self, "allowed_advisory_ids", advisories)
         if not (isinstance(self.allow_simulated, bool) and isinstance(self.allow_debug, bool)):
             raise PolicyError("allow_simulated and allow_debug must be booleans")
+
+    def floor(self, model: str) -> int:
+        """The model's lowest acceptable release (0 when the policy sets none)."""
+        return dict(self.floors).get(model, 0)
 
     def evaluate(self, evidence: VerifiedEvidence) -> Decision:
         """Decide on verified evidence. Never raises: anything unexpected is a refusal."""
@@ -325,6 +343,25 @@ def _check_secret_name(value: object) -> None:
         )
 
 
+def _checked_floors(value: object) -> tuple[tuple[str, int], ...]:
+    """(model, floor) pairs, sorted, from a mapping or pairs; names as releases use them."""
+    if not isinstance(value, (Mapping, tuple, list)):
+        raise PolicyError("floors must map model names to release numbers")
+    items: list[Any] = list(value.items()) if isinstance(value, Mapping) else list(value)
+    try:
+        pairs = tuple(sorted((model, floor) for model, floor in items))
+    except (TypeError, ValueError):
+        raise PolicyError("floors must map model names to release numbers") from None
+    for model, floor in pairs:
+        if not (isinstance(model, str) and _MODEL_RE.fullmatch(model)):
+            raise PolicyError(f"floors: model names must match {_MODEL_RE.pattern}")
+        if type(floor) is not int or not 0 <= floor <= MAX_FLOOR:
+            raise PolicyError(f"floor of model {model!r} must be an integer in 0..{MAX_FLOOR}")
+    if len({model for model, _ in pairs}) != len(pairs):
+        raise PolicyError("a model has two floors")
+    return pairs
+
+
 def _hex32(value: object, where: str) -> bytes:
     if not (isinstance(value, str) and _HEX64_RE.fullmatch(value)):
         raise PolicyError(f"{where} must be 64 hex characters (32 bytes)")
@@ -385,6 +422,8 @@ _TOP_KEYS = (
     "allowed_advisory_ids",
     "deny",
     "allow",
+    "floors",
+    "max_lease_seconds",
 )
 _RULE_KEYS = ("name", "mr_enclave", "mr_signer", "isv_prod_id", "min_isv_svn", "secrets")
 _DENY_KEYS = ("mr_enclave", "mr_signer")
@@ -427,6 +466,10 @@ def parse_policy_toml(data: bytes) -> Policy:
     if len(raw_rules) > _MAX_LIST_ITEMS:
         raise PolicyError(f"allow has more than {_MAX_LIST_ITEMS} rules")
     rules = [_native_rule(raw, index) for index, raw in enumerate(raw_rules)]
+    floors = _table(doc.get("floors", {}), "floors")
+    if len(floors) > _MAX_LIST_ITEMS:
+        raise PolicyError(f"floors has more than {_MAX_LIST_ITEMS} models")
+    lease = doc.get("max_lease_seconds")
     return Policy(
         rules=tuple(rules),
         deny_mr_enclave=frozenset(deny_enclave),
@@ -435,6 +478,8 @@ def parse_policy_toml(data: bytes) -> Policy:
         allowed_advisory_ids=frozenset(advisories),
         allow_simulated=flags["allow_simulated"],
         allow_debug=flags["allow_debug"],
+        floors=tuple(floors.items()),
+        max_lease_seconds=lease,
     )
 
 
@@ -488,7 +533,11 @@ def render_policy_toml(policy: Policy, *, comment: str = "") -> str:
     }
     if deny:
         doc["deny"] = deny
+    if policy.max_lease_seconds is not None:
+        doc["max_lease_seconds"] = policy.max_lease_seconds
     doc["allow"] = [_native_table(rule) for rule in policy.rules]
+    if policy.floors:
+        doc["floors"] = dict(policy.floors)
     header = "".join(f"# {line}".rstrip() + "\n" for line in comment.splitlines())
     return header + tomli_w.dumps(doc)
 

@@ -215,7 +215,16 @@ class SecretProvisioningClient:
         """Secrets by name: `names`, or every secret granted when empty. `gramine=True` speaks Gramine's
         own request and returns {"default": secret}. Raises RefusedError, TlsError, ProtocolError or
         UnavailableError (deadline passed)."""
-        ClientConnection(names, gramine=gramine)  # validate the names before any network traffic
+        granted = self._exchange(lambda: ClientConnection(names, gramine=gramine))
+        return dict(granted.secrets)
+
+    def lease(self, names: Sequence[str], models: Sequence[str]) -> Granted:
+        """Version 2 (docs/releases.md): the requested secrets the policy grants (some may be left out),
+        the release floor of each of `models`, and the owner's lease bound. Raises as `request`."""
+        return self._exchange(lambda: ClientConnection(names, models=models))
+
+    def _exchange(self, protocol: Callable[[], ClientConnection]) -> Granted:
+        protocol()  # validate the names before any network traffic
         s = self._settings
         deadline = self._monotonic() + s.deadline_seconds
         backoff = s.initial_backoff_seconds
@@ -228,7 +237,7 @@ class SecretProvisioningClient:
                     break
                 self.attempts += 1
                 try:
-                    return self._attempt(server, names, gramine, deadline)
+                    return self._attempt(server, protocol(), deadline)
                 except _Retry as exc:
                     last = f"{server}: {exc}"
             now = self._monotonic()
@@ -247,9 +256,7 @@ class SecretProvisioningClient:
                 raise UnavailableError("cancelled")
             backoff = min(backoff * 2, s.max_backoff_seconds)
 
-    def _attempt(
-        self, server: ServerAddress, names: Sequence[str], gramine: bool, deadline: float
-    ) -> dict[str, bytes]:
+    def _attempt(self, server: ServerAddress, protocol: ClientConnection, deadline: float) -> Granted:
         s = self._settings
         timeout = min(s.connect_timeout_seconds, max(deadline - self._monotonic(), 0.001))
         try:
@@ -272,7 +279,6 @@ class SecretProvisioningClient:
             if peer is None:  # pragma: no cover - VERIFY_PEER makes OpenSSL fail the handshake first
                 raise TlsError("server sent no certificate")
             check_hostname(peer, server.host)
-            protocol = ClientConnection(names, gramine=gramine)
             channel.sendall(protocol.request_bytes(), io_deadline)
             io_deadline = min(deadline, self._monotonic() + s.io_timeout_seconds)
             outcome: Granted | Refused | None = None
@@ -283,7 +289,7 @@ class SecretProvisioningClient:
         finally:
             sock.close()
         if isinstance(outcome, Granted):
-            return dict(outcome.secrets)
+            return outcome
         reason = outcome.reason or "connection closed without a response"
         raise RefusedError(f"{server} refused: {reason}")
 

@@ -10,6 +10,7 @@ I/O layer then does:
 | field                  | used for                                                                  |
 |------------------------|---------------------------------------------------------------------------|
 | `released`             | the secret names to send (empty when refused)                             |
+| `floors`, `max_lease_seconds` | version 2: each requested model's floor, the policy's lease bound  |
 | `category`             | the refusal category (`REFUSAL_CATEGORIES`, the refusals metric's label)  |
 | `peer_reason`          | the short generic reason an extension client is told                      |
 | `detail`               | the exact reason, for the audit log and the server log (never to the peer)|
@@ -25,7 +26,9 @@ Order, as the server applies it (nothing secret is sent unless every step passes
 3. `Policy.evaluate` on the verified evidence;
 4. a request that did not arrive, or was malformed, refuses the session (`timeout`, `protocol`); its
    category wins over 1-3, as the peer's own failure;
-5. every requested name (none: every granted name) must be granted and loaded.
+5. every requested name (none: every granted name) must be granted and loaded. A version 2 request (a
+   replica renewing its lease) gets the requested names that are granted and loaded, and is refused only
+   if none is; it also gets the policy's floor of each model it named and the policy's lease bound.
 
 Authenticated or not: a session is *authenticated* when step 2 passed, i.e. the quote verified and is bound
 to the key that completed the TLS handshake. Only authenticated sessions get an audit entry of their own
@@ -40,6 +43,7 @@ on its own line, the rest are counted and summarised once per interval.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import threading
 from collections import Counter
@@ -59,7 +63,7 @@ from confserve.attestation import (
     verify,
     verify_ratls_certificate,
 )
-from confserve.provisioning._protocol import SecretRequest
+from confserve.provisioning._protocol import RequestKind, SecretRequest
 from confserve.provisioning._secrets import SecretStore
 
 __all__ = [
@@ -143,6 +147,8 @@ class Outcome:
     """The decision for one session (see the module docstring's table)."""
 
     released: tuple[str, ...] = ()
+    floors: tuple[tuple[str, int], ...] = ()  # version 2: (model, floor) in request order
+    max_lease_seconds: int = 0  # version 2: the policy's lease bound (0: none)
     category: str | None = None  # None when released
     detail: str = ""
     peer_reason: str = ""
@@ -204,6 +210,19 @@ def _names_refusal(
     return None
 
 
+def _lease_names(
+    request: SecretRequest, decision: Decision, secrets: SecretStore
+) -> tuple[tuple[str, ...], tuple[str, str] | None]:
+    """Version 2: the requested names granted and loaded, in request order, or why none is."""
+    wanted = request.names or decision.secrets
+    released = tuple(n for n in wanted if n in decision.secrets and secrets.get(n) is not None)
+    if released:
+        return released, None
+    if any(n in decision.secrets for n in wanted):
+        return (), ("unavailable", "no requested secret is loaded")
+    return (), ("not_granted", f"no requested secret is granted by rule {decision.rule!r}")
+
+
 def decide(facts: SessionFacts, runtime: Runtime, trust: TrustConfig, now: int) -> Outcome:
     """The decision for one session at Unix time `now` (the verification time and the audit timestamp)."""
     evidence, category, detail, unexpected = _verify(facts.certificates, runtime, trust, now)
@@ -216,17 +235,26 @@ def decide(facts: SessionFacts, runtime: Runtime, trust: TrustConfig, now: int) 
     if isinstance(facts.request, ReadFailure):  # the peer's own failure is named first
         category, detail = facts.request.category, facts.request.detail
     released: tuple[str, ...] = ()
+    floors: tuple[tuple[str, int], ...] = ()
+    max_lease = 0
     if category is None:
         assert request is not None
         assert decision is not None
         assert decision.accepted
-        refusal = _names_refusal(request, decision, runtime.secrets)
+        if request.kind is RequestKind.LEASE:
+            released, refusal = _lease_names(request, decision, runtime.secrets)
+            floors = tuple((model, runtime.policy.floor(model)) for model in request.models)
+            max_lease = runtime.policy.max_lease_seconds or 0
+        else:
+            refusal = _names_refusal(request, decision, runtime.secrets)
+            released = request.names or decision.secrets
         if refusal is not None:
             category, detail = refusal
-        else:
-            released = request.names or decision.secrets
+            released, floors, max_lease = (), (), 0
     outcome = Outcome(
         released=released,
+        floors=floors,
+        max_lease_seconds=max_lease,
         category=category,
         detail=detail,
         peer_reason=_PEER_REASONS[category] if category is not None else "",
@@ -265,22 +293,18 @@ def _with_record(outcome: Outcome, peer: str, now: int) -> Outcome:
     }
     if outcome.decision is not None and outcome.decision.rule is not None:
         record["rule"] = outcome.decision.rule
+    if request is not None and request.kind is RequestKind.LEASE:
+        record["models"] = list(request.models)
     if outcome.granted:
         record["secrets"] = list(outcome.released)
+        if request is not None and request.kind is RequestKind.LEASE:
+            record["withheld"] = [n for n in request.names if n not in outcome.released]
+            record["floors"] = dict(outcome.floors)
+            record["max_lease_seconds"] = outcome.max_lease_seconds
     else:
         record["reason"] = outcome.detail
         record["category"] = outcome.category
-    return Outcome(
-        released=outcome.released,
-        category=outcome.category,
-        detail=outcome.detail,
-        peer_reason=outcome.peer_reason,
-        evidence=evidence,
-        decision=outcome.decision,
-        request=request,
-        audit_record=record,
-        unexpected=outcome.unexpected,
-    )
+    return dataclasses.replace(outcome, audit_record=record)
 
 
 def audit_failed(outcome: Outcome) -> Outcome:

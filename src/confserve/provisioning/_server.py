@@ -529,7 +529,9 @@ class SecretProvisioningServer:
             return protocol.refuse(outcome.peer_reason)
         secrets = [(name, runtime.secrets.get(name) or b"") for name in outcome.released]
         try:
-            reply = protocol.grant(secrets)
+            reply = protocol.grant(
+                secrets, floors=outcome.floors, max_lease_seconds=outcome.max_lease_seconds
+            )
         except ProtocolError as exc:  # pragma: no cover - the decision matched the request already
             self._metrics.refusals.labels("internal").inc()
             _log.error("cannot encode the grant for %s: %s", peer, exc)
