@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final, Literal
@@ -38,9 +38,11 @@ __all__ = [
     "DEFAULT_MAX_TENSOR_ELEMENTS",
     "DTYPES",
     "MAX_RANK",
+    "STRING_ELEMENT_BYTES",
     "DType",
     "TensorProtoError",
     "TensorTooLargeError",
+    "decoded_nbytes",
     "dtype_name",
     "numpy_dtype",
     "to_array",
@@ -51,6 +53,9 @@ __all__ = [
 # that a broadcast fill cannot exhaust an enclave's memory.
 DEFAULT_MAX_TENSOR_ELEMENTS: Final = 1 << 28
 MAX_RANK: Final = 64  # numpy's limit on dimensions (NPY_MAXDIMS in numpy 2)
+# Memory per string element beyond its bytes, for `decoded_nbytes`: numpy's object pointer (8), the Python
+# bytes object's header (33) and TensorFlow's tstring (24), rounded up.
+STRING_ELEMENT_BYTES: Final = 64
 _MAX_CONTENT_BYTES: Final = 1 << 31  # a protobuf message is at most 2 GiB; TensorFlow refuses as much
 
 Kind = Literal["float", "int", "uint", "bool", "complex", "string"]
@@ -219,12 +224,18 @@ def _typed_values(array: npt.NDArray[Any], row: DType) -> npt.NDArray[Any]:
 
 
 def to_array(
-    proto: Any, *, max_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS, writable: bool = True
+    proto: Any,
+    *,
+    max_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS,
+    writable: bool = True,
+    reserve: Callable[[int], None] | None = None,
 ) -> npt.NDArray[Any]:
     """Check a TensorProto and convert it to numpy (see the module docstring for the checks).
 
     With `writable=False` an array read from `tensor_content` is a read-only view of the proto's bytes
-    (no copy): enough for a model's inputs, which are only read.
+    (no copy): enough for a model's inputs, which are only read. `reserve`, when given, is called with the
+    tensor's decoded size in bytes (`decoded_nbytes`) after the checks and before anything is allocated;
+    it may raise to refuse the tensor.
     """
     row = DTYPES.get(proto.dtype)
     if row is None:
@@ -244,13 +255,41 @@ def to_array(
             raise TensorProtoError("string tensors cannot use tensor_content")
         if len(values):
             raise TensorProtoError(f"tensor has both tensor_content and {row.field}")
+        if reserve is not None:
+            reserve(count * row.numpy_dtype().itemsize)
         return _from_content(content, row, dims, count, writable)
     per_element = 2 if row.kind == "complex" else 1
     if len(values) > count * per_element:
         raise TensorProtoError(f"more values than its shape {dims} holds")
+    if reserve is not None:
+        reserve(_values_nbytes(row, values, count))
     if row.kind == "string":
         return _fill(np.array(list(values), dtype=object), count, b"").reshape(dims)
     return _fill(_from_values(values, row), count, 0).reshape(dims)
+
+
+def decoded_nbytes(proto: Any) -> int:
+    """The bytes `to_array` would allocate for a TensorProto, fill included, without allocating them:
+    elements x item size, or for strings the bytes of every element (a filled element repeats the last
+    value) plus `STRING_ELEMENT_BYTES` each. The proto must pass `to_array`'s checks for the figure to
+    mean anything; an unknown dtype or shape counts 0."""
+    row = DTYPES.get(proto.dtype)
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if row is None or proto.tensor_shape.unknown_rank or any(d < 0 for d in dims):
+        return 0
+    count = int(math.prod(dims))
+    if proto.tensor_content:
+        return count * row.numpy_dtype().itemsize
+    return _values_nbytes(row, getattr(proto, row.field), count)
+
+
+def _values_nbytes(row: DType, values: Any, count: int) -> int:
+    if row.kind != "string":
+        return count * row.numpy_dtype().itemsize
+    total = count * STRING_ELEMENT_BYTES
+    if len(values):
+        total += sum(map(len, values)) + (count - len(values)) * len(values[-1])
+    return total
 
 
 def _from_content(

@@ -30,6 +30,7 @@ from confserve.serving import (
     SavedModelLoader,
     ServingMetrics,
     WarmupLoader,
+    default_memory_limits,
     log_unexpected,
     set_tensorflow_threads,
 )
@@ -52,6 +53,11 @@ class ServerSettings:
     # Inference requests running at once across gRPC and REST; beyond it RESOURCE_EXHAUSTED / 429. None:
     # bounded only by the worker pools (GrpcSettings.max_workers + RestSettings.num_threads), as TF Serving.
     max_concurrent_requests: int | None = None
+    # Memory requests may hold (serving/_memory.py): decoded inputs per request, and all requests in flight
+    # together; beyond them INVALID_ARGUMENT / 400 and RESOURCE_EXHAUSTED / 429. 0: the default derived
+    # from the replica's memory and the message size (`default_memory_limits`; docs/deployment.md).
+    max_request_memory_bytes: int = 0
+    max_inflight_memory_bytes: int = 0
     # How long SIGTERM waits for in-flight requests before closing the ports. Kubernetes' default
     # terminationGracePeriodSeconds is 30, so a few seconds leaves room for the rest of the shutdown.
     shutdown_grace_seconds: float = 5.0
@@ -104,9 +110,15 @@ class ModelServer:
         manager: ModelManager[Any] = ModelManager(loader, settings=self.settings.manager)
         self.store = ModelStore(models, opener, manager)
         self.metrics = None if self.settings.metrics_path is None else ServingMetrics()
+        self.memory_limits = default_memory_limits(
+            self.settings.grpc.max_message_bytes,
+            per_request_bytes=self.settings.max_request_memory_bytes,
+            in_flight_bytes=self.settings.max_inflight_memory_bytes,
+        )
         self.dataplane = DataPlane(
             manager,
             max_concurrent_requests=self.settings.max_concurrent_requests,
+            memory_limits=self.memory_limits,
             metrics=self.metrics,
             method_name_check=self.settings.enable_signature_method_name_check,
             output_tensor_content=self.settings.serialize_outputs_as_tensor_content,

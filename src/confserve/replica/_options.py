@@ -138,6 +138,20 @@ class ServeOptions:
         "Inference requests at once (gRPC + REST); beyond: RESOURCE_EXHAUSTED / 429. 0: no limit.",
         minimum=0,
     )
+    # Request memory (docs/deployment.md, "Request memory"): what a request's decoded inputs (and a REST
+    # body and its parse) may hold, alone and all requests in flight together; checked before allocating.
+    max_request_memory_bytes: int = _opt(
+        0,
+        "Memory one request's decoded inputs may take; beyond: INVALID_ARGUMENT / 400. "
+        "0: the smaller of twice --grpc_max_message_size and a quarter of the in-flight limit.",
+        minimum=0,
+    )
+    max_inflight_memory_bytes: int = _opt(
+        0,
+        "Memory the decoded inputs of all requests in flight may take; beyond: RESOURCE_EXHAUSTED / 429. "
+        "0: an eighth of the replica's memory (the enclave size under Gramine).",
+        minimum=0,
+    )
     tensorflow_intra_op_parallelism: int = _opt(
         0, "TensorFlow's intra-op threads (0: its choice).", minimum=0
     )

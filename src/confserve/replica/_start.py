@@ -277,6 +277,8 @@ def server_settings(options: ServeOptions) -> ServerSettings:
         file_system_poll_wait_seconds=options.file_system_poll_wait_seconds,
         model_config_poll_wait_seconds=options.model_config_file_poll_wait_seconds,
         max_concurrent_requests=options.max_concurrent_requests or None,
+        max_request_memory_bytes=options.max_request_memory_bytes,
+        max_inflight_memory_bytes=options.max_inflight_memory_bytes,
         shutdown_grace_seconds=options.shutdown_grace_seconds,
         tensorflow_intra_op_parallelism=options.tensorflow_intra_op_parallelism or session_threads,
         tensorflow_inter_op_parallelism=options.tensorflow_inter_op_parallelism or session_threads,

@@ -28,6 +28,7 @@ from confserve.serving._errors import (
     ModelUnavailableError,
     NotFoundError,
     PermissionDeniedError,
+    RequestTooLargeError,
     ResourceExhaustedError,
     ServingError,
     UnimplementedError,
@@ -41,6 +42,14 @@ from confserve.serving._manager import (
     ServableHandle,
     State,
     VersionStatus,
+)
+from confserve.serving._memory import (
+    MemoryBudget,
+    MemoryLimits,
+    RequestMemory,
+    default_memory_limits,
+    replica_memory_bytes,
+    trim_heap,
 )
 from confserve.serving._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from confserve.serving._metrics import DEFAULT_METRICS_PATH, ServingMetrics
@@ -95,6 +104,8 @@ __all__ = [
     "LoadError",
     "Loader",
     "ManagerSettings",
+    "MemoryBudget",
+    "MemoryLimits",
     "ModelConfig",
     "ModelManager",
     "ModelRelease",
@@ -106,6 +117,8 @@ __all__ = [
     "ProtectedOpener",
     "ReleaseRefusedError",
     "ReleasedOpener",
+    "RequestMemory",
+    "RequestTooLargeError",
     "ResourceExhaustedError",
     "SavedModelLoader",
     "SavedModelServable",
@@ -121,13 +134,16 @@ __all__ = [
     "VersionPolicy",
     "VersionStatus",
     "WarmupLoader",
+    "default_memory_limits",
     "dtype_name",
     "log_unexpected",
     "model_configs_from_proto",
     "parse_model_server_config",
     "parse_saved_model_tags",
+    "replica_memory_bytes",
     "select_versions",
     "set_tensorflow_threads",
+    "trim_heap",
 ]
 
 _LAZY = {

@@ -46,9 +46,11 @@ from confserve.serving._errors import (
     UnimplementedError,
 )
 from confserve.serving._manager import ServableHandle, VersionStatus
+from confserve.serving._memory import MemoryBudget, MemoryLimits, RequestMemory
 from confserve.serving._metrics import ServingMetrics
 from confserve.serving._tensors import (
     DEFAULT_MAX_TENSOR_ELEMENTS,
+    STRING_ELEMENT_BYTES,
     check_dtype,
     data_type_name,
     from_proto,
@@ -124,9 +126,11 @@ class DataPlane:
     """Predict, Classify, Regress, MultiInference, GetModelMetadata and GetModelStatus.
 
     The inference calls (Predict, Classify, Regress, MultiInference) pass through one `Admission`, shared
-    by both front ends: beyond `max_concurrent_requests` they fail at once with RESOURCE_EXHAUSTED.
-    Status and metadata calls are not counted, so probes keep answering under load. The same place records
-    TF Serving's request metrics when `metrics` is given.
+    by both front ends: beyond `max_concurrent_requests` they fail at once with RESOURCE_EXHAUSTED. Each
+    also gets an account of the one `MemoryBudget` (`memory_limits`, serving/_memory.py), charged with
+    the decoded size of its inputs before they are allocated. Status and metadata calls are not counted,
+    so probes keep answering under load. The same place records TF Serving's request metrics when
+    `metrics` is given.
     """
 
     def __init__(
@@ -135,6 +139,7 @@ class DataPlane:
         *,
         max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS,
         max_concurrent_requests: int | None = None,
+        memory_limits: MemoryLimits | None = None,
         metrics: ServingMetrics | None = None,
         method_name_check: bool = False,
         output_tensor_content: bool = False,
@@ -143,19 +148,27 @@ class DataPlane:
         self._manager = manager
         self._max_elements = max_tensor_elements
         self.admission = Admission(max_concurrent_requests)
+        self.memory = MemoryBudget(memory_limits)
         self._metrics = metrics
         self._method_name_check = method_name_check
         self._output_tensor_content = output_tensor_content
         self._clock = clock
 
     @contextmanager
-    def _serving(self, api: str, model_name: str, entrypoint: str) -> Iterator[None]:
-        """One inference request: admission, then TF Serving's request_count and request_latency."""
+    def _serving(
+        self, api: str, model_name: str, entrypoint: str, memory: RequestMemory | None = None
+    ) -> Iterator[RequestMemory]:
+        """One inference request: admission and a memory account (the caller's, if it opened one for
+        what it already holds, e.g. a REST body), then TF Serving's request_count and request_latency."""
         start = self._clock()
         status = "OK"
         try:
             with self.admission.admit():
-                yield
+                if memory is not None:
+                    yield memory
+                else:
+                    with self.memory.request() as account:
+                        yield account
         except ConfserveError as exc:
             status = exc.status.value
             raise
@@ -214,11 +227,16 @@ class DataPlane:
         *,
         entrypoint: str = GRPC,
         output_tensor_content: bool | None = None,
+        memory: RequestMemory | None = None,
     ) -> predict_pb2.PredictResponse:
         """TF Serving's Predict (predict_util.cc). `output_tensor_content` overrides the server's choice of
-        output encoding for one call (the REST front end reads the response itself and wants the fast one)."""
+        output encoding for one call (the REST front end reads the response itself and wants the fast one);
+        `memory` is an account the caller opened for the same request (see `_serving`)."""
         as_content = self._output_tensor_content if output_tensor_content is None else output_tensor_content
-        with self._serving("Predict", request.model_spec.name, entrypoint), self._acquire(request) as handle:
+        with (
+            self._serving("Predict", request.model_spec.name, entrypoint, memory) as account,
+            self._acquire(request) as handle,
+        ):
             name = _signature_key(request.model_spec)
             signature = handle.servable.signature_defs.get(name)
             if signature is None:
@@ -232,7 +250,7 @@ class DataPlane:
                     f"Expected prediction signature method_name to be one of {{{PREDICT_METHOD}, "
                     f"{CLASSIFY_METHOD}, {REGRESS_METHOD}}}. Was: {signature.method_name}"
                 )
-            inputs = self._predict_inputs(request, signature)
+            inputs = self._predict_inputs(request, signature, account)
             output_keys = self._output_keys(request, signature)
             outputs = handle.servable.run(name, inputs, output_keys)
             response = predict_pb2.PredictResponse()
@@ -241,7 +259,9 @@ class DataPlane:
                 response.outputs[key].CopyFrom(response_proto(outputs[key], as_content=as_content))
             return response
 
-    def _predict_inputs(self, request: Any, signature: Any) -> dict[str, npt.NDArray[Any]]:
+    def _predict_inputs(
+        self, request: Any, signature: Any, memory: RequestMemory
+    ) -> dict[str, npt.NDArray[Any]]:
         sent = list(request.inputs)
         expected = list(signature.inputs)
         defaults = signature.defaults
@@ -267,7 +287,7 @@ class DataPlane:
             if tensor is None:
                 raise InvalidInputError(f"Missing input: {alias}, and the signature has no default for it")
             check_dtype(alias, index, tensor, signature.inputs[alias])
-            arrays[alias] = from_proto(alias, tensor, max_elements=self._max_elements)
+            arrays[alias] = from_proto(alias, tensor, max_elements=self._max_elements, memory=memory)
         return arrays
 
     @staticmethod
@@ -289,17 +309,21 @@ class DataPlane:
     # -- Classify / Regress -----------------------------------------------------------------------------
 
     def classify(
-        self, request: classification_pb2.ClassificationRequest, *, entrypoint: str = GRPC
+        self,
+        request: classification_pb2.ClassificationRequest,
+        *,
+        entrypoint: str = GRPC,
+        memory: RequestMemory | None = None,
     ) -> classification_pb2.ClassificationResponse:
         with (
-            self._serving("Classify", request.model_spec.name, entrypoint),
+            self._serving("Classify", request.model_spec.name, entrypoint, memory) as account,
             self._acquire(request) as handle,
         ):
             name, signature = self._examples_signature(handle.servable, request.model_spec, CLASSIFY_METHOD)
             response = classification_pb2.ClassificationResponse()
             self._fill_spec(response.model_spec, handle, name)
             _check_classify_signature(signature)
-            examples = _serialized_examples(request.input)
+            examples = _serialized_examples(request.input, account)
             outputs = self._run_examples(
                 handle.servable, name, signature, examples, _classify_outputs(signature)
             )
@@ -307,14 +331,21 @@ class DataPlane:
             return response
 
     def regress(
-        self, request: regression_pb2.RegressionRequest, *, entrypoint: str = GRPC
+        self,
+        request: regression_pb2.RegressionRequest,
+        *,
+        entrypoint: str = GRPC,
+        memory: RequestMemory | None = None,
     ) -> regression_pb2.RegressionResponse:
-        with self._serving("Regress", request.model_spec.name, entrypoint), self._acquire(request) as handle:
+        with (
+            self._serving("Regress", request.model_spec.name, entrypoint, memory) as account,
+            self._acquire(request) as handle,
+        ):
             name, signature = self._examples_signature(handle.servable, request.model_spec, REGRESS_METHOD)
             response = regression_pb2.RegressionResponse()
             self._fill_spec(response.model_spec, handle, name)
             _check_regress_signature(signature)
-            examples = _serialized_examples(request.input)
+            examples = _serialized_examples(request.input, account)
             outputs = self._run_examples(handle.servable, name, signature, examples, [_REGRESS_OUTPUTS])
             response.result.CopyFrom(_regression_result(outputs[_REGRESS_OUTPUTS], len(examples)))
             return response
@@ -348,12 +379,12 @@ class DataPlane:
         """TF Serving's MultiInference (multi_inference.cc): every task on the servable the first task's
         ModelSpec selects, all checked before any runs, each classify or regress on the same examples."""
         model_name = request.tasks[0].model_spec.name if request.tasks else ""
-        with self._serving("MultiInference", model_name, entrypoint):
+        with self._serving("MultiInference", model_name, entrypoint) as account:
             if not request.tasks:
                 raise InvalidInputError("MultiInferenceRequest must contain at least one task")
             with self._acquire_spec(request.tasks[0].model_spec) as handle:
                 plan = self._multi_inference_plan(request, handle.servable)
-                examples = _serialized_examples(request.input)
+                examples = _serialized_examples(request.input, account)
                 response = inference_pb2.MultiInferenceResponse()
                 for task, name, signature in plan:
                     result = response.results.add()
@@ -490,15 +521,18 @@ def _classify_outputs(signature: Any) -> list[str]:
     return [key for key in (_CLASSIFY_CLASSES, _CLASSIFY_SCORES) if key in signature.outputs]
 
 
-def _serialized_examples(model_input: Any) -> npt.NDArray[Any]:
+def _serialized_examples(model_input: Any, memory: RequestMemory) -> npt.NDArray[Any]:
     """InputToSerializedExampleTensor: one serialized tf.Example per example; with a context, the context's
     bytes followed by the example's, so the example's features win (protobuf's merge of concatenated
-    messages)."""
+    messages). Their size (the context once per example) is charged to `memory` before serializing."""
     kind = model_input.WhichOneof("kind")
     if kind == "example_list":
-        serialized = [e.SerializeToString() for e in model_input.example_list.examples]
+        examples = model_input.example_list.examples
+        _charge_examples(memory, 0, examples)
+        serialized = [e.SerializeToString() for e in examples]
     elif kind == "example_list_with_context":
         with_context = model_input.example_list_with_context
+        _charge_examples(memory, with_context.context.ByteSize(), with_context.examples)
         context = with_context.context.SerializeToString()
         serialized = [context + e.SerializeToString() for e in with_context.examples]
     else:
@@ -508,6 +542,11 @@ def _serialized_examples(model_input: Any) -> npt.NDArray[Any]:
     array = np.empty(len(serialized), dtype=object)
     array[:] = serialized
     return array
+
+
+def _charge_examples(memory: RequestMemory, context_bytes: int, examples: Any) -> None:
+    per_example = context_bytes + STRING_ELEMENT_BYTES
+    memory.charge(sum(e.ByteSize() + per_example for e in examples), "the serialized examples")
 
 
 def _check_classification_output(

@@ -19,6 +19,7 @@ __all__ = [
     "ModelUnavailableError",
     "NotFoundError",
     "PermissionDeniedError",
+    "RequestTooLargeError",
     "ResourceExhaustedError",
     "ServingError",
     "UnimplementedError",
@@ -74,9 +75,14 @@ class UnimplementedError(ServingError):
 
 
 class ResourceExhaustedError(ServingError):
-    """A request exceeds a configured size limit."""
+    """A request exceeds a configured size limit, or the replica's capacity for requests in flight."""
 
     status = Status.RESOURCE_EXHAUSTED
+
+
+class RequestTooLargeError(InvalidInputError):
+    """One request needs more memory than the per-request limit allows: it will never fit, so it is an
+    invalid argument rather than a reason to retry."""
 
 
 class PermissionDeniedError(ServingError):

@@ -23,9 +23,11 @@ import numpy as np
 import numpy.typing as npt
 
 from confserve.serving._errors import InvalidInputError, ResourceExhaustedError, ServingError
+from confserve.serving._memory import RequestMemory
 from confserve.tensor_proto import (
     DEFAULT_MAX_TENSOR_ELEMENTS,
     DTYPES,
+    STRING_ELEMENT_BYTES,
     TensorProtoError,
     TensorTooLargeError,
     dtype_name,
@@ -35,6 +37,7 @@ from confserve.tensor_proto import (
 
 __all__ = [
     "DEFAULT_MAX_TENSOR_ELEMENTS",
+    "STRING_ELEMENT_BYTES",
     "check_dtype",
     "data_type_name",
     "dtype_name",
@@ -64,11 +67,18 @@ def tensor_shape_string(array: npt.NDArray[Any]) -> str:
 
 
 def from_proto(
-    alias: str, tensor: Any, *, max_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS
+    alias: str,
+    tensor: Any,
+    *,
+    max_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS,
+    memory: RequestMemory | None = None,
 ) -> npt.NDArray[Any]:
-    """Validate a request TensorProto and convert it to numpy."""
+    """Validate a request TensorProto and convert it to numpy; its decoded size is charged to `memory`
+    before anything is allocated."""
+    what = f"input '{alias}'"
+    reserve = None if memory is None else (lambda nbytes: memory.charge(nbytes, what))
     try:
-        return to_array(tensor, max_elements=max_elements, writable=False)
+        return to_array(tensor, max_elements=max_elements, writable=False, reserve=reserve)
     except TensorTooLargeError as e:
         raise ResourceExhaustedError(f"input '{alias}': {e}") from None
     except TensorProtoError as e:

@@ -32,7 +32,7 @@ from confserve.frontends.rest._json import (
 )
 from confserve.frontends.rest._routes import Route, parse_route
 from confserve.frontends.rest._status import HTTP_STATUS
-from confserve.serving import REST, DataPlane, InvalidInputError, log_unexpected
+from confserve.serving import REST, DataPlane, InvalidInputError, RequestMemory, log_unexpected
 
 __all__ = ["RestApi", "RestResponse"]
 
@@ -64,49 +64,57 @@ class RestApi:
         self._dataplane = dataplane
         self._ops = ops
 
-    def handle(self, method: str, path: str, body: bytes) -> RestResponse:
+    def handle(
+        self, method: str, path: str, body: bytes, memory: RequestMemory | None = None
+    ) -> RestResponse:
+        """The answer to one request; `memory` is the request's account (already charged for the body),
+        charged further for what parsing builds and then for the decoded tensors."""
         if self._ops is not None and (own := self._ops.handle(method, path, body)) is not None:
             return own
         try:
             route = parse_route(method, path)
             if route is None:
                 raise InvalidInputError(f"Malformed request: {method} {path[:_MAX_PATH_IN_ERROR]}")
-            return RestResponse(200, dumps(self._dispatch(route, body)))
+            return RestResponse(200, dumps(self._dispatch(route, body, memory)))
         except ConfserveError as exc:
             return error_response(HTTP_STATUS[exc.status], str(exc))
         except Exception as exc:
             log_unexpected(_log, "REST request", exc)
             return error_response(500, "internal error")
 
-    def _dispatch(self, route: Route, body: bytes) -> dict[str, Any]:
+    def _dispatch(self, route: Route, body: bytes, memory: RequestMemory | None) -> dict[str, Any]:
         if route.verb == "status":
             request = get_model_status_pb2.GetModelStatusRequest()
             request.model_spec.CopyFrom(_spec(route))
             return proto_json(self._dataplane.get_model_status(request))
         if route.verb == "metadata":
             return self._metadata(route)
-        payload = loads(body)
+        payload = loads(body, memory)
         signature_name = payload.get("signature_name", "")
         if not isinstance(signature_name, str):
             raise InvalidInputError("'signature_name' key must be a string value.")  # TF Serving's text
         spec = _spec(route, signature_name)
         if route.verb == "predict":
-            return self._predict(spec, payload)
+            return self._predict(spec, payload, memory)
         if route.verb == "classify":
             classify = classification_pb2.ClassificationRequest(
                 model_spec=spec, input=examples_input(payload)
             )
-            return classify_response_json(self._dataplane.classify(classify, entrypoint=REST))
+            return classify_response_json(self._dataplane.classify(classify, entrypoint=REST, memory=memory))
         regress = regression_pb2.RegressionRequest(model_spec=spec, input=examples_input(payload))
-        return regress_response_json(self._dataplane.regress(regress, entrypoint=REST))
+        return regress_response_json(self._dataplane.regress(regress, entrypoint=REST, memory=memory))
 
-    def _predict(self, spec: model_pb2.ModelSpec, payload: dict[str, Any]) -> dict[str, Any]:
+    def _predict(
+        self, spec: model_pb2.ModelSpec, payload: dict[str, Any], memory: RequestMemory | None
+    ) -> dict[str, Any]:
         version, signature = self._dataplane.resolve_signature(spec)
         request, row_format = predict_request_from_json(payload, signature)
         request.model_spec.CopyFrom(spec)
         request.model_spec.version.value = version  # the version whose signature parsed the JSON
         # tensor_content: the fastest encoding to write and read back; REST clients never see the proto.
-        response = self._dataplane.predict(request, entrypoint=REST, output_tensor_content=True)
+        response = self._dataplane.predict(
+            request, entrypoint=REST, output_tensor_content=True, memory=memory
+        )
         return predict_response_json(response, row_format)
 
     def _metadata(self, route: Route) -> dict[str, Any]:

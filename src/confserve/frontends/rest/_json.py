@@ -32,7 +32,8 @@ import numpy as np
 import numpy.typing as npt
 from google.protobuf import json_format
 
-from confserve.serving import InvalidInputError, ServingError
+from confserve.frontends.rest._body import parse_json_body
+from confserve.serving import InvalidInputError, RequestMemory, ServingError
 from confserve.tensor_proto import DTYPES, TensorProtoError, dtype_name, to_array, to_proto
 from confserve.tfs_protos import example_pb2, input_pb2, predict_pb2
 
@@ -68,12 +69,14 @@ class RawJson(str):
     __slots__ = ()
 
 
-def loads(body: bytes) -> dict[str, Any]:
-    """Parse a request body: a JSON object (NaN and Infinity allowed, as in TF Serving)."""
+def loads(body: bytes, memory: RequestMemory | None = None) -> dict[str, Any]:
+    """Parse a request body: a JSON object (NaN and Infinity allowed, as in TF Serving). What the parse
+    builds is charged to `memory` first; large numeric arrays come back as numpy arrays (`_body`)."""
     if not body.strip():
         raise InvalidInputError("JSON Parse error: The document is empty")  # TF Serving's text
+    charge = _no_charge if memory is None else memory.charge
     try:
-        value = json.loads(body)
+        value = parse_json_body(body, charge)
     except json.JSONDecodeError as exc:
         reason = "Invalid value" if exc.msg == "Expecting value" else exc.msg
         raise InvalidInputError(f"JSON Parse error: {reason} at offset: {exc.pos}") from None
@@ -87,6 +90,10 @@ def loads(body: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidInputError("JSON Value: the request body Is not object")  # TF Serving: "Is not object"
     return value
+
+
+def _no_charge(nbytes: int, what: str) -> None:
+    pass
 
 
 def dumps(value: Any) -> bytes:
@@ -215,6 +222,8 @@ def _single_input(signature: Any, key: str) -> str:
 
 
 def _instances(instances: Any, signature: Any) -> dict[str, Any]:
+    if isinstance(instances, np.ndarray):  # a numeric array parsed whole (`_body`): never empty
+        return {_single_input(signature, "instances"): instances}
     if not isinstance(instances, list):
         raise InvalidInputError("Expecting 'instances' to be an list/array")
     if not instances:
@@ -250,7 +259,7 @@ def _to_array(alias: str, value: Any, dtype_enum: int) -> npt.NDArray[Any]:
         array[:] = leaves
         return array.reshape(shape)
     try:
-        array = np.array(value)
+        array = value if isinstance(value, np.ndarray) else np.array(value)
     except (ValueError, TypeError, OverflowError):
         # numpy also refuses more than 64 dimensions here
         raise InvalidInputError(
@@ -273,7 +282,7 @@ def _to_array(alias: str, value: Any, dtype_enum: int) -> npt.NDArray[Any]:
         found = _first_mismatch(value, row.kind)
         # TF Serving's wording (json_tensor.cc, TypeError), without the value itself.
         raise InvalidInputError(f"input '{alias}': JSON Type: {found} is not of expected type: {row.name}")
-    return array.astype(dtype)
+    return array.astype(dtype, copy=False)
 
 
 def _has_bool(value: Any) -> bool:

@@ -32,11 +32,11 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from confserve.errors import Status
+from confserve.errors import ConfserveError, Status
 from confserve.frontends._tls import TlsConfig
 from confserve.frontends.rest._api import ExtraEndpoints, RestApi, RestResponse, error_response
 from confserve.frontends.rest._status import HTTP_STATUS
-from confserve.serving import Admission, DataPlane
+from confserve.serving import Admission, DataPlane, RequestMemory
 
 __all__ = ["RestServer", "RestSettings", "server_ssl_context"]
 
@@ -127,6 +127,7 @@ class RestServer:
             raise ValueError("REST without TLS must be requested with allow_insecure=True")
         self._settings = settings or RestSettings()
         self._api = RestApi(dataplane, ops)
+        self._memory = dataplane.memory
         self._ssl = None if tls is None else server_ssl_context(tls)
         self._pool = futures.ThreadPoolExecutor(self._settings.num_threads, thread_name_prefix="rest")
         self._loop = asyncio.new_event_loop()
@@ -144,18 +145,39 @@ class RestServer:
             return _to_aiohttp(await self._respond(request))
 
     async def _respond(self, request: web.Request) -> RestResponse:
+        # The body is charged to the request's memory account before it is read (Content-Length; a chunked
+        # body once read, bounded by max_body_bytes); the worker thread closes the account when done.
+        length = request.content_length
+        if length is not None and length > self._settings.max_body_bytes:
+            return error_response(413, "request body too large")
+        memory = self._memory.request()
+        handed_over = False
         try:
+            memory.charge(length or 0, "the request body")
             body = await request.read()
+            if length is None:
+                memory.charge(len(body), "the request body")
+            loop = asyncio.get_running_loop()
+            work = loop.run_in_executor(
+                self._pool, self._in_worker, request.method, request.path, body, memory
+            )
+            handed_over = True
+            return await asyncio.wait_for(work, self._settings.request_timeout_seconds)
         except web.HTTPRequestEntityTooLarge:
             return error_response(413, "request body too large")
         except (HttpProcessingError, web.RequestPayloadError):  # bad chunking or Content-Encoding
             return error_response(400, "malformed request body")
-        loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(self._pool, self._api.handle, request.method, request.path, body)
-        try:
-            return await asyncio.wait_for(work, self._settings.request_timeout_seconds)
+        except ConfserveError as exc:  # the body's charge refused
+            return error_response(HTTP_STATUS[exc.status], str(exc))
         except TimeoutError:
             return error_response(HTTP_STATUS[Status.DEADLINE_EXCEEDED], "request timed out")
+        finally:
+            if not handed_over:
+                memory.close()
+
+    def _in_worker(self, method: str, path: str, body: bytes, memory: RequestMemory) -> RestResponse:
+        with memory:
+            return self._api.handle(method, path, body, memory)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="rest-server", daemon=True)
