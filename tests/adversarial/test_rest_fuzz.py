@@ -177,3 +177,22 @@ def test_every_hostile_body_on_every_path(replica: Replica, client: Client) -> N
             assert status < 500, (path, body[:100], answer[:300])
     _check_alive(replica, client)
     assert replica.log_leaks([MARKER.encode()]) == []
+
+
+def test_f7_large_valid_body_leaves_the_replica_up(replica: Replica, client: Client, budget: Budget) -> None:
+    """F7: one valid 40 MiB REST body (1.6 million rows of four floats; 8 MiB without --long, as the
+    40 MiB one takes this 2-core machine longer than the 30 s REST deadline). The replica answers it (504
+    past the deadline) and stays up; how much memory it keeps afterwards is printed (run with -s). The
+    per-request memory budget that bounds this belongs to serving."""
+    row = "[0.25, -1.5, 3.125, 0.5]"
+    rows = ((40 if budget.long else 8) << 20) // (len(row) + 2)
+    body = ('{"instances": [' + ", ".join([row] * rows) + "]}").encode()
+    rss_before, peak_before = replica.rss_bytes()
+    status, _ = client.request("POST", "/v1/models/clf:predict", body)
+    rss_after, peak_after = replica.rss_bytes()
+    assert status in (200, 400, 413, 429, 504), status
+    _check_alive(replica, client)
+    print(
+        f"F7: {len(body) >> 20} MiB body -> {status}; replica RSS {rss_before >> 20} MiB before, "
+        f"{rss_after >> 20} MiB after, peak {peak_after >> 20} MiB (before: {peak_before >> 20} MiB)"
+    )

@@ -194,8 +194,12 @@ class Collateral:
     def from_file(cls, path: str | os.PathLike[str]) -> Collateral:
         try:
             text = read_input_text(path, max_bytes=MAX_SMALL_FILE_BYTES)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise VerificationError(f"cannot read collateral file: {type(exc).__name__}") from exc
+        except OSError as exc:  # the reason, never the content (a UnicodeDecodeError would quote it)
+            raise VerificationError(
+                f"cannot read collateral file: {exc.strerror or type(exc).__name__}"
+            ) from exc
+        except UnicodeDecodeError as exc:
+            raise VerificationError("cannot read collateral file: not UTF-8 text") from exc
         return cls.from_json(text)
 
     def to_dcap(self) -> Any:
