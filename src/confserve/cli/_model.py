@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import click
 
 from confserve import owner, pf
 from confserve.cli._common import reports_errors
+from confserve.releases import ReleaseKey
 
 _OUT = click.option(
     "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Model base path."
@@ -83,12 +85,34 @@ def import_frozen_graph(graph: str, inputs: str, outputs: str, out_dir: str, ver
     help="The model's base path as the server opens it (default: --out as given).",
 )
 @click.option("--format-version", type=click.Choice(["1", "2"]), default="1", show_default=True)
+@click.option(
+    "--key-id",
+    help="The wrap key's id: its secret name at the key service (per-model keys: the model's name). "
+    "Recorded in the release [default: the file name of --wrap-key].",
+)
+@click.option(
+    "--release-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Publish the next signed release of OUT with this key (confserve release gen-key).",
+)
+@click.option("--model", "model_name", help="The model's name in the release [default: OUT's name].")
 @click.option("-v", "--verbose", is_flag=True)
 @reports_errors
 def encrypt(
-    model_dir: str, wrap_key: str, out_dir: str, bind_root: str | None, format_version: str, verbose: bool
+    model_dir: str,
+    wrap_key: str,
+    out_dir: str,
+    bind_root: str | None,
+    format_version: str,
+    key_id: str | None,
+    release_key: Path | None,
+    model_name: str | None,
+    verbose: bool,
 ) -> None:
-    """Encrypt every file of every version of MODEL_DIR into OUT, bound to the paths the server opens."""
+    """Encrypt every file of every version of MODEL_DIR into OUT, bound to the paths the server opens;
+    with --release-key, publish the tree as the model's next release, recording the key id."""
+    if release_key is None and (key_id is not None or model_name is not None):
+        raise click.UsageError("--key-id and --model are recorded in a release: give --release-key")
     entries = owner.encrypt_model_tree(
         model_dir, out_dir, pf.WrapKey.load(wrap_key), bind_root=bind_root, format_version=int(format_version)
     )
@@ -101,6 +125,15 @@ def encrypt(
         f"encrypted {len(entries)} files of versions {', '.join(versions)} into {out_dir}; "
         f"serve with --model_base_path {root}"
     )
+    if release_key is not None:
+        release = owner.publish_release(
+            Path(out_dir),
+            model=model_name or Path(out_dir).resolve().name,
+            bind_root=root,
+            key=ReleaseKey.from_pem(release_key.read_bytes()),
+            key_id=key_id or Path(wrap_key).name,
+        )
+        click.echo(f"release {release.release} of model {release.model!r} (key {release.key_id!r}) published")
 
 
 @model_group.command("inspect")

@@ -6,6 +6,9 @@ confserve release publish host/models/digits --model digits --bind-root models/d
         --key release/release.key
 confserve release verify host/models/digits --model digits --bind-root models/digits \
         --public-key release/release.pub.pem
+confserve release rotate host/models/digits --model digits --bind-root models/digits \
+        --key release/release.key --old-wrap-key keys/digits --new-wrap-key keys/digits-2 \
+        --new-key-id digits-2
 """
 
 from __future__ import annotations
@@ -14,17 +17,9 @@ from pathlib import Path
 
 import click
 
-from confserve import pf
+from confserve import owner, pf
 from confserve.cli._common import fail, reports_errors
-from confserve.releases import (
-    MANIFEST_FILE,
-    ReleaseError,
-    ReleaseKey,
-    load_public_key,
-    manifest_for_tree,
-    sign_release,
-    verify_release,
-)
+from confserve.releases import MANIFEST_FILE, ReleaseError, ReleaseKey, load_public_key, verify_release
 
 
 @click.group("release")
@@ -59,28 +54,71 @@ def gen_key(directory: Path) -> None:
 @click.option(
     "--release", "number", type=click.IntRange(0), help="Release number [default: the last one + 1]."
 )
-@click.option("--key-id", default="default", show_default=True, help="Id of the wrap key the files use.")
+@click.option(
+    "--key-id",
+    help="Id of the wrap key the files use (its secret name at the key service) "
+    "[default: the last release's, else 'default'].",
+)
 @reports_errors
-def publish(base: Path, model: str, bind_root: str, key_path: Path, number: int | None, key_id: str) -> None:
+def publish(
+    base: Path, model: str, bind_root: str, key_path: Path, number: int | None, key_id: str | None
+) -> None:
     """Sign a release of the encrypted model tree BASE: every version directory and file in it now."""
-    key = ReleaseKey.from_pem(key_path.read_bytes())
-    manifest = base / MANIFEST_FILE
-    previous = None
-    if manifest.exists():
-        try:
-            previous = verify_release(manifest.read_bytes(), key.public_key, model=model).release
-        except ReleaseError as e:
-            fail(f"{manifest}: {e} (move it away to start the numbering again)")
-    if number is None:
-        number = 0 if previous is None else previous + 1
-    elif previous is not None and number <= previous:
-        fail(f"release {number} is not above the published release {previous}")
-    text = sign_release(
-        key, model=model, release=number, key_id=key_id, versions=manifest_for_tree(base, bind_root)
+    release = owner.publish_release(
+        base,
+        model=model,
+        bind_root=bind_root,
+        key=ReleaseKey.from_pem(key_path.read_bytes()),
+        key_id=key_id,
+        number=number,
     )
-    # a polling replica sees the old or the new manifest, never half of one
-    pf.write_public_file(manifest, text, replace=True)
-    click.echo(f"release {number} of model {model!r} written to {manifest}")
+    click.echo(
+        f"release {release.release} of model {model!r} (key {release.key_id!r}) written to "
+        f"{base / MANIFEST_FILE}"
+    )
+
+
+@release_group.command("rotate")
+@click.argument("base", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--model", required=True, help="The model's name (as the replicas serve it).")
+@click.option("--bind-root", required=True, help="The root the files are bound to (as `model encrypt` used).")
+@click.option(
+    "--key", "key_path", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The release signing key (release.key).",
+)  # fmt: skip
+@click.option(
+    "--old-wrap-key", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The wrap key the current release uses.",
+)  # fmt: skip
+@click.option(
+    "--new-wrap-key", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The new wrap key (confserve pf gen-key).",
+)  # fmt: skip
+@click.option("--new-key-id", required=True, help="The new key's id (its secret name at the key service).")
+@reports_errors
+def rotate(
+    base: Path,
+    model: str,
+    bind_root: str,
+    key_path: Path,
+    old_wrap_key: Path,
+    new_wrap_key: Path,
+    new_key_id: str,
+) -> None:
+    """Re-encrypt the current release of BASE under a new wrap key, as new version numbers, and publish
+    the next release listing only those (docs/releases.md, "Key rotation": let the policy grant both keys
+    first; retire the old one once the replicas have moved)."""
+    release, renumbered = owner.rotate_key(
+        base,
+        model=model,
+        bind_root=bind_root,
+        key=ReleaseKey.from_pem(key_path.read_bytes()),
+        old_key=pf.WrapKey.load(old_wrap_key),
+        new_key=pf.WrapKey.load(new_wrap_key),
+        new_key_id=new_key_id,
+    )
+    moved = ", ".join(f"{old} -> {new}" for old, new in renumbered.items())
+    click.echo(f"release {release.release} of model {model!r}: key {new_key_id!r}, versions {moved}")
 
 
 @release_group.command("verify")
@@ -111,11 +149,17 @@ def verify_cmd(base: Path, model: str, bind_root: str, public_key: Path, floor: 
                 if not bound.startswith(prefix):
                     raise ValueError(f"not under the bind root {bind_root}")
                 release.check_file(version, bound, (base / bound[len(prefix) :]).read_bytes())
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, ReleaseError) as e:
                 problems += 1
                 click.echo(f"  {bound}: {e}", err=True)
+        directory = base / str(version)
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()) if directory.is_dir() else ():
+            bound = f"{prefix}{path.relative_to(base).as_posix()}"
+            if bound not in files:
+                problems += 1
+                click.echo(f"  {bound}: not in the release", err=True)
     if problems:
-        fail(f"{problems} file(s) of release {release.release} are missing or changed")
+        fail(f"{problems} file(s) of release {release.release} are missing, changed or added")
     click.echo(
         f"release {release.release} of model {model!r}: {len(release.versions)} version(s), all files match"
     )

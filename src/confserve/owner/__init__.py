@@ -1,4 +1,5 @@
-"""Model-owner tools: TLS material, example models, encryption and inspection of model trees.
+"""Model-owner tools: TLS material, example models, encryption and inspection of model trees, releases
+(publishing and key rotation).
 
 Importing the package loads nothing else: TLS material (cryptography's X.509 layer) and models
 (TensorFlow) load on first use of a name.
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
         make_digits_model,
         make_resnet50_model,
     )
+    from confserve.owner._releases import current_release, publish_release, rotate_key
     from confserve.owner._tls import (
         DEFAULT_SSL_CONFIG_BOUND_PATH,
         SERVER_NAME_FILE,
@@ -45,6 +47,9 @@ _LAZY: dict[str, str] = {
     "load_digits_dataset": "_models",
     "make_digits_model": "_models",
     "make_resnet50_model": "_models",
+    "current_release": "_releases",
+    "publish_release": "_releases",
+    "rotate_key": "_releases",
     "DEFAULT_SSL_CONFIG_BOUND_PATH": "_tls",
     "KeyType": "_tls",
     "SERVER_NAME_FILE": "_tls",
@@ -64,6 +69,7 @@ __all__ = [
     "TlsMaterial",
     "TlsMaterialError",
     "VersionInfo",
+    "current_release",
     "encrypt_model_tree",
     "generate_tls_material",
     "import_frozen_graph",
@@ -72,6 +78,8 @@ __all__ = [
     "load_digits_dataset",
     "make_digits_model",
     "make_resnet50_model",
+    "publish_release",
+    "rotate_key",
 ]
 
 
