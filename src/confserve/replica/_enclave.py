@@ -20,7 +20,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -45,6 +45,7 @@ from confserve.files import MAX_SMALL_FILE_BYTES, open_input, read_input
 from confserve.provisioning import (
     ClientSettings,
     DevAttestationKeys,
+    Granted,
     KeyInstaller,
     ProvisioningError,
     SecretProvisioningClient,
@@ -214,6 +215,31 @@ class EnclaveRuntime:
             key.fingerprint(),
         )
         return key
+
+    def lease(
+        self,
+        names: Sequence[str],
+        models: Sequence[str],
+        *,
+        cancel: threading.Event | None = None,
+        deadline_seconds: float | None = None,
+    ) -> Granted:
+        """One attested session of the key lease (docs/releases.md): the granted ones of `names`, the
+        release floor of each of `models` and the owner's lease bound. Raises EnclaveError."""
+        s = self.settings
+        try:
+            client_settings = ClientSettings.from_files(
+                s.servers, s.ca_chain, deadline_seconds=deadline_seconds or s.deadline_seconds
+            )
+        except ProvisioningError as e:
+            raise EnclaveError(f"secret provisioning is misconfigured: {e}") from None
+        client = SecretProvisioningClient(client_settings, self.attester, cancel=cancel)
+        try:
+            return client.lease(names, models)
+        except ProvisioningError as e:
+            raise EnclaveError(
+                f"no keys from secret provisioning after {client.attempts} attempts: {e}"
+            ) from None
 
     def install_key(self, name: str, key: pf.WrapKey, installer: KeyInstaller | None = None) -> None:
         """Under Gramine: hand the key to Gramine as key `name` (/dev/attestation/keys/NAME, as

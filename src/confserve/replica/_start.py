@@ -14,8 +14,9 @@ collects options and calls `build`.
 from __future__ import annotations
 
 import logging
+import posixpath
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,13 @@ from confserve import pf
 from confserve.attestation import EnclaveIdentity
 from confserve.errors import ConfserveError, Status
 from confserve.files import MAX_SMALL_FILE_BYTES, read_input, read_input_text
-from confserve.releases import load_public_key
+from confserve.releases import (
+    MANIFEST_FILE,
+    MAX_MANIFEST_BYTES,
+    ReleaseError,
+    load_public_key,
+    verify_release,
+)
 from confserve.replica._enclave import (
     EnclaveError,
     EnclaveRuntime,
@@ -35,8 +42,12 @@ from confserve.replica._enclave import (
 from confserve.replica._options import OptionsError, ServeOptions
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     from confserve.frontends import ModelServer, ServerSettings, TlsConfig
-    from confserve.serving import ModelConfig, ReleasedOpener
+    from confserve.provisioning import Granted
+    from confserve.replica._lease import KeyLease
+    from confserve.serving import FileOpener, ModelConfig
     from confserve.serving.batching import BatchingSettings
 
 __all__ = [
@@ -355,17 +366,84 @@ def _config_reader(options: ServeOptions, wrap_key: pf.WrapKey | None) -> Callab
     return read_models
 
 
-def _released_opener(public_key_path: str, wrap_key: pf.WrapKey | None) -> ReleasedOpener:
-    """The opener of a replica with a pinned release key: it serves what the owner's signed releases list,
-    decrypted with the key each release names (docs/releases.md)."""
-    from confserve.serving import KeyGrant, ReleasedOpener, StaticKeys  # noqa: PLC0415
-
+def _release_public_key(path: str) -> Ed25519PublicKey:
     try:
-        public_key = load_public_key(read_input(public_key_path, max_bytes=MAX_SMALL_FILE_BYTES))
+        return load_public_key(read_input(path, max_bytes=MAX_SMALL_FILE_BYTES))
     except OSError as exc:
-        raise ReplicaError(f"cannot read --release_public_key {public_key_path}: {exc.strerror}") from None
-    keys = StaticKeys(KeyGrant(any_key=wrap_key))
-    return ReleasedOpener(public_key, keys, plaintext=wrap_key is None)
+        raise ReplicaError(f"cannot read --release_public_key {path}: {exc.strerror}") from None
+
+
+def _release_key_ids(models: Sequence[ModelConfig], public_key: Ed25519PublicKey) -> set[str]:
+    """The key ids the models' current releases name (what the first lease asks for). A release that
+    cannot be read or verified names none: the release gate reports it at the first poll."""
+    key_ids = set()
+    for model in models:
+        try:
+            data = read_input(posixpath.join(model.base_path, MANIFEST_FILE), max_bytes=MAX_MANIFEST_BYTES)
+            key_ids.add(verify_release(data, public_key, model=model.name).key_id)
+        except (OSError, ReleaseError):
+            continue
+    return key_ids
+
+
+def _key_lease(
+    options: ServeOptions,
+    runtime: EnclaveRuntime,
+    stop: threading.Event,
+    models: Sequence[ModelConfig] | None,
+    public_key: Ed25519PublicKey,
+) -> KeyLease:
+    """The replica's lease with the key service (docs/releases.md): the first session waits up to the
+    start deadline; a renewal gets a quarter of the lease, then the lease's backoff takes over. When the
+    models are known already (not an encrypted config), the first session asks for their keys too."""
+    from confserve.replica._lease import KeyLease  # noqa: PLC0415
+
+    lease_seconds = options.secret_provision_lease_seconds
+    started = False
+
+    def fetch(names: Sequence[str], models: Sequence[str]) -> Granted:
+        deadline = options.secret_provision_deadline_seconds
+        if started:
+            deadline = min(deadline, lease_seconds / 4)
+        return runtime.lease(names, models, cancel=stop, deadline_seconds=deadline)
+
+    lease = KeyLease(fetch, default_key=options.secret_provision_secret_name, lease_seconds=lease_seconds)
+    if models is not None:
+        lease.want(_release_key_ids(models, public_key), {m.name for m in models})
+    lease.renew()  # the default key: ssl.cfg and an encrypted model config need it
+    started = True
+    return lease
+
+
+def _leased_key(lease: KeyLease, options: ServeOptions) -> pf.WrapKey:
+    key = lease.current().keys.get(options.secret_provision_secret_name)
+    if key is None:
+        raise ReplicaError(
+            f"the key service did not grant the secret {options.secret_provision_secret_name!r}"
+        )
+    return key
+
+
+def _model_opener(
+    models: Sequence[ModelConfig],
+    wrap_key: pf.WrapKey | None,
+    public_key: Ed25519PublicKey | None,
+    lease: KeyLease | None,
+) -> FileOpener:
+    """Where model bytes come from: plain, one wrap key, or (with a pinned release key) the owner's
+    releases with the keys they name."""
+    from confserve.serving import KeyGrant, PlainOpener, ProtectedOpener, ReleasedOpener, StaticKeys  # noqa: PLC0415
+
+    if public_key is None:
+        return PlainOpener() if wrap_key is None else ProtectedOpener(wrap_key)
+    if lease is None:  # development: the one key opens every release
+        return ReleasedOpener(public_key, StaticKeys(KeyGrant(any_key=wrap_key)), plaintext=wrap_key is None)
+    # The keys the models' releases name and the models' floors, before the first poll.
+    key_ids, names = _release_key_ids(models, public_key), {m.name for m in models}
+    lease.want(key_ids, names)
+    if not lease.covers(key_ids, names):
+        lease.renew()
+    return ReleasedOpener(public_key, lease)
 
 
 # -- build and start ---------------------------------------------------------------------------------------
@@ -373,13 +451,24 @@ def build(options: ServeOptions, stop: threading.Event) -> ModelServer | None:
     """Validate, attest, get the key, load the models and open the ports; returns the started server,
     or None when `stop` was set while waiting for the key. Raises ConfserveError subclasses."""
     from confserve.frontends import ModelServer  # noqa: PLC0415
-    from confserve.serving import FileOpener, PlainOpener, ProtectedOpener  # noqa: PLC0415
 
     options.validate()
     models = _models(options)
     settings = server_settings(options)
     runtime = enclave_runtime(options) if options.provisioned else None
-    wrap_key, mounts_decrypt = _obtain_key(options, runtime, stop)
+    public_key = _release_public_key(options.release_public_key) if options.release_public_key else None
+    lease = None
+    try:
+        if public_key is not None and runtime is not None:
+            lease = _key_lease(options, runtime, stop, models, public_key)
+            wrap_key: pf.WrapKey | None = _leased_key(lease, options)
+            mounts_decrypt = False
+        else:
+            wrap_key, mounts_decrypt = _obtain_key(options, runtime, stop)
+    except EnclaveError:
+        if stop.is_set():
+            return None
+        raise
     if stop.is_set():
         return None
     plaintext_ok = options.allow_plaintext or mounts_decrypt
@@ -401,9 +490,7 @@ def build(options: ServeOptions, stop: threading.Event) -> ModelServer | None:
             config_source = read_models
     assert models is not None
     tls = None if options.ssl_config_file is None else _read_tls(options, wrap_key, plaintext_ok)
-    opener: FileOpener = PlainOpener() if wrap_key is None else ProtectedOpener(wrap_key)
-    if options.release_public_key is not None:
-        opener = _released_opener(options.release_public_key, wrap_key)
+    opener = _model_opener(models, wrap_key, public_key, lease)
     evidence = None
     if runtime is not None and tls is not None:
         spki = _spki(tls)
@@ -418,4 +505,6 @@ def build(options: ServeOptions, stop: threading.Event) -> ModelServer | None:
         config_source=config_source,
     )
     server.start()
+    if lease is not None:
+        threading.Thread(target=lease.run, args=(stop,), name="key-lease", daemon=True).start()
     return server

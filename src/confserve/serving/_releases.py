@@ -189,6 +189,10 @@ class ReleasedOpener:
         self._lock = threading.Lock()
         self._models: dict[str, _ModelState] = {}
 
+    @property
+    def keys(self) -> KeyProvider:
+        return self._keys
+
     # -- the source's gate ------------------------------------------------------------------------------
 
     def gate(self, model: ModelConfig, files: Sequence[str] | None) -> GatedVersions | None:

@@ -31,6 +31,11 @@ class ModelStore(Generic[S]):
         self._source = FileSystemSource(models, opener)
         self.manager = manager
 
+    @property
+    def opener(self) -> FileOpener:
+        """Where model bytes come from (a release-gated opener also reports each model's release)."""
+        return self._opener
+
     def set_models(self, models: Sequence[ModelConfig]) -> None:
         """Replace the configured models (a changed model config); the next poll reconciles: models left
         out are unloaded, new ones loaded. In-flight requests keep their handles until they finish."""
