@@ -216,9 +216,10 @@ def test_attested_start_serve_and_attested_client(env: Env, provisioning: Provis
 
 def test_other_identity_never_gets_the_key(env: Env, provisioning: Provisioning) -> None:
     provisioning.approve(measurement(env), env.key.raw())
-    # The host points the replica at another model path: a different measurement, so no key.
+    # The host points the replica at another model: a different measurement, so no key. (Another spelling
+    # of the same path, e.g. models/./clf, is the same model and the same identity: tests/unit/replica.)
     args = [
-        a if not a.startswith("--model_base_path") else "--model_base_path=models/./clf"
+        a if not a.startswith("--model_base_path") else "--model_base_path=models/other"
         for a in env.flags(provisioning.port)
     ]
     args = [
