@@ -166,6 +166,11 @@ def test_owner_host_client_on_separate_machines(namespaces: None, tmp_path: Path
                                       f"import socket; socket.create_connection(('{OWNER_IP}', 4433), timeout=2)"],
                                      capture_output=True, check=False)  # fmt: skip
         assert unreachable.returncode != 0
+        # tcpdump writes what it has taken from the kernel only as it gets to it (slow on a loaded
+        # machine): let it catch up with the client's connections before it is stopped.
+        deadline = time.monotonic() + 60
+        while SERVICE.encode() not in capture.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.5)
     finally:
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
