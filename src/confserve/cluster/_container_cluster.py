@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from confserve.attestation import SIM_COLLATERAL_FILE, SIM_ROOT_FILE
 from confserve.cluster import _containers as c
 from confserve.cluster._k8s import K8sSettings, Measurement, render_k8s_deployment, write_files
 from confserve.cluster._k8s_common import GRPC_HOST, NAMESPACE, SECRET_PROV_ALIAS, SECRET_PROV_NAMESPACE
@@ -94,6 +95,9 @@ def _objects(directory: Path) -> list[dict[str, Any]]:
 def out_of_band(ws: Workspace) -> list[dict[str, Any]]:
     """The objects docs/deployment.md has the owner create with kubectl, from the workspace's files."""
     sim = {p.name: p.read_bytes() for p in sorted(ws.sim.iterdir()) if p.is_file()}
+    public = {
+        n: (ws.sim / n).read_bytes() for n in (SIM_ROOT_FILE, SIM_COLLATERAL_FILE)
+    }  # sim-platform publish
     keys = {n: (ws.secret_prov / n).read_bytes() for n in ("server.crt", "server.key", "wrap_key")}
     return [
         c.secret_object(
@@ -110,7 +114,7 @@ def out_of_band(ws: Workspace) -> list[dict[str, Any]]:
             {"ca.crt": (ws.secret_prov / "ca.crt").read_bytes()},
         ),
         c.secret_object("Secret", "secret-prov-keys", SECRET_PROV_NAMESPACE, keys),
-        c.secret_object("Secret", "confserve-sim-platform", SECRET_PROV_NAMESPACE, sim),
+        c.secret_object("ConfigMap", "confserve-sim-platform-public", SECRET_PROV_NAMESPACE, public),
     ]
 
 

@@ -278,11 +278,8 @@ def secret_prov_simulation_patch() -> dict[str, object]:
                     ],
                 }
             ],
-            "volumes": [
-                {
-                    "name": "sim-platform",
-                    "secret": {"secretName": "confserve-sim-platform", "defaultMode": 0o440},
-                }
-            ],
+            # The platform's public part (sim-platform publish: root certificate, collateral), never its
+            # private keys: a verifier needs only what a PCCS would serve.
+            "volumes": [{"name": "sim-platform", "configMap": {"name": "confserve-sim-platform-public"}}],
         },
     )

@@ -29,6 +29,8 @@ def fake_workspace(root: Path) -> Workspace:
     for path, data in {
         ws.sim / "platform.json": b"{}",
         ws.sim / "root_ca.cert.pem": b"root",
+        ws.sim / "collateral.json": b"{}",
+        ws.sim / "pck.key.pem": b"PRIVATE KEY of the platform",
         ws.secret_prov / "server.crt": b"crt",
         ws.secret_prov / "server.key": b"key",
         ws.secret_prov / "wrap_key": b"k" * 16,
@@ -133,6 +135,10 @@ def test_key_service_names_and_files(objects: list[dict[str, Any]]) -> None:
     assert (wrap.data, wrap.mode, wrap.gid) == (b"k" * 16, 0o440, 10002)
     ssl = staged["secret/confserve/confserve-server-tls/ssl.cfg"]
     assert (ssl.mode, ssl.gid) == (0o444, 10001)
+    # The key service verifies with the platform's public part only: no private key is staged for it.
+    key_service_files = [f for path, f in staged.items() if "confserve-secret-prov/" in path]
+    assert any(path.endswith("root_ca.cert.pem") and "confserve-secret-prov/" in path for path in staged)
+    assert all(b"PRIVATE KEY" not in f.data for f in key_service_files)
 
 
 def test_load_balancer_passes_tls_through_to_every_replica(objects: list[dict[str, Any]]) -> None:
