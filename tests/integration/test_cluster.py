@@ -68,7 +68,8 @@ def test_up_once(tmp_path: Path, digits_model: Path, tls: str, workspace_args: l
         assert path.stat().st_mode & 0o777 == (0o700 if path.is_dir() else 0o600), path
     assert "predicted as" in result.stdout
     assert "-> PASS" in result.stdout
-    assert result.stdout.count(" got ['default']") == 2  # both replicas' key releases, from the audit log
+    # Both replicas' key releases, from the audit log: the default key (ssl.cfg) and the model's own key.
+    assert result.stdout.count(" got ['default', 'digits']") == 2
     assert "replica 1 is ready" in result.stderr
     assert not (workspace / "cluster.json").exists()  # stopped
     # The audit log's chain is intact.
@@ -152,6 +153,7 @@ def test_status_scale_kill_under_load(
     lines = capsys.readouterr().out.splitlines()
     assert "| key service ok: 1 releases, 0 refusals | nginx ok: " in lines[0]
     assert lines[1].startswith("  replica #0 ready: - req/s")
+    assert ", release digits r0, key lease to " in lines[1]  # the model's release and the key lease
     info = json.loads(run("status", "--workspace", str(ws.root), "--json").stdout)
     assert info["service_name"] == SERVICE_DOMAIN
     assert info["grpc"].startswith("127.0.0.1:")

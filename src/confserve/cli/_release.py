@@ -92,7 +92,7 @@ def publish(
 )  # fmt: skip
 @click.option(
     "--new-wrap-key", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="The new wrap key (confserve pf gen-key).",
+    help="The new wrap key (confserve pf gen-key -w FILE).",
 )  # fmt: skip
 @click.option("--new-key-id", required=True, help="The new key's id (its secret name at the key service).")
 @reports_errors

@@ -21,6 +21,8 @@ docs/secret-provisioning.md the endpoints):
 |-------------|---------------------------------------------------|------------------------------------------|
 | replica     | REST `/monitoring/prometheus/metrics`, Prometheus | `:tensorflow:serving:request_count`      |
 |             | text (the local cluster's MonitoringConfig)       | {status}, `..._request_latency` (us)     |
+|             |                                                   | `confserve_model_release` {model_name},  |
+|             |                                                   | `confserve_key_lease_expiry_...` (Unix)  |
 | replica     | REST `GET /v1/models/NAME`, TF Serving's JSON     | `model_version_status[]`: version, state |
 | key service | HTTP `/metrics` on its metrics port, Prometheus   | `confserve_secret_prov_releases_total`,  |
 |             | text                                              | `..._refusals_total` {reason}            |
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -78,6 +81,8 @@ ReadyProbe = int | Literal["refused", "no answer"]
 # Names: TF Serving's (util.cc; the `/` of its names written as `:`) and the key service's own.
 REQUEST_COUNT: Final = ":tensorflow:serving:request_count"
 REQUEST_LATENCY: Final = ":tensorflow:serving:request_latency"
+MODEL_RELEASE: Final = "confserve_model_release"  # a replica with a pinned release key (docs/releases.md)
+LEASE_EXPIRY: Final = "confserve_key_lease_expiry_timestamp_seconds"
 KEY_RELEASES: Final = "confserve_secret_prov_releases"
 KEY_REFUSALS: Final = "confserve_secret_prov_refusals"
 NOT_ANSWERING: Final = "not answering"  # the reason of a replica whose port accepts but never answers
@@ -202,6 +207,8 @@ class ServingScrape:
     requests: float
     errors: float
     latency_micros: Histogram
+    releases: tuple[tuple[str, int], ...] = ()  # (model, release served), when releases are pinned
+    lease_expires_at: float | None = None  # Unix seconds, when keys are leased
 
     @classmethod
     def from_text(cls, text: str, at_seconds: float) -> ServingScrape:
@@ -215,7 +222,15 @@ class ServingScrape:
             if labels.get("status", _OK) != _OK:
                 errors += count
         latency = Histogram.from_samples(samples.get(REQUEST_LATENCY + "_bucket", []))
-        return cls(at_seconds, requests, errors, latency)
+        releases = []
+        for labels, value in samples.get(MODEL_RELEASE, []):
+            number = _counter_value(value, MODEL_RELEASE)
+            if number != int(number) or "model_name" not in labels:
+                raise MetricsError(f"{MODEL_RELEASE} is not a release number of a model")
+            releases.append((labels["model_name"], int(number)))
+        expiry = samples.get(LEASE_EXPIRY, [])
+        lease = _counter_value(expiry[0][1], LEASE_EXPIRY) if expiry else None
+        return cls(at_seconds, requests, errors, latency, tuple(sorted(releases)), lease)
 
 
 @dataclass(frozen=True)
@@ -409,6 +424,8 @@ class ReplicaRow:
     versions: tuple[str, ...]
     connections: int
     restarts: Restarts = field(default_factory=Restarts)
+    releases: tuple[tuple[str, int], ...] = ()  # (model, release served)
+    lease_expires_at: float | None = None  # Unix seconds
 
 
 @dataclass(frozen=True)
@@ -489,6 +506,8 @@ class Dashboard:
         if replica.problem:
             problems.append(replica.problem)
         figures = None
+        releases: tuple[tuple[str, int], ...] = ()
+        lease = None
         if replica.metrics is not None:
             try:
                 current = ServingScrape.from_text(replica.metrics, at_seconds)
@@ -497,6 +516,7 @@ class Dashboard:
             else:
                 figures = serving_figures(self._previous.get(replica.index), current)
                 self._previous[replica.index] = current
+                releases, lease = current.releases, current.lease_expires_at
         versions: tuple[str, ...] = ()
         if replica.model_status is not None:
             try:
@@ -514,6 +534,8 @@ class Dashboard:
             versions,
             replica.connections,
             replica.restarts,
+            releases,
+            lease,
         )
 
 
@@ -584,9 +606,15 @@ def _cells(row: ReplicaRow) -> dict[str, str]:
         "errors": _count(f.errors if f else None),
         "conns": str(row.connections),
         "models": " ".join(row.versions) or "-",
+        "release": " ".join(f"{model} r{number}" for model, number in row.releases) or "-",
+        "lease": "-" if row.lease_expires_at is None else "to " + _local_time(row.lease_expires_at),
         "restarts": str(row.restarts.count),
         "reason": row.reason,
     }
+
+
+def _local_time(unix: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(unix))
 
 
 def render_text(view: ClusterView) -> str:
@@ -598,6 +626,8 @@ def render_text(view: ClusterView) -> str:
             f"  replica {c['replica']} {c['state']}: {c['req/s']} req/s, p50 {c['p50']}, p99 {c['p99']}, "
             f"requests {c['requests']}, errors {c['errors']}, connections {c['conns']}, models {c['models']}"
         )
+        if row.releases or row.lease_expires_at is not None:
+            line += f", release {c['release']}, key lease {c['lease']}"
         if row.restarts.count:
             line += f", {row.restarts.history()}"  # a pending restart is in the reason
         lines.append(line + (f" ({c['reason']})" if c["reason"] else ""))
@@ -618,6 +648,8 @@ _COLUMNS: Final = (
     "errors",
     "conns",
     "models",
+    "release",
+    "lease",
     "restarts",
     "reason",
 )
@@ -640,12 +672,15 @@ def render_table(view: ClusterView, hint: str = "") -> Any:
         caption=caption + (f"; {hint}" if hint else ""),
         expand=False,
     )
-    for name in _COLUMNS:
+    leased = any(row.releases or row.lease_expires_at is not None for row in view.replicas)
+    columns = [name for name in _COLUMNS if leased or name not in ("release", "lease")]
+    for name in columns:
         right = name in ("req/s", "p50", "p99", "requests", "errors", "conns", "restarts")
         table.add_column(name, justify="right" if right else "left", overflow="fold")
     for row in view.replicas:
         # Every cell is a Text: what a component said is shown as is, never read as rich markup.
-        cells = [Text(value) for value in _cells(row).values()]
+        values = _cells(row)
+        cells = [Text(values[name]) for name in columns]
         cells[1] = Text(row.state, style=_STATE_STYLE[row.state])
         table.add_row(*cells)
     key_style = "green" if _healthy(view.key_service_health.condition, view.key_service.alive) else "bold red"

@@ -86,7 +86,9 @@ from confserve.cluster._workspace import (
     WorkspaceError,
     _model_name,
     confserve_command,
+    key_service_secrets,
     prepare_workspace,
+    published_release,
 )
 
 if TYPE_CHECKING:
@@ -429,6 +431,7 @@ class LocalCluster:
             sim_platform=str(ws.sim),
             signing_key=str(ws.signer),
             monitoring_config_file=str(ws.host / MONITORING_CONFIG),
+            release_public_key=str(ws.release_public_key),
         )
 
     def write_monitoring_config(self) -> None:
@@ -456,9 +459,10 @@ class LocalCluster:
             "measured_args": measured,
         }
 
-    def write_policy(self, identity: dict[str, Any]) -> None:
+    def write_policy(self, identity: dict[str, Any], model: str | None = None) -> None:
         """Approve exactly the replicas' identity: MRENCLAVE and the signer triple (MRSIGNER, product
-        id, minimum SVN); simulated evidence, since the local cluster runs on a simulated platform."""
+        id, minimum SVN); simulated evidence, since the local cluster runs on a simulated platform. With
+        `model`: grant its key too, and make its published release its floor (docs/releases.md)."""
         from confserve.attestation import EnclaveIdentity, policy_for_identities, render_policy_toml  # noqa: PLC0415
 
         ident = EnclaveIdentity(
@@ -467,12 +471,18 @@ class LocalCluster:
             isv_prod_id=int(identity["isv_prod_id"]),
             isv_svn=int(identity["isv_svn"]),
         )
-        policy = policy_for_identities([ident], allow_simulated=True, names=["replica"])
+        secrets, floors = ["default"], {}
+        if model is not None:
+            release = published_release(self.ws, model)
+            secrets += [release.key_id] if release.key_id not in secrets else []
+            floors[model] = release.release
+        policy = policy_for_identities([ident], allow_simulated=True, names=["replica"], secrets=secrets)
         self.ws.policy.write_text(
             render_policy_toml(
-                policy,
+                replace(policy, floors=floors),
                 comment="Written by confserve up from the replicas' measurement (the local cluster runs on\n"
-                "a simulated SGX platform, hence allow_simulated).",
+                "a simulated SGX platform, hence allow_simulated). [floors]: each model's lowest release;\n"
+                "raise it and send SIGHUP to the key service to withdraw older releases.",
             )
         )
 
@@ -490,8 +500,7 @@ class LocalCluster:
                 str(self.ws.secret_prov / "server.key"),
                 "--policy",
                 str(self.ws.policy),
-                "--secret",
-                f"default={self.ws.wrap_key}",
+                *key_service_secrets(self.ws),
                 "--audit-log",
                 str(self.ws.audit_log),
                 "--sim-platform",
@@ -819,7 +828,7 @@ class LocalCluster:
         self.write_monitoring_config()
         self.progress("measuring the replicas")
         identity = self.measure(name)
-        self.write_policy(identity)
+        self.write_policy(identity, name)
         now = self._clock()
         self.state = ClusterState(
             workspace=str(self.ws.root),

@@ -9,8 +9,14 @@ only when its output is missing, so a second `confserve up` re-uses everything:
 | 2    | confserve measure gen-signing-key                  | owner/signer.pem (enclave signer)       |
 | 3    | confserve secret-prov init                         | owner/secret-prov/ (CA, cert, wrap key) |
 | 4    | confserve tls oneway/twoway --encrypt-with         | owner/tls/, client/, host/ssl.cfg       |
-| 5    | confserve model example digits / resnet50 (or copy) | owner/models/NAME/VERSION/              |
-| 6    | confserve model encrypt --bind-root models/NAME    | host/models/NAME/VERSION/ (encrypted)   |
+| 5    | confserve release gen-key                          | owner/release/ (release signing key)    |
+| 6    | confserve model example digits / resnet50 (or copy) | owner/models/NAME/VERSION/              |
+| 7    | confserve pf gen-key                               | owner/secret-prov/keys/NAME (its key)   |
+| 8    | confserve model encrypt --release-key ...          | host/models/NAME/ (encrypted, released) |
+
+Each model has its own wrap key, whose id is the model's name (docs/releases.md, "Per-model keys"); the
+default key (`secret-prov/wrap_key`) encrypts ssl.cfg. The owner's release public key is copied to
+`host/release.pub.pem`, which the replicas pin (`--release_public_key`, measured by content).
 
 `owner/` stands for the model owner's trusted machine, `host/` for the untrusted host (the replicas run
 with `host/` as working directory, so the bound paths are `models/NAME/...` and `ssl.cfg`), `client/` for
@@ -30,12 +36,14 @@ from pathlib import Path
 from typing import Final, Literal
 
 from confserve.errors import ConfserveError, Status
+from confserve.releases import MANIFEST_FILE, Release, ReleaseKey
 
-__all__ = ["Workspace", "WorkspaceError", "prepare_workspace"]
+__all__ = ["Workspace", "WorkspaceError", "key_service_secrets", "prepare_workspace", "published_release"]
 
 TlsMode = Literal["oneway", "twoway"]
 SERVICE_DOMAIN: Final = "grpc.tf-serving.service.com"  # the reference's server name
 CLIENT_DOMAIN: Final = "client.tf-serving.service.com"
+DEFAULT_KEY_ID: Final = "default"  # the key service's default secret: the wrap key of ssl.cfg
 
 
 class WorkspaceError(ConfserveError):
@@ -87,6 +95,20 @@ class Workspace:
     @property
     def wrap_key(self) -> Path:
         return self.secret_prov / "wrap_key"
+
+    @property
+    def model_keys(self) -> Path:
+        """Per-model wrap keys: `model_keys / KEY_ID`, loaded into the key service as secret KEY_ID."""
+        return self.secret_prov / "keys"
+
+    @property
+    def release_key(self) -> Path:
+        return self.owner / "release" / "release.key"
+
+    @property
+    def release_public_key(self) -> Path:
+        """The owner's release public key as the replicas read it (host/, measured by content)."""
+        return self.host / "release.pub.pem"
 
     @property
     def policy(self) -> Path:
@@ -203,6 +225,10 @@ def _prepare_trust(ws: Workspace, tls: TlsMode, log: Path, progress: Callable[[s
         shutil.copytree(tls_dir / "client", ws.client)
         shutil.copyfile(ws.secret_prov / "ca.crt", ws.client / "provisioning-ca.crt")
     shutil.copyfile(ws.secret_prov / "ca.crt", ws.host / "provisioning-ca.crt")
+    if not ws.release_key.exists():
+        progress("creating the owner's release signing key")
+        _run("release gen-key", cmd("release", "gen-key", str(ws.release_key.parent)), log)
+    shutil.copyfile(ws.release_key.parent / "release.pub.pem", ws.release_public_key)
 
 
 def _owner_only(tree: Path) -> None:
@@ -235,20 +261,49 @@ def _prepare_model(ws: Workspace, model: str, name: str, log: Path, progress: Ca
             shutil.copytree(model, plain, symlinks=True)
     _owner_only(plain.parent)
     encrypted = ws.host / "models" / name
+    key = ws.model_keys / name
     if not encrypted.exists():
-        progress(f"encrypting model {name!r} for the host")
+        if not key.exists():
+            progress(f"creating model {name!r}'s own wrap key")
+            ws.model_keys.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _run("pf gen-key", cmd("pf", "gen-key", "-w", str(key)), log)
+        progress(f"encrypting model {name!r} for the host and publishing its first release")
         _run(
             "model encrypt",
-            cmd(
-                "model",
-                "encrypt",
-                str(plain),
-                "-w",
-                str(ws.wrap_key),
-                "--out",
-                str(encrypted),
-                "--bind-root",
-                f"models/{name}",
-            ),
+            cmd("model", "encrypt", str(plain), "-w", str(key), "--out", str(encrypted),
+                "--bind-root", f"models/{name}", "--release-key", str(ws.release_key), "--model", name),
             log,
-        )
+        )  # fmt: skip
+    elif not (encrypted / MANIFEST_FILE).exists():
+        # A workspace from before releases: its tree is under the default key.
+        progress(f"publishing the first release of model {name!r}")
+        _run(
+            "release publish",
+            cmd("release", "publish", str(encrypted), "--model", name, "--bind-root", f"models/{name}",
+                "--key", str(ws.release_key), "--key-id", DEFAULT_KEY_ID),
+            log,
+        )  # fmt: skip
+
+
+def published_release(ws: Workspace, model: str) -> Release:
+    """The model's current release, verified with the owner's release key."""
+    from confserve.owner import current_release  # noqa: PLC0415
+
+    try:
+        key = ReleaseKey.from_pem(ws.release_key.read_bytes())
+    except OSError as exc:
+        raise WorkspaceError(f"cannot read the release key {ws.release_key}: {exc.strerror}") from None
+    release = current_release(ws.host / "models" / model, model, key)
+    if release is None:
+        raise WorkspaceError(f"model {model!r} has no release in {ws.host / 'models' / model}")
+    return release
+
+
+def key_service_secrets(ws: Workspace) -> list[str]:
+    """The key service's --secret arguments: the default key and every per-model key."""
+    args = ["--secret", f"{DEFAULT_KEY_ID}={ws.wrap_key}"]
+    if ws.model_keys.is_dir():
+        for path in sorted(ws.model_keys.iterdir()):
+            if path.is_file() and path.name != DEFAULT_KEY_ID:
+                args += ["--secret", f"{path.name}={path}"]
+    return args

@@ -446,6 +446,15 @@ def _model_opener(
     return ReleasedOpener(public_key, lease)
 
 
+def _report_releases(server: ModelServer, opener: FileOpener) -> None:
+    """With metrics on, each model's release and floor and the key lease's end are metrics too (the
+    local cluster's status view shows them)."""
+    from confserve.serving import ReleasedOpener, ReleaseMetrics  # noqa: PLC0415
+
+    if server.metrics is not None and isinstance(opener, ReleasedOpener):
+        server.metrics.registry.register(ReleaseMetrics(opener))
+
+
 # -- build and start ---------------------------------------------------------------------------------------
 def build(options: ServeOptions, stop: threading.Event) -> ModelServer | None:
     """Validate, attest, get the key, load the models and open the ports; returns the started server,
@@ -504,6 +513,7 @@ def build(options: ServeOptions, stop: threading.Event) -> ModelServer | None:
         evidence=evidence,
         config_source=config_source,
     )
+    _report_releases(server, opener)
     server.start()
     if lease is not None:
         threading.Thread(target=lease.run, args=(stop,), name="key-lease", daemon=True).start()

@@ -57,11 +57,15 @@ from confserve.serving._opener import FileOpener, PlainOpener
 from confserve.serving._policy import select_versions
 from confserve.serving._protected import ProtectedOpener
 from confserve.serving._releases import (
+    FLOOR_METRIC,
+    LEASE_EXPIRY_METRIC,
+    RELEASE_METRIC,
     GatedVersions,
     KeyGrant,
     KeyProvider,
     ModelRelease,
     ReleasedOpener,
+    ReleaseMetrics,
     ReleaseRefusedError,
     StaticKeys,
     VersionGate,
@@ -84,8 +88,11 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_METRICS_PATH",
     "DEFAULT_SAVED_MODEL_TAGS",
+    "FLOOR_METRIC",
     "GRPC",
+    "LEASE_EXPIRY_METRIC",
     "METRICS_CONTENT_TYPE",
+    "RELEASE_METRIC",
     "REST",
     "TRANSITIONS",
     "Admission",
@@ -115,6 +122,7 @@ __all__ = [
     "PermissionDeniedError",
     "PlainOpener",
     "ProtectedOpener",
+    "ReleaseMetrics",
     "ReleaseRefusedError",
     "ReleasedOpener",
     "RequestMemory",

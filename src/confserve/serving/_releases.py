@@ -37,12 +37,14 @@ import logging
 import posixpath
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from confserve.files import read_input
 from confserve.pf import WrapKey, decrypt_bytes, normalize_path
@@ -53,10 +55,14 @@ from confserve.serving._opener import PlainOpener
 from confserve.serving._policy import parse_version_dir
 
 __all__ = [
+    "FLOOR_METRIC",
+    "LEASE_EXPIRY_METRIC",
+    "RELEASE_METRIC",
     "GatedVersions",
     "KeyGrant",
     "KeyProvider",
     "ModelRelease",
+    "ReleaseMetrics",
     "ReleaseRefusedError",
     "ReleasedOpener",
     "StaticKeys",
@@ -65,6 +71,9 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 _EMPTY: Mapping[str, int] = MappingProxyType({})
+RELEASE_METRIC: Final = "confserve_model_release"
+FLOOR_METRIC: Final = "confserve_model_release_floor"
+LEASE_EXPIRY_METRIC: Final = "confserve_key_lease_expiry_timestamp_seconds"
 
 
 class ReleaseRefusedError(LoadError):
@@ -391,3 +400,46 @@ def _versions_on_disk(files: Sequence[str]) -> dict[int, _OnDisk]:
         if version is not None:
             found.setdefault(version, _OnDisk(head, set())).files.add(tail)
     return found
+
+
+class ReleaseMetrics(Collector):
+    """Prometheus families of a release-gated replica (beside TF Serving's, on the same path):
+
+    | family                                         | labels     | value                                |
+    |------------------------------------------------|------------|--------------------------------------|
+    | confserve_model_release                        | model_name | the release served (absent: none)     |
+    | confserve_model_release_floor                  | model_name | the floor from the key service        |
+    | confserve_key_lease_expiry_timestamp_seconds   |            | when the key lease ends (Unix time)  |
+    """
+
+    def __init__(
+        self,
+        opener: ReleasedOpener,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._opener = opener
+        self._clock = clock
+        self._wall_clock = wall_clock
+
+    def collect(self) -> Iterator[Metric]:
+        releases = GaugeMetricFamily(
+            RELEASE_METRIC, "The owner's release each model serves.", labels=["model_name"]
+        )
+        floors = GaugeMetricFamily(
+            FLOOR_METRIC, "Each model's lowest acceptable release.", labels=["model_name"]
+        )
+        for model in self._opener.releases():
+            if model.release is not None and model.error is None:
+                releases.add_metric([model.model], model.release)
+        grant = self._opener.keys.current()
+        for name, floor in sorted(grant.floors.items()):
+            floors.add_metric([name], floor)
+        yield releases
+        yield floors
+        if grant.expires_at is not None:
+            expiry = self._wall_clock() + (grant.expires_at - self._clock())
+            yield GaugeMetricFamily(
+                LEASE_EXPIRY_METRIC, "When the key lease ends (Unix seconds).", value=expiry
+            )

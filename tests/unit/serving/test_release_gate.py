@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from confserve import pf
 from confserve.releases import MANIFEST_FILE, MAX_MANIFEST_BYTES, ReleaseKey, manifest_for_tree, sign_release
@@ -23,6 +24,7 @@ from confserve.serving import (
     ModelManager,
     ModelStore,
     ReleasedOpener,
+    ReleaseMetrics,
     ReleaseRefusedError,
     State,
     StaticKeys,
@@ -376,3 +378,20 @@ def test_plaintext_releases(owner: Owner) -> None:
     (base / "saved_model.pb").write_bytes(b"swapped")
     with pytest.raises(ReleaseRefusedError, match="differs from release 1"):
         opener.read_bytes("models/p/1/saved_model.pb")
+
+
+def test_release_metrics(owner: Owner, served: Replica) -> None:
+    served.keys.grant = grant_of(owner, "k1", m=1)
+    served.poll()
+    registry = CollectorRegistry()
+    registry.register(ReleaseMetrics(served.opener, clock=lambda: served.now, wall_clock=lambda: 5000.0))
+    text = generate_latest(registry).decode()
+    assert 'confserve_model_release{model_name="m"} 1.0' in text
+    assert 'confserve_model_release{model_name="other"} 1.0' in text
+    assert 'confserve_model_release_floor{model_name="m"} 1.0' in text
+    assert "confserve_key_lease_expiry_timestamp_seconds 5900.0" in text  # expires 900 s after "now"
+    served.keys.grant = grant_of(owner, "k1", m=2)  # m withdrawn: no release served
+    served.poll()
+    text = generate_latest(registry).decode()
+    assert 'confserve_model_release{model_name="m"}' not in text
+    assert 'confserve_model_release_floor{model_name="m"} 2.0' in text
