@@ -477,9 +477,13 @@ class LocalCluster:
             secrets += [release.key_id] if release.key_id not in secrets else []
             floors[model] = release.release
         policy = policy_for_identities([ident], allow_simulated=True, names=["replica"], secrets=secrets)
+        if model is not None:
+            # The lease option is not measured: the policy bounds it to what the replicas run with.
+            lease = int(self.replica_options(model, 1, 2, 3).secret_provision_lease_seconds)
+            policy = replace(policy, floors=floors, max_lease_seconds=lease)
         self.ws.policy.write_text(
             render_policy_toml(
-                replace(policy, floors=floors),
+                policy,
                 comment="Written by confserve up from the replicas' measurement (the local cluster runs on\n"
                 "a simulated SGX platform, hence allow_simulated). [floors]: each model's lowest release;\n"
                 "raise it and send SIGHUP to the key service to withdraw older releases.",

@@ -42,6 +42,7 @@ def test_policy_grants_the_model_key_and_floors_its_release(ws: Workspace) -> No
     (rule,) = policy.rules
     assert rule.secrets == ("default", "digits")
     assert policy.floors == (("digits", 4),)
+    assert policy.max_lease_seconds == 300  # the replicas' lease, bounded: the host cannot lengthen it
     assert "SIGHUP" in ws.policy.read_text()
 
 
