@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
-from confserve.cli._common import reports_errors
+from confserve.cli._common import option_group, reports_errors
 from confserve.client import (
     ClientError,
     ClientTls,
@@ -44,26 +45,6 @@ def attestation_check(policy_file: str, sim_platform: str | None, collateral_fil
     return AttestationCheck(policy, chosen.trust, collateral)
 
 
-def client_tls_options(func: Any) -> Any:
-    """--tls-bundle / --ca / --cert / --key / --server-name / --plaintext, shared with other commands."""
-    for option in reversed(
-        [
-            click.option(
-                "--tls-bundle", type=click.Path(file_okay=False, exists=True), help="Client bundle dir."
-            ),
-            click.option("--ca", type=click.Path(dir_okay=False, exists=True), help="CA certificate (PEM)."),
-            click.option("--cert", type=click.Path(dir_okay=False, exists=True), help="Client certificate."),
-            click.option("--key", type=click.Path(dir_okay=False, exists=True), help="Client private key."),
-            click.option(
-                "--server-name", help="Name the server's certificate must carry (default: TARGET host)."
-            ),
-            click.option("--plaintext", is_flag=True, help="No TLS at all (only for a local test server)."),
-        ]
-    ):
-        func = option(func)
-    return func
-
-
 def client_tls(
     tls_bundle: str | None,
     ca: str | None,
@@ -92,12 +73,56 @@ def client_tls(
     )
 
 
+client_tls_options = option_group(
+    "tls",
+    client_tls,
+    click.option("--tls-bundle", type=click.Path(file_okay=False, exists=True), help="Client bundle dir."),
+    click.option("--ca", type=click.Path(dir_okay=False, exists=True), help="CA certificate (PEM)."),
+    click.option("--cert", type=click.Path(dir_okay=False, exists=True), help="Client certificate."),
+    click.option("--key", type=click.Path(dir_okay=False, exists=True), help="Client private key."),
+    click.option("--server-name", help="Name the server's certificate must carry (default: TARGET host)."),
+    click.option("--plaintext", is_flag=True, help="No TLS at all (only for a local test server)."),
+)
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    """Which model to call, where and how: the options `predict` and `bench-client` share."""
+
+    target: str
+    model: str
+    protocol: Literal["grpc", "rest"]
+    tls: ClientTls | None
+    signature_name: str
+    timeout_seconds: float
+
+    def client(self) -> PredictClient:
+        return PredictClient(
+            self.target, protocol=self.protocol, tls=self.tls, timeout_seconds=self.timeout_seconds
+        )
+
+
+_endpoint_options = option_group(
+    "endpoint",
+    _Endpoint,
+    click.argument("target"),
+    click.option("--model", "-m", "model", required=True, help="Model name."),
+    click.option("--protocol", type=click.Choice(["grpc", "rest"]), default="grpc", show_default=True),
+    client_tls_options,
+    click.option("--signature", "signature_name", default="", help="Signature name [serving_default]."),
+    click.option(
+        "--timeout",
+        "timeout_seconds",
+        type=click.FloatRange(0.1, 3600),
+        default=30.0,
+        show_default=True,
+        help="Seconds.",
+    ),
+)
+
+
 @click.command("predict")
-@click.argument("target")
-@click.option("--model", "-m", "model", required=True, help="Model name.")
-@click.option("--protocol", type=click.Choice(["grpc", "rest"]), default="grpc", show_default=True)
-@client_tls_options
-@click.option("--signature", "signature_name", default="", help="Signature name [serving_default].")
+@_endpoint_options
 @click.option("--model-version", "version", type=int, help="Model version [the latest served].")
 @click.option("--label", help="Version label.")
 @click.option("--input", "-i", "npy_inputs", multiple=True, help="[NAME=]FILE.npy (repeatable).")
@@ -114,7 +139,6 @@ def client_tls(
 @click.option("--output", "outputs", multiple=True, help="Only these outputs (repeatable).")
 @click.option("--top-k", type=click.IntRange(1, 100), default=5, show_default=True)
 @click.option("--json", "as_json_output", is_flag=True, help="Machine-readable output.")
-@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True, help="Seconds.")
 @click.option(
     "--attest",
     "attest_policy",
@@ -134,16 +158,7 @@ def client_tls(
 )
 @reports_errors
 def predict(
-    target: str,
-    model: str,
-    protocol: str,
-    tls_bundle: str | None,
-    ca: str | None,
-    cert: str | None,
-    key: str | None,
-    server_name: str | None,
-    plaintext: bool,
-    signature_name: str,
+    endpoint: _Endpoint,
     version: int | None,
     label: str | None,
     npy_inputs: tuple[str, ...],
@@ -156,7 +171,6 @@ def predict(
     outputs: tuple[str, ...],
     top_k: int,
     as_json_output: bool,
-    timeout: float,
     attest_policy: str | None,
     attest_sim_platform: str | None,
     attest_collateral: str | None,
@@ -165,8 +179,8 @@ def predict(
     kinds = sum(bool(k) for k in (npy_inputs, json_input, image, use_random))
     if kinds != 1:
         raise ClientError("give exactly one input: --input, --json-input, --image or --random")
-    tls = client_tls(tls_bundle, ca, cert, key, server_name, plaintext)
-    with PredictClient(target, protocol=protocol, tls=tls, timeout_seconds=timeout) as client:  # type: ignore[arg-type]
+    model, signature_name = endpoint.model, endpoint.signature_name
+    with endpoint.client() as client:
         if attest_policy is not None:
             attested = client.attest(attestation_check(attest_policy, attest_sim_platform, attest_collateral))
             ident = attested.evidence.identity
@@ -194,18 +208,15 @@ def predict(
         click.echo(json.dumps({"model": model, "signature": signature.name, "outputs": as_json(result)}))
         return
     click.echo(
-        f"model {model!r}, signature {signature.name!r}, over {protocol}{'' if tls else ' (plaintext)'}"
+        f"model {model!r}, signature {signature.name!r}, over {endpoint.protocol}"
+        f"{'' if endpoint.tls else ' (plaintext)'}"
     )
     for line in describe(result, top_k=top_k):
         click.echo(line)
 
 
 @click.command("bench-client")
-@click.argument("target")
-@click.option("--model", "-m", "model", required=True, help="Model name.")
-@click.option("--protocol", type=click.Choice(["grpc", "rest"]), default="grpc", show_default=True)
-@client_tls_options
-@click.option("--signature", "signature_name", default="", help="Signature name [serving_default].")
+@_endpoint_options
 @click.option(
     "--batch", type=click.IntRange(1, 4096), default=1, show_default=True, help="Examples per request."
 )
@@ -215,26 +226,15 @@ def predict(
 )
 @click.option("--requests", "-n", "n_requests", type=click.IntRange(1), help="Requests to send [100].")
 @click.option("--duration", type=click.FloatRange(0.1), help="Seconds to run (instead of --requests).")
-@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True)
 @click.option("--json", "as_json_output", is_flag=True, help="Machine-readable result.")
 @reports_errors
 def bench_client(
-    target: str,
-    model: str,
-    protocol: str,
-    tls_bundle: str | None,
-    ca: str | None,
-    cert: str | None,
-    key: str | None,
-    server_name: str | None,
-    plaintext: bool,
-    signature_name: str,
+    endpoint: _Endpoint,
     batch: int,
     concurrency: int,
     processes: int,
     n_requests: int | None,
     duration: float | None,
-    timeout: float,
     as_json_output: bool,
 ) -> None:
     """Load-test TARGET with random inputs of the model's signature; print latency percentiles and
@@ -243,21 +243,20 @@ def bench_client(
 
     if n_requests is not None and duration is not None:
         raise ClientError("give --requests or --duration, not both")
-    tls = client_tls(tls_bundle, ca, cert, key, server_name, plaintext)
-    with PredictClient(target, protocol=protocol, tls=tls, timeout_seconds=timeout) as client:  # type: ignore[arg-type]
-        inputs = random_inputs(client.signature(model, signature_name), batch=batch, seed=0)
+    with endpoint.client() as client:
+        inputs = random_inputs(client.signature(endpoint.model, endpoint.signature_name), batch=batch, seed=0)
     spec = LoadSpec(
-        target=target,
-        model=model,
+        target=endpoint.target,
+        model=endpoint.model,
         inputs=inputs,
-        protocol=protocol,  # type: ignore[arg-type]
-        tls=tls,
-        signature_name=signature_name,
+        protocol=endpoint.protocol,
+        tls=endpoint.tls,
+        signature_name=endpoint.signature_name,
         concurrency=concurrency,
         processes=processes,
         requests=(n_requests or 100) if duration is None else None,
         duration_seconds=duration,
-        timeout_seconds=timeout,
+        timeout_seconds=endpoint.timeout_seconds,
     )
     click.echo(f"starting {processes} worker process(es), {concurrency} in flight ...", err=True)
     result = run_load(spec, progress=_progress_printer())
