@@ -14,13 +14,14 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from confserve.attestation import SGX_TCB_STATUSES  # a standard-library module: `--help` stays light
-from confserve.cli._common import reports_errors
+from confserve.cli._common import option_group, reports_errors
 from confserve.files import MAX_SMALL_FILE_BYTES, read_input
 
 if TYPE_CHECKING:
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     )
 
 EXIT_REFUSED = 1  # verification failed, policy refused, or an operation failed
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _hex_bytes(size: int) -> Callable[[click.Context, click.Parameter, str | None], bytes | None]:
@@ -251,92 +251,65 @@ def _emit(verdict: dict[str, Any]) -> NoReturn:
     sys.exit(0 if verdict["accepted"] else EXIT_REFUSED)
 
 
-_COLLATERAL = click.option(
-    "--collateral",
-    "collateral_file",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="Collateral JSON (dcap-qvl QuoteCollateralV3 shape).",
-)
-_SIM_PLATFORM = click.option(
-    "--sim-platform",
-    "platform_dir",
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="Take collateral (and, by default, the root) from a simulated platform's directory or its "
-    "public part (sim-platform publish).",
-)
-_NOW = click.option(
-    "--now", type=click.IntRange(min=0), help="Verification time, Unix seconds [default: now]."
-)
-_ROOT = click.option(
-    "--root",
-    help="'intel' (Intel SGX Root CA, pinned by SHA-256) or a root certificate file (PEM or DER) "
-    "[default: intel; the platform's root with --sim-platform].",
-)
-_ALLOW_SIMULATED = click.option("--allow-simulated", is_flag=True, help="Trust a non-Intel (simulated) root.")
-_POLICY = click.option(
-    "--policy",
-    "policy_file",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="Policy file (.toml native or ra_config .json) [default: UpToDate only, any enclave].",
-)
+@dataclass(frozen=True)
+class _Verification:
+    """What verifying evidence takes, from the options `verify-quote` and `show-cert` share: collateral or
+    a platform, the time, the root, the policy."""
 
+    collateral_file: Path | None
+    platform_dir: Path | None
+    now: int | None
+    root: str | None
+    allow_simulated: bool
+    policy_file: Path | None
 
-def _verification_options(command: _F) -> _F:
-    """The options verifying evidence needs: collateral or a platform, the time, the root, the policy."""
-    for option in reversed((_COLLATERAL, _SIM_PLATFORM, _NOW, _ROOT, _ALLOW_SIMULATED, _POLICY)):
-        command = option(command)
-    return command
-
-
-def _verification_setup(
-    collateral_file: Path | None,
-    platform_dir: Path | None,
-    root: str | None,
-    allow_simulated: bool,
-    policy_file: Path | None,
-) -> tuple[Collateral, TrustConfig, Policy]:
-    """Collateral, trust root and policy from the shared options; emits a refusal for an untrusted root."""
-    from confserve.attestation import (
-        INTEL_SGX_ROOT_CA_SHA256,
-        SIM_COLLATERAL_FILE,
-        AllowRule,
-        Collateral,
-        Policy,
-        TrustConfig,
-        load_policy_file,
-        load_simulated_root,
-    )
-
-    if (collateral_file is None) == (platform_dir is None):
-        raise click.UsageError("give exactly one of --collateral and --sim-platform")
-    # A platform's directory or its published public part: only the root and the collateral are read.
-    if collateral_file is not None:
-        collateral = Collateral.from_file(collateral_file)
-    else:
-        assert platform_dir is not None
-        collateral = Collateral.from_file(platform_dir / SIM_COLLATERAL_FILE)
-    if root is None:
-        root_der = load_simulated_root(platform_dir).root_ca_der if platform_dir is not None else None
-    elif root == "intel":
-        root_der = None
-    else:
-        root_der = _load_root(Path(root))
-    if root_der is None or hashlib.sha256(root_der).hexdigest() == INTEL_SGX_ROOT_CA_SHA256:
-        trust = TrustConfig.intel()
-    elif allow_simulated:
-        trust = TrustConfig.simulated(root_der)
-    else:
-        _emit(
-            _verdict(None, False, "the root is not Intel's SGX Root CA; pass --allow-simulated to trust it")
+    def setup(self) -> tuple[Collateral, TrustConfig, Policy]:
+        """Collateral, trust root and policy; emits a refusal for an untrusted root."""
+        from confserve.attestation import (
+            INTEL_SGX_ROOT_CA_SHA256,
+            SIM_COLLATERAL_FILE,
+            AllowRule,
+            Collateral,
+            Policy,
+            TrustConfig,
+            load_policy_file,
+            load_simulated_root,
         )
-    # Policy: the default below is "UpToDate only, no advisories, not debug, any enclave identity,
-    # simulated only with --allow-simulated"; --policy FILE replaces it (see confserve.attestation._policy).
-    policy = (
-        load_policy_file(policy_file, allow_simulated_ra_config=allow_simulated)
-        if policy_file is not None
-        else Policy(rules=(AllowRule(name="any-enclave"),), allow_simulated=allow_simulated)
-    )
-    return collateral, trust, policy
+
+        if (self.collateral_file is None) == (self.platform_dir is None):
+            raise click.UsageError("give exactly one of --collateral and --sim-platform")
+        # A platform's directory or its published public part: only the root and the collateral are read.
+        if self.collateral_file is not None:
+            collateral = Collateral.from_file(self.collateral_file)
+        else:
+            assert self.platform_dir is not None
+            collateral = Collateral.from_file(self.platform_dir / SIM_COLLATERAL_FILE)
+        if self.root is None:
+            root_der = (
+                load_simulated_root(self.platform_dir).root_ca_der if self.platform_dir is not None else None
+            )
+        elif self.root == "intel":
+            root_der = None
+        else:
+            root_der = _load_root(Path(self.root))
+        if root_der is None or hashlib.sha256(root_der).hexdigest() == INTEL_SGX_ROOT_CA_SHA256:
+            trust = TrustConfig.intel()
+        elif self.allow_simulated:
+            trust = TrustConfig.simulated(root_der)
+        else:
+            _emit(
+                _verdict(
+                    None, False, "the root is not Intel's SGX Root CA; pass --allow-simulated to trust it"
+                )
+            )
+        # Policy: the default below is "UpToDate only, no advisories, not debug, any enclave identity,
+        # simulated only with --allow-simulated"; --policy FILE replaces it (confserve.attestation._policy).
+        policy = (
+            load_policy_file(self.policy_file, allow_simulated_ra_config=self.allow_simulated)
+            if self.policy_file is not None
+            else Policy(rules=(AllowRule(name="any-enclave"),), allow_simulated=self.allow_simulated)
+        )
+        return collateral, trust, policy
 
 
 def _verify_and_emit(
@@ -354,37 +327,53 @@ def _verify_and_emit(
     _emit({**extra, **_verdict(evidence, decision.accepted, decision.reason)})
 
 
+_verification_options = option_group(
+    "verification",
+    _Verification,
+    click.option(
+        "--collateral",
+        "collateral_file",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        help="Collateral JSON (dcap-qvl QuoteCollateralV3 shape).",
+    ),
+    click.option(
+        "--sim-platform",
+        "platform_dir",
+        type=click.Path(file_okay=False, exists=True, path_type=Path),
+        help="Take collateral (and, by default, the root) from a simulated platform's directory or its "
+        "public part (sim-platform publish).",
+    ),
+    click.option("--now", type=click.IntRange(min=0), help="Verification time, Unix seconds [default: now]."),
+    click.option(
+        "--root",
+        help="'intel' (Intel SGX Root CA, pinned by SHA-256) or a root certificate file (PEM or DER) "
+        "[default: intel; the platform's root with --sim-platform].",
+    ),
+    click.option("--allow-simulated", is_flag=True, help="Trust a non-Intel (simulated) root."),
+    click.option(
+        "--policy",
+        "policy_file",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        help="Policy file (.toml native or ra_config .json) [default: UpToDate only, any enclave].",
+    ),
+)
+
+
 @attest.command("verify-quote")
 @click.argument("quote_file", metavar="QUOTE", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @_verification_options
 @reports_errors
-def attest_verify_quote(
-    quote_file: Path,
-    collateral_file: Path | None,
-    platform_dir: Path | None,
-    now: int | None,
-    root: str | None,
-    allow_simulated: bool,
-    policy_file: Path | None,
-) -> None:
+def attest_verify_quote(quote_file: Path, verification: _Verification) -> None:
     """Verify QUOTE and print a JSON verdict; exit 0 only if it is accepted."""
-    setup = _verification_setup(collateral_file, platform_dir, root, allow_simulated, policy_file)
-    _verify_and_emit(read_input(quote_file, max_bytes=MAX_SMALL_FILE_BYTES), setup, now)
+    setup = verification.setup()
+    _verify_and_emit(read_input(quote_file, max_bytes=MAX_SMALL_FILE_BYTES), setup, verification.now)
 
 
 @attest.command("show-cert")
 @click.argument("cert_file", metavar="CERT", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @_verification_options
 @reports_errors
-def attest_show_cert(
-    cert_file: Path,
-    collateral_file: Path | None,
-    platform_dir: Path | None,
-    now: int | None,
-    root: str | None,
-    allow_simulated: bool,
-    policy_file: Path | None,
-) -> None:
+def attest_show_cert(cert_file: Path, verification: _Verification) -> None:
     """Print the evidence of an RA-TLS certificate (PEM or DER) as JSON.
 
     Without --collateral/--sim-platform the certificate's structure and the binding of its quote to its
@@ -405,8 +394,7 @@ def attest_show_cert(
         "debug": body.debug,
         "quote_bytes": len(quote),
     }
-    if collateral_file is None and platform_dir is None:
+    if verification.collateral_file is None and verification.platform_dir is None:
         click.echo(json.dumps({"verified": False, **facts}, indent=1))
         return
-    setup = _verification_setup(collateral_file, platform_dir, root, allow_simulated, policy_file)
-    _verify_and_emit(quote, setup, now, format=fmt.value)
+    _verify_and_emit(quote, verification.setup(), verification.now, format=fmt.value)
