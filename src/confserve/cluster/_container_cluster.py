@@ -128,7 +128,8 @@ def _prepare(ws: Workspace, progress: Progress) -> None:
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise c.ContainersError(f"secret-prov init failed: {done.stderr.strip()[-400:]}")
-    prepare_workspace(ws, model=MODEL, tls="twoway", progress=progress)
+    # The overlay's replicas ask the key service for the default key only (docs/deployment.md).
+    prepare_workspace(ws, model=MODEL, tls="twoway", progress=progress, own_model_key=False)
 
 
 def _render(settings: SimulationSettings, measurement: Measurement) -> list[dict[str, Any]]:

@@ -165,8 +165,11 @@ def prepare_workspace(
     model: str = "digits",
     tls: TlsMode = "twoway",
     progress: Callable[[str], None] = lambda _: None,
+    own_model_key: bool = True,
 ) -> str:
-    """Create what is missing, re-use what exists; returns the model name."""
+    """Create what is missing, re-use what exists; returns the model name. The model is encrypted under
+    its own key (`own_model_key`, what the local cluster uses) or the default wrap key (for deployments
+    whose replicas ask for the default key only, as the Kubernetes overlays do)."""
     ws.root.mkdir(parents=True, exist_ok=True)
     ws.owner.mkdir(mode=0o700, exist_ok=True)
     ws.owner.chmod(0o700)  # the owner's directory holds the keys and the plaintext model
@@ -180,7 +183,7 @@ def prepare_workspace(
             )
     log = ws.logs / "setup.log"
     _prepare_trust(ws, tls, log, progress)
-    _prepare_model(ws, model, name, log, progress)
+    _prepare_model(ws, model, name, log, progress, own_model_key)
     ws.settings_file.write_text(json.dumps({"tls": tls, "model": name}))
     return name
 
@@ -246,7 +249,9 @@ def _owner_only(tree: Path) -> None:
                 path.chmod(0o600)
 
 
-def _prepare_model(ws: Workspace, model: str, name: str, log: Path, progress: Callable[[str], None]) -> None:
+def _prepare_model(
+    ws: Workspace, model: str, name: str, log: Path, progress: Callable[[str], None], own_key: bool = True
+) -> None:
     cmd = confserve_command
     plain = ws.owner / "models" / name
     if not plain.exists():
@@ -261,7 +266,7 @@ def _prepare_model(ws: Workspace, model: str, name: str, log: Path, progress: Ca
             shutil.copytree(model, plain, symlinks=True)
     _owner_only(plain.parent)
     encrypted = ws.host / "models" / name
-    key = ws.model_keys / name
+    key = ws.model_keys / name if own_key else ws.wrap_key
     if not encrypted.exists():
         if not key.exists():
             progress(f"creating model {name!r}'s own wrap key")
@@ -271,7 +276,8 @@ def _prepare_model(ws: Workspace, model: str, name: str, log: Path, progress: Ca
         _run(
             "model encrypt",
             cmd("model", "encrypt", str(plain), "-w", str(key), "--out", str(encrypted),
-                "--bind-root", f"models/{name}", "--release-key", str(ws.release_key), "--model", name),
+                "--bind-root", f"models/{name}", "--release-key", str(ws.release_key), "--model", name,
+                "--key-id", name if own_key else DEFAULT_KEY_ID),
             log,
         )  # fmt: skip
     elif not (encrypted / MANIFEST_FILE).exists():
