@@ -48,7 +48,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -62,6 +62,7 @@ from confserve.cluster._processes import (
     ProcessRecord,
     WorkspaceLock,
     alive,
+    listening,
     listening_ports,
     nginx_processes,
     read_stat,
@@ -150,6 +151,9 @@ class ReplicaState:
     log: str
     start_ticks: int = 0
     track: Track = field(default_factory=Track)
+    # In nginx's configuration. A replica added to a running cluster joins once it is ready: tried while
+    # it starts, nginx would count its refusals and take it out (with the others, in a bad moment).
+    balanced: bool = True
 
     @property
     def record(self) -> ProcessRecord:
@@ -532,12 +536,11 @@ class LocalCluster:
         )
         replica.pid, replica.start_ticks = record.pid, record.start_ticks
 
-    def _new_replica(self, state: ClusterState) -> ReplicaState:
+    def _new_replica(self, state: ClusterState, *, balanced: bool = False) -> ReplicaState:
         index = max((r.index for r in state.replicas), default=-1) + 1
         log = self.ws.logs / f"replica-{index}.log"
-        replica = ReplicaState(
-            index, 0, free_port(), free_port(), str(log), -1, Track(started_at=self._clock())
-        )
+        track = Track(started_at=self._clock())
+        replica = ReplicaState(index, 0, free_port(), free_port(), str(log), -1, track, balanced)
         state.replicas.append(replica)
         self._start_replica(state, replica)
         return replica
@@ -549,11 +552,12 @@ class LocalCluster:
 
     def nginx_config(self) -> NginxConfig:
         state = self._require_state()
+        backends = [r for r in state.replicas if r.balanced] or state.replicas
         return NginxConfig(
             grpc_listen=f"127.0.0.1:{state.lb_grpc_port}",
-            grpc_backends=[f"127.0.0.1:{r.grpc_port}" for r in state.replicas],
+            grpc_backends=[f"127.0.0.1:{r.grpc_port}" for r in backends],
             rest_listen=f"127.0.0.1:{state.lb_rest_port}",
-            rest_backends=[f"127.0.0.1:{r.rest_port}" for r in state.replicas],
+            rest_backends=[f"127.0.0.1:{r.rest_port}" for r in backends],
             run_dir=self.nginx_dir,
             stream_module=find_stream_module(),
         )
@@ -683,7 +687,7 @@ class LocalCluster:
             line = _last_line(log)
             return "dead", f"exited; its error log ends: {line}" if line else "exited"
         note = "its master process is stopped (SIGSTOP); its worker serves" if stopped(record) else ""
-        if {state.lb_grpc_port, state.lb_rest_port} <= listening_ports():
+        if listening((state.lb_grpc_port, state.lb_rest_port)):
             return "ready", note
         return "starting", note or _last_line(log)
 
@@ -797,6 +801,7 @@ class LocalCluster:
         try:
             self._wait_component(KEY_SERVICE)
             self.wait_ready()
+            self._balance()
             self._wait_component(NGINX)
             if detach and self._ensure_supervisor() and not created:
                 actions += ("supervisor started again",)
@@ -855,7 +860,7 @@ class LocalCluster:
             self._save()
             self._wait_component(KEY_SERVICE)
             for _ in range(replicas):
-                self._new_replica(self.state)
+                self._new_replica(self.state, balanced=True)  # nginx starts after them, before any client
                 self._save()
             self._start_nginx(self.state)
             self._save()
@@ -889,26 +894,25 @@ class LocalCluster:
                 actions.append(f"replica {replica.index} {reason}")
         if replicas is not None:
             state.replicas_wanted = replicas
-        changed = self._fit_replicas(state, actions)
+        removed = self._fit_replicas(state, actions)
         if not alive(state.record(NGINX)):
             reason = f"restarted by confserve up ({self._nginx_condition(state)[1]})"
             self._start_nginx(state)
             state.set(NGINX, track=restarted(state.nginx_track, now, reason))
             actions.append(f"nginx {reason}")
-        elif changed:
+        elif removed:
             self._reload_nginx(state)
         return actions
 
     def _fit_replicas(self, state: ClusterState, actions: list[str]) -> bool:
-        """Add replicas, or retire the extra ones (not ready first, then the newest), to the count wanted.
-        Retired replicas leave the state at once (nginx is reloaded by the caller) and are stopped by
-        `_stop_retiring`. Returns whether the set changed."""
+        """Add replicas (they join nginx once ready: `_balance`), or retire the extra ones (not ready
+        first, then the newest) to the count wanted: those leave the state at once (nginx is reloaded by
+        the caller) and are stopped by `_stop_retiring`. Returns whether any was retired."""
         wanted = state.replicas_wanted or len(state.replicas)
         changed = False
         while len(state.replicas) < wanted:
             replica = self._new_replica(state)
             actions.append(f"replica {replica.index} added")
-            changed = True
         if len(state.replicas) > wanted:
             context = self.client_context()
             ranked = sorted(
@@ -995,8 +999,24 @@ class LocalCluster:
             self._stop_retiring()
             if started:
                 self.wait_ready(started)
+                self._balance()
         finally:
             self._unregister()
+
+    def _balance(self, state: ClusterState | None = None) -> bool:
+        """Add the replicas that are ready but not yet in nginx's configuration to it; returns whether
+        any was. With `state`, within the caller's transaction."""
+        if state is None:
+            with self._transaction() as fresh:
+                return fresh is not None and self._balance(fresh)
+        joining = [r for r in state.replicas if not r.balanced and self.replica_condition(r)[0] == "ready"]
+        for replica in joining:
+            replica.balanced = True
+            self.progress(f"replica {replica.index} joins nginx")
+        if joining:
+            self._reload_nginx(state)
+            self._save()
+        return bool(joining)
 
     # -- supervision ---------------------------------------------------------------------------------------
     def supervise_once(self) -> list[Restart] | None:
@@ -1009,6 +1029,13 @@ class LocalCluster:
         now = self._clock()
         tracks = {name: state.track(name) for name in state.names()}
         decision = decide(observed, tracks, now, self.settings)
+        # A replica ready but not in nginx, that no command waits to add (that command was stopped, say).
+        if not any(alive(c.record) for c in state.commands) and any(
+            not r.balanced and observed[_replica_name(r.index)].condition == "ready" for r in state.replicas
+        ):
+            with contextlib.suppress(LockBusyError), self._transaction(wait_seconds=0) as fresh:
+                if fresh is not None and not any(alive(c.record) for c in fresh.commands):
+                    self._balance(fresh)
         if decision.tracks == tracks and not decision.restarts:
             return []
         try:
@@ -1131,6 +1158,7 @@ class LocalCluster:
             "state": obs.condition,  # starting, ready, not ready or dead
             "reason": obs.reason,  # why it is not ready ("" when ready)
             "metrics": f"https://127.0.0.1:{r.rest_port}{METRICS_PATH}",
+            "in_load_balancer": r.balanced,  # a replica added to a running cluster joins once ready
             "log": r.log,
             **self._supervision(r.track, now),
         }
@@ -1152,7 +1180,11 @@ class LocalCluster:
         with self._transaction(preempt=self._preempt) as state:
             labels: dict[ProcessRecord, str] = {}
 
-            def stop(targets: Sequence[tuple[ProcessRecord, int, str]], grace: float) -> None:
+            def stop(
+                targets: Sequence[tuple[ProcessRecord, int, str]],
+                grace: float,
+                quick: Collection[ProcessRecord] = (),
+            ) -> None:
                 unique: dict[ProcessRecord, tuple[ProcessRecord, int, str]] = {}
                 for target in targets:
                     unique.setdefault(target[0], target)
@@ -1161,16 +1193,22 @@ class LocalCluster:
                     self.progress(f"stopping {', '.join(label for _, _, label in running)}")
                 for record, _, label in running:
                     labels.setdefault(record, label)
-                stop_processes([(r, sig) for r, sig, _ in running], grace_seconds=grace)
+                stop_processes([(r, sig) for r, sig, _ in running], grace_seconds=grace, quick=quick)
 
             if state is not None:
                 commands = ([state.supervisor] if state.supervisor else []) + state.commands
                 stop([(c.record, signal.SIGTERM, c.command) for c in commands], _COMMAND_GRACE_SECONDS)
-                components = [(state.record(NGINX), signal.SIGQUIT, "nginx")]
+                components: list[tuple[ProcessRecord, int, str]] = [
+                    (state.record(NGINX), signal.SIGQUIT, "nginx")
+                ]
                 components += [(r.record, signal.SIGTERM, f"replica {r.index}") for r in state.replicas]
                 components += [(r, signal.SIGTERM, "retired process") for r in state.retiring]
                 components += [(state.record(KEY_SERVICE), signal.SIGTERM, "key service")]
-                stop(components, _STOP_GRACE_SECONDS)
+                # A replica still starting (its ports not open) serves nothing and holds nothing to finish,
+                # but goes on importing and attesting before it looks at SIGTERM: it gets a short grace.
+                listening = listening_ports()
+                starting = {r.record for r in state.replicas if not {r.grpc_port, r.rest_port} & listening}
+                stop(components, _STOP_GRACE_SECONDS, starting)
             nginx_dir = self.nginx_dir.resolve()
             strays = workspace_processes(self.ws.root, nginx_dir)
             stop([(r, signal.SIGTERM, _describe(r.pid)) for r in strays], _COMMAND_GRACE_SECONDS)

@@ -28,7 +28,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -43,6 +43,7 @@ __all__ = [
     "ProcessRecord",
     "WorkspaceLock",
     "alive",
+    "listening",
     "listening_ports",
     "lock_holder",
     "nginx_processes",
@@ -58,6 +59,7 @@ __all__ = [
 MARKER: Final = "CONFSERVE_CLUSTER_WORKSPACE"  # environment variable naming the workspace of a process
 _POLL_SECONDS: Final = 0.05  # how often a wait looks again; a process exits within milliseconds of SIGKILL
 _KILL_WAIT_SECONDS: Final = 5.0  # after SIGKILL, only an uninterruptible sleep (D state) takes longer
+_QUICK_GRACE_SECONDS: Final = 2.0  # for a process with nothing to finish (a replica still starting)
 
 
 class LockBusyError(ConfserveError):
@@ -140,25 +142,33 @@ def _signal(record: ProcessRecord, sig: int) -> None:
                 os.kill(record.pid, signal.SIGCONT)  # a stopped process handles the signal only once resumed
 
 
-def _wait_gone(records: Iterable[ProcessRecord], deadline: float) -> list[ProcessRecord]:
-    pending = [r for r in records if alive(r)]
-    while pending and time.monotonic() < deadline:
+def stop_processes(
+    records: Sequence[tuple[ProcessRecord, int]],
+    *,
+    grace_seconds: float,
+    quick: Collection[ProcessRecord] = (),
+    quick_grace_seconds: float = _QUICK_GRACE_SECONDS,
+) -> list[ProcessRecord]:
+    """Send each process its signal (SIGTERM, SIGQUIT, ...) at once; SIGKILL whichever still runs after
+    `grace_seconds` (`quick_grace_seconds` for those in `quick`), and wait for those too. Returns the
+    processes still running after all that."""
+    for record, sig in records:
+        _signal(record, sig)
+    start = time.monotonic()
+    kill_at = {r: quick_grace_seconds if r in quick else grace_seconds for r, _ in records}
+    pending = [r for r, _ in records if alive(r)]
+    killed: set[ProcessRecord] = set()
+    while pending:
+        elapsed = time.monotonic() - start
+        for record in pending:
+            if elapsed >= kill_at[record] and record not in killed:
+                _signal(record, signal.SIGKILL)
+                killed.add(record)
+        if all(elapsed >= kill_at[r] + _KILL_WAIT_SECONDS for r in pending):
+            break
         time.sleep(_POLL_SECONDS)
         pending = [r for r in pending if alive(r)]
     return pending
-
-
-def stop_processes(
-    records: Sequence[tuple[ProcessRecord, int]], *, grace_seconds: float
-) -> list[ProcessRecord]:
-    """Send each process its signal (SIGTERM, SIGQUIT, ...) at once, wait up to `grace_seconds` for all,
-    SIGKILL the rest and wait for them too. Returns the processes still running after all that."""
-    for record, sig in records:
-        _signal(record, sig)
-    survivors = _wait_gone([r for r, _ in records], time.monotonic() + grace_seconds)
-    for record in survivors:
-        _signal(record, signal.SIGKILL)
-    return _wait_gone(survivors, time.monotonic() + _KILL_WAIT_SECONDS)
 
 
 def _environment_names(pid: int, marker: bytes) -> bool:
@@ -231,12 +241,19 @@ def parse_listening(text: str) -> set[int]:
 
 
 def listening_ports() -> set[int]:
-    """Every TCP port something listens on in this network namespace (IPv4 and IPv6)."""
+    """Every TCP port something listens on in this network namespace (IPv4 and IPv6). The kernel
+    writes these tables a page at a time, and sockets opened and closed meanwhile can shift an entry
+    out of a read; callers that find a port missing read again (`listening`)."""
     ports: set[int] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
             ports |= parse_listening(Path(table).read_text(errors="replace"))
     return ports
+
+
+def listening(ports: Collection[int], *, reads: int = 3) -> bool:
+    """Whether something listens on every one of `ports`, from up to `reads` reads of the tables."""
+    return any(set(ports) <= listening_ports() for _ in range(reads))
 
 
 # -- the lock --------------------------------------------------------------------------------------------

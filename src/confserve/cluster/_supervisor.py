@@ -14,7 +14,9 @@ When a component is restarted:
 |--------------------------------------------|------------------------------------------|------------|
 | dead (its process is gone)                 | yes                                      | no         |
 | hung for `hang_seconds`                    | yes                                      | yes        |
-| starting for longer than its start timeout | yes                                      | yes        |
+| starting (nothing listens) for longer than | yes                                      | yes        |
+| its start timeout, counted from its start  |                                          |            |
+| or from when it was last ready             |                                          |            |
 | ready; not ready but answering; starting   | no                                       |            |
 
 How soon: a component that had been ready for `stable_seconds` before it failed is restarted at once.
@@ -86,6 +88,7 @@ class Track:
 
     started_at: float = 0.0  # when its current process was started
     ready_since: float | None = None  # ready without interruption since
+    unready_since: float | None = None  # not ready since, after it had been ready
     hung_since: float | None = None  # hung without interruption since
     streak: int = 0  # restarts since its last stable run
     restarts: int = 0  # restarts in all
@@ -136,9 +139,12 @@ def _failure(
     if obs.hung and track.hung_since is not None and now - track.hung_since >= settings.hang_seconds:
         why = f"hung for {now - track.hung_since:.0f} s"
         return (f"{why} ({obs.reason})" if obs.reason else why), True
+    # Counted from the start, or from when it stopped being ready: one odd observation of a component
+    # that has run for long is not a start that never ended.
     limit = settings.start_timeout_seconds.get(obs.kind, _START_TIMEOUT_SECONDS[obs.kind])
-    if obs.condition == "starting" and now - track.started_at >= limit:
-        return f"not ready {now - track.started_at:.0f} s after its start", True
+    since = max(track.started_at, track.unready_since or 0.0)
+    if obs.condition == "starting" and now - since >= limit:
+        return f"not listening for {now - since:.0f} s", True
     return None
 
 
@@ -148,11 +154,12 @@ def _one(
     if obs.condition == "ready":
         since = track.ready_since if track.ready_since is not None else now
         streak = 0 if now - since >= settings.stable_seconds else track.streak
-        return replace(track, ready_since=since, hung_since=None, streak=streak, next_start_at=None,
-                       waiting_reason=""), None  # fmt: skip
+        return replace(track, ready_since=since, unready_since=None, hung_since=None, streak=streak,
+                       next_start_at=None, waiting_reason=""), None  # fmt: skip
     track = replace(
         track,
         ready_since=None,
+        unready_since=now if track.ready_since is not None else track.unready_since,
         hung_since=(track.hung_since if track.hung_since is not None else now) if obs.hung else None,
     )
     failure = _failure(obs, track, now, settings)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
@@ -151,9 +152,13 @@ def test_a_busy_workspace_makes_a_command_wait_then_fail(tmp_path: Path, sleeper
 
 def test_down_stops_everything_of_the_workspace(tmp_path: Path, sleepers: Sleepers) -> None:
     """Recorded components, the supervisor, a waiting command, a retired replica, and a process that
-    carries the workspace's marker without being recorded (started a moment before its starter died)."""
+    carries the workspace's marker without being recorded (started a moment before its starter died).
+    A serving replica (its port listens) gets SIGTERM, and so does one still starting (with a short
+    grace: stand-ins end on SIGTERM)."""
     ws = Workspace(tmp_path / "ws")
     state = make_state(ws, sleepers)
+    serving = socket.create_server(("127.0.0.1", 0))
+    state.replicas[0].rest_port = serving.getsockname()[1]
     supervisor, command, retired = sleepers.start(), sleepers.start(), sleepers.start()
     sleepers.start(env={**os.environ, MARKER: str(ws.root)})
     state.supervisor = CommandRecord(supervisor.pid, supervisor.start_ticks, "supervisor (detached)")
@@ -161,11 +166,19 @@ def test_down_stops_everything_of_the_workspace(tmp_path: Path, sleepers: Sleepe
     state.retiring = [retired]
     ws.state_file.write_text(state.to_json())
     heard: list[str] = []
-    report = LocalCluster(ws, progress=heard.append, command="down").down()
+    with serving:
+        report = LocalCluster(ws, progress=heard.append, command="down").down()
     assert report.survivors == ()
     assert report.stopped == 8  # key service, nginx, 2 replicas, supervisor, command, retired, stray
     assert not ws.state_file.exists()
-    assert all(child.wait(10) in (-signal.SIGTERM, -signal.SIGQUIT) for child in sleepers.children)
+    key, nginx, replica0, replica1, *others = (child.wait(10) for child in sleepers.children)
+    assert (key, nginx, replica0, replica1) == (
+        -signal.SIGTERM,
+        -signal.SIGQUIT,
+        -signal.SIGTERM,
+        -signal.SIGTERM,
+    )
+    assert others == [-signal.SIGTERM] * 4
     assert heard[0] == "stopping supervisor (detached), scale"
     assert heard[1] == "stopping nginx, replica 0, replica 1, retired process, key service"
     assert heard[2] == "stopping sleep"
@@ -176,7 +189,7 @@ def test_down_reports_what_it_could_not_stop(
 ) -> None:
     ws = Workspace(tmp_path / "ws")
     state = make_state(ws, sleepers, replicas=1)
-    monkeypatch.setattr(_local, "stop_processes", lambda targets, grace_seconds: [])  # signals lost
+    monkeypatch.setattr(_local, "stop_processes", lambda *_, **__: [])  # signals lost
     report = LocalCluster(ws, command="down").down()
     assert report.survivors == tuple(
         sorted(
@@ -265,3 +278,22 @@ def test_commands_on_a_workspace_without_a_cluster(tmp_path: Path) -> None:
     with pytest.raises(WorkspaceError, match="no cluster is running"):
         cluster.status()
     assert cluster.down().survivors == ()
+
+
+def test_nginx_balances_the_replicas_that_joined(
+    tmp_path: Path, sleepers: Sleepers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica added to a running cluster is left out of nginx's configuration until it is ready."""
+    monkeypatch.setattr(_local, "find_stream_module", lambda: None)
+    ws = Workspace(tmp_path / "ws")
+    state = make_state(ws, sleepers)
+    state.replicas[1].balanced = False
+    cluster = LocalCluster(ws)
+    cluster.state = state
+    config = cluster.nginx_config()
+    assert config.grpc_backends == ["127.0.0.1:10"]
+    assert config.rest_backends == ["127.0.0.1:20"]
+    state.replicas[0].balanced = False  # none has joined yet (a cluster's first start): all of them
+    assert cluster.nginx_config().grpc_backends == ["127.0.0.1:10", "127.0.0.1:11"]
+    ws.state_file.write_text(state.to_json())
+    assert [r.balanced for r in ClusterState.load(ws.state_file).replicas] == [False, False]

@@ -99,28 +99,44 @@ def test_a_record_names_one_process(sleeper: subprocess.Popen[bytes]) -> None:
     assert read_stat(-1) is None
 
 
-def test_stop_processes(sleeper: subprocess.Popen[bytes]) -> None:
-    """SIGTERM reaches a stopped process too (it is resumed); one that ignores it gets SIGKILL."""
-    stubborn = subprocess.Popen(
+@pytest.fixture
+def stubborn() -> Iterator[subprocess.Popen[bytes]]:
+    """A process that ignores SIGTERM."""
+    child = subprocess.Popen(
         [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
          "print('ready', flush=True); time.sleep(300)"],
         stdout=subprocess.PIPE,
     )  # fmt: skip
-    try:
-        assert stubborn.stdout is not None
-        assert stubborn.stdout.readline() == b"ready\n"
-        os.kill(sleeper.pid, signal.SIGSTOP)
-        records = [record_of(sleeper.pid), record_of(stubborn.pid)]
-        survivors = stop_processes([(r, signal.SIGTERM) for r in records], grace_seconds=0.5)
-        assert survivors == []
-        assert sleeper.wait(5) == -signal.SIGTERM
-        assert stubborn.wait(5) == -signal.SIGKILL
-        assert stop_processes([(records[0], signal.SIGTERM)], grace_seconds=0.1) == []  # already gone
-    finally:
-        if stubborn.poll() is None:
-            stubborn.kill()
-        stubborn.wait()
-        stubborn.stdout.close()  # type: ignore[union-attr]
+    assert child.stdout is not None
+    assert child.stdout.readline() == b"ready\n"
+    yield child
+    if child.poll() is None:
+        child.kill()
+    child.wait()
+    child.stdout.close()
+
+
+def test_stop_processes(sleeper: subprocess.Popen[bytes], stubborn: subprocess.Popen[bytes]) -> None:
+    """SIGTERM reaches a stopped process too (it is resumed); one that ignores it gets SIGKILL."""
+    os.kill(sleeper.pid, signal.SIGSTOP)
+    records = [record_of(sleeper.pid), record_of(stubborn.pid)]
+    survivors = stop_processes([(r, signal.SIGTERM) for r in records], grace_seconds=0.5)
+    assert survivors == []
+    assert sleeper.wait(5) == -signal.SIGTERM
+    assert stubborn.wait(5) == -signal.SIGKILL
+    assert stop_processes([(records[0], signal.SIGTERM)], grace_seconds=0.1) == []  # already gone
+
+
+def test_stop_processes_with_a_short_grace_for_some(stubborn: subprocess.Popen[bytes]) -> None:
+    record = record_of(stubborn.pid)
+    # The long grace would outlast the test's timeout: the short one applies to this process.
+    assert (
+        stop_processes(
+            [(record, signal.SIGTERM)], grace_seconds=3600, quick={record}, quick_grace_seconds=0.2
+        )
+        == []
+    )
+    assert stubborn.wait(5) == -signal.SIGKILL
 
 
 def test_workspace_processes_are_found_by_their_marker(tmp_path: Path) -> None:

@@ -140,7 +140,30 @@ def test_a_start_that_never_ends_is_killed(kind: Kind, limit: float) -> None:
     assert clock.tick(seen("starting", "x", kind), advance=limit - 1).restarts == []
     [restart] = clock.tick(seen("starting", "x", kind), advance=1).restarts
     assert restart.kill_first
-    assert restart.reason == f"not ready {limit:.0f} s after its start"
+    assert restart.reason == f"not listening for {limit:.0f} s"
+
+
+def test_a_long_running_component_seen_starting_once_is_not_killed() -> None:
+    """nginx ready for an hour, then one observation without its listening sockets: the start timeout
+    counts from that observation, not from its start an hour ago."""
+    clock = Clock({"nginx": Track(started_at=1000.0)})
+    clock.tick(seen("ready", "nginx", "nginx"), advance=3600)
+    assert clock.tick(seen("starting", "nginx", "nginx")).restarts == []
+    assert clock.tick(seen("ready", "nginx", "nginx")).restarts == []
+    for _ in range(20):  # 10 s of it, from the first tick not ready
+        assert clock.tick(seen("starting", "nginx", "nginx")).restarts == []
+    assert clock.tick(seen("starting", "nginx", "nginx")).restarts
+
+
+def test_a_steady_component_leaves_its_track_alone() -> None:
+    """The state is written only when a track changes: not on every tick of a ready component."""
+    clock = Clock()
+    clock.tick(seen("ready"))
+    track = clock.tracks["replica-0"]
+    for _ in range(5):
+        clock.tick(seen("ready"), advance=1)
+    clock.tick(seen("ready"), advance=SETTINGS.stable_seconds)
+    assert clock.tracks["replica-0"] == track
 
 
 def test_a_component_back_before_its_backoff_ends_is_not_restarted() -> None:
