@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from confserve.attestation import SimPlatform, TrustConfig, load_policy_file
+from confserve.attestation import load_policy_file, load_simulated_root
 from confserve.client import AttestationCheck, ClientTls, PredictClient
 from confserve.cluster._local import ClusterState
 from confserve.cluster._workspace import SERVICE_DOMAIN, Workspace
@@ -28,8 +28,7 @@ class CheckResult:
 def check_cluster(ws: Workspace, state: ClusterState) -> CheckResult:
     """Attest the endpoint behind nginx with the owner's policy, then send a real input."""
     tls = ClientTls.from_bundle(ws.client, server_name=SERVICE_DOMAIN)
-    platform = SimPlatform.load(ws.sim)
-    check = AttestationCheck(load_policy_file(ws.policy), TrustConfig.simulated(platform.root_ca_der))
+    check = AttestationCheck(load_policy_file(ws.policy), load_simulated_root(ws.sim_public))
     with PredictClient(f"127.0.0.1:{state.lb_grpc_port}", tls=tls) as client:
         attested = client.attest(check)
         signature = client.signature(state.model)

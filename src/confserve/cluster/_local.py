@@ -512,7 +512,7 @@ class LocalCluster:
                 "--audit-log",
                 str(self.ws.audit_log),
                 "--sim-platform",
-                str(self.ws.sim),
+                str(self.ws.sim_public),
                 "--metrics-listen",
                 f"127.0.0.1:{state.metrics_port}",
             ),

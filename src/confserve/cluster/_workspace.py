@@ -85,6 +85,12 @@ class Workspace:
         return self.owner / "sim"
 
     @property
+    def sim_public(self) -> Path:
+        """The platform's public part (sim-platform publish): what the key service and clients verify
+        with. The platform's own directory, with its private keys, is only the replicas' to use."""
+        return self.root / "platform-public"
+
+    @property
     def signer(self) -> Path:
         return self.owner / "signer.pem"
 
@@ -196,6 +202,9 @@ def _prepare_trust(ws: Workspace, tls: TlsMode, log: Path, progress: Callable[[s
     else:
         progress("refreshing the simulated platform's collateral")
         _run("sim-platform refresh", cmd("sim-platform", "refresh", str(ws.sim)), log)
+    _run(
+        "sim-platform publish", cmd("sim-platform", "publish", str(ws.sim), "--out", str(ws.sim_public)), log
+    )
     if not ws.signer.exists():
         progress("creating the enclave signing key")
         _run("gen-signing-key", cmd("measure", "gen-signing-key", str(ws.signer)), log)
