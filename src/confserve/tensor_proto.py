@@ -57,6 +57,10 @@ MAX_RANK: Final = 64  # numpy's limit on dimensions (NPY_MAXDIMS in numpy 2)
 # bytes object's header (33) and TensorFlow's tstring (24), rounded up.
 STRING_ELEMENT_BYTES: Final = 64
 _MAX_CONTENT_BYTES: Final = 1 << 31  # a protobuf message is at most 2 GiB; TensorFlow refuses as much
+# numpy refuses a shape whose non-zero dims times the item size pass 2**63 - 1, even with a zero dim
+# (TensorFlow too: its running product of the dims must not overflow); 16 bytes is the largest item.
+_INT64_MAX: Final = (1 << 63) - 1
+_MAX_ITEM_BYTES: Final = 16
 
 Kind = Literal["float", "int", "uint", "bool", "complex", "string"]
 
@@ -248,6 +252,8 @@ def to_array(
     count = math.prod(dims)
     if count > max_elements:
         raise TensorTooLargeError(f"{count} elements exceed the limit of {max_elements}")
+    if math.prod(d for d in dims if d) * _MAX_ITEM_BYTES > _INT64_MAX:  # a zero dim hides the overflow
+        raise TensorProtoError(f"tensor shape {dims} is too large")  # (numpy and TensorFlow refuse it too)
     values = getattr(proto, row.field)
     content = proto.tensor_content
     if content:

@@ -259,3 +259,27 @@ def test_tensor_content_of_every_length(replica: Replica, stub: Any) -> None:
             assert code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT), (dtype, length, details)
             assert DATA_MARKER.decode() not in details
     _check_alive(replica, stub)
+
+
+@pytest.mark.parametrize(
+    "dims", [(1 << 62, 4, 0), (0, 1 << 62, 4), (1 << 62, 3, 0, 1), (0, 1 << 61)], ids=str
+)
+def test_zero_dim_hiding_an_overflow_is_invalid_argument(
+    replica: Replica, stub: Any, dims: tuple[int, ...]
+) -> None:
+    """Found by this fuzzer: a shape with 0 elements whose other dims overflow int64 was INTERNAL (numpy
+    and TensorFlow refuse such a shape); it is the client's INVALID_ARGUMENT, for numbers and strings."""
+    for dtype, signature, alias in (
+        (types_pb2.DT_FLOAT, "", "x"),
+        (types_pb2.DT_STRING, "classify", "inputs"),
+    ):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "clf"
+        request.model_spec.signature_name = signature
+        tensor = request.inputs[alias]
+        tensor.dtype = dtype
+        for size in dims:
+            tensor.tensor_shape.dim.add().size = size
+        code, details = _call(stub, request)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    _check_alive(replica, stub)
