@@ -73,6 +73,18 @@ def _spec_from_json(dtype: str, dims: list[int] | None) -> TensorSpec:
     return _spec_from_enum(enum, dims)
 
 
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One Predict request as `PredictClient.predict` was given it, for the transport to send."""
+
+    model: str
+    inputs: Mapping[str, npt.NDArray[Any]]
+    signature_name: str
+    version: int | None
+    label: str | None
+    outputs: tuple[str, ...]
+
+
 def _arrays(protos: Mapping[str, Any]) -> dict[str, npt.NDArray[Any]]:
     try:
         return {alias: to_array(proto) for alias, proto in sorted(protos.items())}
@@ -83,15 +95,7 @@ def _arrays(protos: Mapping[str, Any]) -> dict[str, npt.NDArray[Any]]:
 class _Transport(Protocol):
     def signature(self, model: str, signature_name: str, version: int | None) -> Signature: ...
 
-    def predict(
-        self,
-        model: str,
-        inputs: Mapping[str, npt.NDArray[Any]],
-        signature_name: str,
-        version: int | None,
-        label: str | None,
-        outputs: tuple[str, ...],
-    ) -> dict[str, npt.NDArray[Any]]: ...
+    def predict(self, call: _Call) -> dict[str, npt.NDArray[Any]]: ...
 
     def evidence(self, request: bytes) -> bytes: ...
 
@@ -162,30 +166,22 @@ class _Grpc:
 
         return Signature(name, sig.method_name, specs(sig.inputs), specs(sig.outputs))
 
-    def predict(
-        self,
-        model: str,
-        inputs: Mapping[str, npt.NDArray[Any]],
-        signature_name: str,
-        version: int | None,
-        label: str | None,
-        outputs: tuple[str, ...],
-    ) -> dict[str, npt.NDArray[Any]]:
+    def predict(self, call: _Call) -> dict[str, npt.NDArray[Any]]:
         from confserve.tfs_protos import predict_pb2  # noqa: PLC0415
 
         request = predict_pb2.PredictRequest()
-        request.model_spec.name = model
-        request.model_spec.signature_name = signature_name
-        if version is not None:
-            request.model_spec.version.value = version
-        if label is not None:
-            request.model_spec.version_label = label
-        for alias, array in inputs.items():
+        request.model_spec.name = call.model
+        request.model_spec.signature_name = call.signature_name
+        if call.version is not None:
+            request.model_spec.version.value = call.version
+        if call.label is not None:
+            request.model_spec.version_label = call.label
+        for alias, array in call.inputs.items():
             try:
                 request.inputs[alias].CopyFrom(to_proto(array))
             except TensorProtoError as e:
                 raise ClientError(f"input {alias!r}: {e}") from None
-        request.output_filter.extend(outputs)
+        request.output_filter.extend(call.outputs)
         response = self._call(self._stub.Predict, request)
         return _arrays(response.outputs)
 
@@ -335,31 +331,23 @@ class _Rest:
         except (KeyError, TypeError, ValueError) as e:
             raise ClientError(f"unexpected model metadata from the server ({type(e).__name__})") from None
 
-    def predict(
-        self,
-        model: str,
-        inputs: Mapping[str, npt.NDArray[Any]],
-        signature_name: str,
-        version: int | None,
-        label: str | None,
-        outputs: tuple[str, ...],
-    ) -> dict[str, npt.NDArray[Any]]:
-        body: dict[str, Any] = {"inputs": {alias: _json_value(a) for alias, a in inputs.items()}}
-        if signature_name:
-            body["signature_name"] = signature_name
-        result = self._request("POST", self._path(model, version, label) + ":predict", body)
+    def predict(self, call: _Call) -> dict[str, npt.NDArray[Any]]:
+        body: dict[str, Any] = {"inputs": {alias: _json_value(a) for alias, a in call.inputs.items()}}
+        if call.signature_name:
+            body["signature_name"] = call.signature_name
+        result = self._request("POST", self._path(call.model, call.version, call.label) + ":predict", body)
         # Columnar answers are {"outputs": {alias: value}}, or the bare value when there is one output.
-        sig = self.signature(model, signature_name, version)
+        sig = self.signature(call.model, call.signature_name, call.version)
         raw = result.get("outputs") if isinstance(result, dict) else None
         if not (isinstance(raw, dict) and raw and set(raw) <= set(sig.outputs)):
             if len(sig.outputs) != 1:
                 raise ClientError("server's REST answer does not name the signature's outputs")
             raw = {next(iter(sig.outputs)): raw}
-        if outputs:  # TF Serving's REST API has no output filter: select here
-            missing = set(outputs) - set(raw)
+        if call.outputs:  # TF Serving's REST API has no output filter: select here
+            missing = set(call.outputs) - set(raw)
             if missing:
                 raise ClientError(f"signature {sig.name!r} has no output {sorted(missing)[0]!r}")
-            raw = {alias: raw[alias] for alias in outputs}
+            raw = {alias: raw[alias] for alias in call.outputs}
         try:
             return {alias: _json_array(value, sig.outputs[alias]) for alias, value in sorted(raw.items())}
         except KeyError as e:
@@ -413,7 +401,7 @@ class PredictClient:
         label: str | None = None,
         outputs: tuple[str, ...] = (),
     ) -> dict[str, npt.NDArray[Any]]:
-        return self._transport.predict(model, inputs, signature_name, version, label, outputs)
+        return self._transport.predict(_Call(model, inputs, signature_name, version, label, outputs))
 
     def attest(self, check: AttestationCheck) -> AttestedServer:
         """Prove the endpoint is an approved enclave before sending data (see confserve.client._attest);
