@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from confserve.cli._common import reports_errors
+from confserve.cli._common import option_group, reports_errors
 from confserve.cluster import (
     OVERLAYS,
     VARIANTS,
@@ -16,8 +16,6 @@ from confserve.cluster import (
     K8sSettings,
     Measurement,
     NginxConfig,
-    Overlay,
-    Variant,
     find_stream_module,
     render_gramine_manifest,
     render_k8s_deployment,
@@ -118,9 +116,10 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 def _default_of(
     settings: type, flag: str, *, field: str | None = None, help: str | None = None
 ) -> Callable[[_F], _F]:
-    """An option whose default (and so its type) is the settings class's: declared once, there."""
+    """An option for the settings class's field: its default (and so its type) is the field's, declared
+    once there, and its value reaches the command under the field's name."""
     name = field or flag.removeprefix("--").replace("-", "_")
-    return click.option(flag, default=getattr(settings, name), show_default=True, help=help)
+    return click.option(flag, name, default=getattr(settings, name), show_default=True, help=help)
 
 
 def _defaults_of(settings: type, *options: tuple[str, str | None]) -> Callable[[_F], _F]:
@@ -173,53 +172,14 @@ def _defaults_of(settings: type, *options: tuple[str, str | None]) -> Callable[[
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout.")
 @reports_errors
 def render_gramine_cmd(
-    variant: Variant,
-    model_name: str,
-    model_bind_root: str,
-    model_dir: Path | None,
-    model_size: str | None,
-    ssl_config_bound_path: str,
-    secret_prov_servers: str,
-    secret_prov_ca: str,
-    grpc_port: int,
-    rest_port: int,
-    grpc_threads: int,
-    rest_threads: int,
-    intra_op_threads: int,
-    inter_op_threads: int,
-    batch_threads: int,
-    poll_seconds: int,
-    isv_prod_id: int,
-    isv_svn: int,
-    edmm: bool,
-    arch_libdir: str,
-    out: Path | None,
+    model_bind_root: str, model_dir: Path | None, model_size: str | None, out: Path | None, **fields: Any
 ) -> None:
     """Gramine manifest template: confserve's server or tensorflow_model_server, arguments fixed."""
+    # `fields`: the options named after GramineConfig's fields (--variant, --model-name, _defaults_of's)
     if model_size is not None and model_dir is not None:
         raise click.UsageError("give --model-dir or --model-size, not both")
     size = _parse_size(model_size) if model_size else _tree_bytes(model_dir or Path(model_bind_root))
-    config = GramineConfig(
-        variant=variant,
-        model_name=model_name,
-        model_bind_root=model_bind_root,
-        model_bytes=size,
-        ssl_config_bound_path=ssl_config_bound_path,
-        secret_prov_servers=secret_prov_servers,
-        secret_prov_ca=secret_prov_ca,
-        grpc_port=grpc_port,
-        rest_port=rest_port,
-        grpc_threads=grpc_threads,
-        rest_threads=rest_threads,
-        intra_op_threads=intra_op_threads,
-        inter_op_threads=inter_op_threads,
-        batch_threads=batch_threads,
-        file_system_poll_wait_seconds=poll_seconds,
-        isv_prod_id=isv_prod_id,
-        isv_svn=isv_svn,
-        edmm=edmm,
-        arch_libdir=arch_libdir,
-    )
+    config = GramineConfig(model_bind_root=model_bind_root, model_bytes=size, **fields)
     _emit(render_gramine_manifest(config), out)
 
 
@@ -227,14 +187,31 @@ def _measurements(
     mr_enclave: tuple[str, ...],
     measure_json: tuple[Path, ...],
     mr_signer: str | None,
-    prod: int | None,
-    svn: int | None,
+    isv_prod_id: int | None,
+    min_isv_svn: int | None,
 ) -> list[Measurement]:
     found = [Measurement(mr_enclave=m) for m in mr_enclave]
     found += [Measurement.from_json(read_input_text(p, max_bytes=MAX_SMALL_FILE_BYTES)) for p in measure_json]
-    if mr_signer is not None or prod is not None or svn is not None:
-        found.append(Measurement(mr_signer=mr_signer, isv_prod_id=prod, min_isv_svn=svn))
+    if mr_signer is not None or isv_prod_id is not None or min_isv_svn is not None:
+        found.append(Measurement(mr_signer=mr_signer, isv_prod_id=isv_prod_id, min_isv_svn=min_isv_svn))
     return found
+
+
+_measurement_options = option_group(
+    "measurements",
+    _measurements,
+    click.option("--mr-enclave", multiple=True, help="Allow this MRENCLAVE (repeatable)."),
+    click.option(
+        "--measurement",
+        "measure_json",
+        multiple=True,
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        help="`confserve measure --json` output: allow its MRENCLAVE (repeatable).",
+    ),
+    click.option("--mr-signer", help="Allow this signer ... "),
+    click.option("--isv-prod-id", type=int, help="... with this product ID ..."),
+    click.option("--min-isv-svn", type=int, help="... and at least this SVN."),
+)
 
 
 @render_group.command("k8s")
@@ -249,7 +226,9 @@ def _measurements(
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Directory to write."
 )
-@click.option("--image", help="Model-server image, NAME[:TAG][@sha256:DIGEST] (pin by digest).")
+@click.option(
+    "--image", "server_image", help="Model-server image, NAME[:TAG][@sha256:DIGEST] (pin by digest)."
+)
 @click.option("--secret-prov-image", help="Key-service image (with --with-secret-prov).")
 @_default_of(K8sSettings, "--replicas", help="Initial and minimum replicas.")
 @_default_of(K8sSettings, "--max-replicas", help="Autoscaler maximum.")
@@ -262,72 +241,23 @@ def _measurements(
 @click.option(
     "--pccs-url", help="sgx, with --with-secret-prov: the PCCS the key service fetches collateral from."
 )
-@click.option("--mr-enclave", multiple=True, help="Allow this MRENCLAVE (repeatable).")
-@click.option(
-    "--measurement",
-    "measure_json",
-    multiple=True,
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="`confserve measure --json` output: allow its MRENCLAVE (repeatable).",
-)
-@click.option("--mr-signer", help="Allow this signer ... ")
-@click.option("--isv-prod-id", type=int, help="... with this product ID ...")
-@click.option("--min-isv-svn", type=int, help="... and at least this SVN.")
+@_measurement_options
 @click.option("--with-secret-prov", is_flag=True, help="Also deploy the key service in this cluster.")
 @click.option(
     "--mutual-tls", is_flag=True, help="The server requires client certificates: readiness on the gRPC port."
 )
 @reports_errors
-def render_k8s_cmd(
-    overlay: Overlay,
-    tree: Path,
-    out: Path,
-    image: str | None,
-    secret_prov_image: str | None,
-    replicas: int,
-    max_replicas: int,
-    model_name: str,
-    model_bind_root: str | None,
-    epc: str,
-    secret_prov_host: str,
-    secret_prov_cidr: str | None,
-    pccs_cidr: str | None,
-    pccs_url: str | None,
-    mr_enclave: tuple[str, ...],
-    measure_json: tuple[Path, ...],
-    mr_signer: str | None,
-    isv_prod_id: int | None,
-    min_isv_svn: int | None,
-    with_secret_prov: bool,
-    mutual_tls: bool,
-) -> None:
+def render_k8s_cmd(**fields: Any) -> None:
     """A kustomization on top of deploy/kubernetes: images, replicas, model, measurements (policy)."""
-    settings = K8sSettings(
-        overlay=overlay,
-        tree=tree,
-        out=out,
-        server_image=image,
-        secret_prov_image=secret_prov_image,
-        replicas=replicas,
-        max_replicas=max_replicas,
-        model_name=model_name,
-        model_bind_root=model_bind_root,
-        epc=epc,
-        secret_prov_host=secret_prov_host,
-        secret_prov_cidr=secret_prov_cidr,
-        pccs_cidr=pccs_cidr,
-        pccs_url=pccs_url,
-        measurements=_measurements(mr_enclave, measure_json, mr_signer, isv_prod_id, min_isv_svn),
-        with_secret_prov=with_secret_prov,
-        mutual_tls=mutual_tls,
-    )
-    for path in write_files(out, render_k8s_deployment(settings)):
+    settings = K8sSettings(**fields)  # every option is named after a field (the measurements: a group)
+    for path in write_files(settings.out, render_k8s_deployment(settings)):
         click.echo(f"wrote {path}", err=True)
-    if not with_secret_prov:
+    if not settings.with_secret_prov:
         click.echo(
-            f"key service policy: {out / 'policy.toml'} (confserve secret-prov serve --policy)", err=True
+            f"key service policy: {settings.out / 'policy.toml'} (confserve secret-prov serve --policy)",
+            err=True,
         )
-    click.echo(f"apply with: kubectl apply -k {out}", err=True)
+    click.echo(f"apply with: kubectl apply -k {settings.out}", err=True)
 
 
 @render_group.command("k8s-tree")
