@@ -122,10 +122,11 @@ def _limit_option(
     flag: str, name: str, help: str | None, *, value_type: click.ParamType | type | None = None
 ) -> Callable[[_F], _F]:
     """An option of `secret-prov serve` for the `ServerLimits` field `name`: its default is the field's,
-    and its range is the field's too (seconds and counts are positive; see ServerLimits)."""
+    and its range is the field's too (seconds and counts are positive; see ServerLimits). Its value
+    reaches the command under the field's name."""
     if value_type is None:
         value_type = click.FloatRange(min=0.001) if name.endswith("_seconds") else click.IntRange(min=1)
-    return click.option(flag, type=value_type, default=_limit(name), help=help)
+    return click.option(flag, name, type=value_type, default=_limit(name), help=help)
 
 
 @secret_prov_group.command("serve")
@@ -181,17 +182,12 @@ def serve_command(
     allow_simulated: bool,
     collateral: str | None,
     pccs_url: str | None,
-    handshake_timeout: float,
-    read_timeout: float,
-    max_connections: int,
-    max_pending: int,
-    max_pending_per_address: int,
-    rate_limit: float,
-    rate_burst: int,
+    **limits: Any,
 ) -> None:
     """Release secrets to enclaves whose RA-TLS evidence the policy approves. SIGHUP reloads the policy,
     the secrets and the collateral; SIGTERM or SIGINT stops. Limits not given take the service's
     defaults (listed in docs/secret-provisioning.md)."""
+    # `limits`: the `_limit_option`s, each named after its ServerLimits field
     from confserve.attestation import TrustConfig
     from confserve.provisioning import (
         SecretProvisioningServer,
@@ -242,15 +238,7 @@ def serve_command(
         audit_log=Path(audit_log) if audit_log else None,
         metrics_host=metrics[0] if metrics else None,
         metrics_port=metrics[1] if metrics else 0,
-        limits=ServerLimits(
-            handshake_timeout_seconds=handshake_timeout,
-            read_timeout_seconds=read_timeout,
-            max_connections=max_connections,
-            max_pending_connections=max_pending,
-            max_pending_per_address=max_pending_per_address,
-            rate_limit_per_second=rate_limit,
-            rate_limit_burst=rate_burst,
-        ),
+        limits=ServerLimits(**limits),
     )
     server = SecretProvisioningServer(settings)
     # Signals are blocked in every thread (the server's threads inherit the mask) and taken synchronously
