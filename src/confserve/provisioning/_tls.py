@@ -19,11 +19,12 @@ certificate and a fresh quote.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import socket
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -47,6 +48,7 @@ __all__ = [
 
 RECV_BYTES: Final = 16 * 1024  # one TLS record
 _MAX_PEM_BYTES: Final = 1 << 20  # certificate and key files are a few KB
+_T = TypeVar("_T")
 
 
 def _read_bounded(path: str, what: str) -> bytes:
@@ -234,6 +236,17 @@ class TlsChannel:
             raise UnavailableError("timed out")
         return left
 
+    def _socket_call(self, deadline: float, call: Callable[[], _T], timed_out: str, lost: str) -> _T:
+        """One socket call within the deadline: a timeout or a broken connection is UnavailableError,
+        saying `timed_out`, or `lost` and why."""
+        self._sock.settimeout(self._remaining(deadline))
+        try:
+            return call()
+        except TimeoutError:
+            raise UnavailableError(timed_out) from None
+        except OSError as exc:
+            raise UnavailableError(f"{lost}: {exc.strerror}") from None
+
     def _flush(self, deadline: float) -> None:
         while True:
             if self._unsent:
@@ -245,25 +258,23 @@ class TlsChannel:
                     return
             view = memoryview(data)
             while view:
-                self._sock.settimeout(self._remaining(deadline))
-                try:
-                    sent = self._sock.send(view)
-                except TimeoutError:
-                    raise UnavailableError("timed out sending") from None
-                except OSError as exc:
-                    raise UnavailableError(f"connection lost while sending: {exc.strerror}") from None
+                sent = self._socket_call(
+                    deadline,
+                    functools.partial(self._sock.send, view),
+                    "timed out sending",
+                    "connection lost while sending",
+                )
                 view = view[sent:]
 
     def _fill(self, deadline: float) -> None:
         if self._eof:
             raise UnavailableError("connection closed by peer")
-        self._sock.settimeout(self._remaining(deadline))
-        try:
-            data = self._sock.recv(RECV_BYTES)
-        except TimeoutError:
-            raise UnavailableError("timed out waiting for the peer") from None
-        except OSError as exc:
-            raise UnavailableError(f"connection lost: {exc.strerror}") from None
+        data = self._socket_call(
+            deadline,
+            functools.partial(self._sock.recv, RECV_BYTES),
+            "timed out waiting for the peer",
+            "connection lost",
+        )
         if data:
             self._conn.bio_write(data)
         else:
