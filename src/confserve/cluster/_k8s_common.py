@@ -3,12 +3,9 @@ the placeholders an owner replaces, the "restricted" Pod Security building block
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final, Literal
+from typing import Final, Literal
 
 from confserve.errors import ConfserveError, Status
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "APP",

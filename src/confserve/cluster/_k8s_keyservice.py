@@ -5,7 +5,7 @@ creates."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from confserve.cluster._k8s_common import (
     DNS_EGRESS,
@@ -28,9 +28,6 @@ from confserve.cluster._k8s_common import (
     service_account,
 )
 from confserve.cluster._k8s_yaml import to_yaml
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["secret_prov_args", "secret_prov_files", "secret_prov_simulation_patch"]
 

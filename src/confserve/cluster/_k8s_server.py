@@ -5,7 +5,7 @@ Gramine-SGX image with the SGX device plugin's resources and Intel's AESM as a s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from confserve.cluster._k8s_common import (
     DEFAULT_SECRET_PROV_HOST,
@@ -39,9 +39,6 @@ from confserve.cluster._k8s_common import (
 )
 from confserve.cluster._k8s_yaml import to_yaml
 from confserve.replica import ServeOptions
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["BASE_FILES", "base_kustomization", "overlay_files", "sgx_memory_limit", "sgx_patch"]
 

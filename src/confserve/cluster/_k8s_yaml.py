@@ -7,12 +7,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from confserve.cluster._k8s_common import K8sError
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["to_yaml"]
 
