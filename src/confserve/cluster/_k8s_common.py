@@ -44,6 +44,7 @@ __all__ = [
     "replace_op",
     "restricted_container",
     "service_account",
+    "spread_over_nodes",
 ]
 
 
@@ -110,6 +111,24 @@ def pod_security(uid: int) -> dict[str, object]:
         "runAsGroup": uid,
         "fsGroup": uid,
         "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def spread_over_nodes(selector: dict[str, str]) -> dict[str, object]:
+    """A pod's `affinity`: its replicas on different nodes where possible (preferred, not required, so a
+    one-node test cluster still schedules them all)."""
+    return {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "labelSelector": {"matchLabels": selector},
+                        "topologyKey": "kubernetes.io/hostname",
+                    },
+                }
+            ]
+        }
     }
 
 

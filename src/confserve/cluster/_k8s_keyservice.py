@@ -26,6 +26,7 @@ from confserve.cluster._k8s_common import (
     pod_template_patch,
     restricted_container,
     service_account,
+    spread_over_nodes,
 )
 from confserve.cluster._k8s_yaml import to_yaml
 
@@ -73,19 +74,7 @@ def _secret_prov_statefulset() -> dict[str, object]:
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "securityContext": pod_security(SECRET_PROV_UID),
-                    "affinity": {
-                        "podAntiAffinity": {
-                            "preferredDuringSchedulingIgnoredDuringExecution": [
-                                {
-                                    "weight": 100,
-                                    "podAffinityTerm": {
-                                        "labelSelector": {"matchLabels": selector},
-                                        "topologyKey": "kubernetes.io/hostname",
-                                    },
-                                }
-                            ]
-                        }
-                    },
+                    "affinity": spread_over_nodes(selector),
                     "initContainers": [
                         {
                             # Secret volume files are symlinks; the service wants 0400 regular files.

@@ -36,6 +36,7 @@ from confserve.cluster._k8s_common import (
     pod_template_patch,
     restricted_container,
     service_account,
+    spread_over_nodes,
 )
 from confserve.cluster._k8s_yaml import to_yaml
 from confserve.replica import ServeOptions
@@ -87,20 +88,7 @@ def _server_deployment() -> dict[str, object]:
         "enableServiceLinks": False,
         "securityContext": pod_security(SERVER_UID),
         "terminationGracePeriodSeconds": 30,  # SIGTERM drains in-flight requests first
-        "affinity": {
-            "podAntiAffinity": {
-                # Spread replicas over nodes (preferred, so one-node test clusters still schedule).
-                "preferredDuringSchedulingIgnoredDuringExecution": [
-                    {
-                        "weight": 100,
-                        "podAffinityTerm": {
-                            "labelSelector": {"matchLabels": selector},
-                            "topologyKey": "kubernetes.io/hostname",
-                        },
-                    }
-                ]
-            }
-        },
+        "affinity": spread_over_nodes(selector),
         "containers": [container],
         "volumes": [
             # The encrypted model trees (`confserve model encrypt` output), shared by all replicas.
