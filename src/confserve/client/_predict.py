@@ -12,7 +12,7 @@ import http.client
 import json
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
@@ -85,6 +85,15 @@ class _Call:
     outputs: tuple[str, ...]
 
 
+def _signature_named(model: str, signature_name: str, available: Collection[str]) -> str:
+    """The signature a call means (TF Serving's default when none is named); ClientError if the model
+    has no such signature."""
+    name = signature_name or "serving_default"
+    if name not in available:
+        raise ClientError(f"model {model!r} has no signature {name!r} (has: {', '.join(sorted(available))})")
+    return name
+
+
 def _arrays(protos: Mapping[str, Any]) -> dict[str, npt.NDArray[Any]]:
     try:
         return {alias: to_array(proto) for alias, proto in sorted(protos.items())}
@@ -148,11 +157,7 @@ class _Grpc:
         response = self._call(self._stub.GetModelMetadata, request)
         sig_map = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(sig_map)
-        name = signature_name or "serving_default"
-        if name not in sig_map.signature_def:
-            raise ClientError(
-                f"model {model!r} has no signature {name!r} (has: {', '.join(sorted(sig_map.signature_def))})"
-            )
+        name = _signature_named(model, signature_name, sig_map.signature_def)
         sig = sig_map.signature_def[name]
 
         def specs(infos: Any) -> dict[str, TensorSpec]:
@@ -308,11 +313,7 @@ class _Rest:
         meta = self._request("GET", self._path(model, version, None) + "/metadata")
         try:
             sigs = meta["metadata"]["signature_def"]["signature_def"]
-            name = signature_name or "serving_default"
-            if name not in sigs:
-                raise ClientError(
-                    f"model {model!r} has no signature {name!r} (has: {', '.join(sorted(sigs))})"
-                )
+            name = _signature_named(model, signature_name, sigs)
             sig = sigs[name]
 
             def specs(infos: dict[str, Any]) -> dict[str, TensorSpec]:
