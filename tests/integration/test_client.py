@@ -380,7 +380,10 @@ def test_bench_client_processes_load_no_tensorflow(
     assert run.returncode == 0, run.stderr
     data = json.loads(run.stdout.strip().splitlines()[-1])
     assert (data["requests"], data["errors"]) == (10, 0)
-    # The parent and each of the two spawned workers imported the load generator: the import-time lines
-    # (checked for TensorFlow by no_tensorflow) cover the workers too.
-    assert run.imported.count("confserve.client._loadgen") == 3
+    # Each of the two spawned workers imported the load generator, and its import-time lines (checked for
+    # TensorFlow by no_tensorflow) were captured. The parent's own imports are checked from its
+    # sys.modules: its import-time lines of modules that load TF Serving's protos go to the quiet
+    # TensorFlow guard's capture, not to stderr.
+    assert run.imported.count("confserve.client._loadgen") >= 2
+    assert "confserve.client._loadgen" in run.modules
     no_tensorflow(run)
