@@ -184,8 +184,10 @@ def _watch(cluster: Any, interval: float = _WATCH_INTERVAL_SECONDS, *, supervise
 @_WORKSPACE
 @reports_errors
 def down(workspace: Path) -> None:
-    """Stop a cluster started with `confserve up --detach`: every process the workspace started (the
-    supervisor, a waiting scale, the components), waiting for each; says what it could not stop."""
+    """Stop a cluster started with `confserve up --detach`.
+
+    Stops every process the workspace started (the supervisor, a waiting scale, the components), waits
+    for each, and says what it could not stop."""
     cluster = _cluster(workspace, command="down")
     if not cluster.ws.state_file.exists() and not cluster.running_processes():
         fail(f"no cluster is running from {workspace}")
