@@ -25,7 +25,10 @@ the defaults leave the rest of the memory to the model (docs/deployment.md, "Req
 
 After a request that charged `TRIM_AFTER_BYTES` or more, the C heap is trimmed (glibc's `malloc_trim`),
 so the pages its arrays and TensorFlow's buffers used go back to the system instead of staying in the
-allocator's free lists (measured: a 40 MiB REST body otherwise left half a gigabyte resident).
+allocator's free lists: glibc raises its mmap threshold after freeing a large block, so later large
+blocks come from the heap and stay there when freed. The trim runs `TRIM_DELAY_SECONDS` after the
+request ends, once the front end has written and dropped the response, and once for a burst of large
+requests.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ __all__ = [
 # Requests that charged this much trim the heap when they end (a trim costs well under a millisecond when
 # there is little to return; requests this large take far longer themselves).
 TRIM_AFTER_BYTES: Final = 8 * 1024 * 1024
+TRIM_DELAY_SECONDS: Final = 0.25
 # Share of the replica's memory that requests in flight may hold: the decoded inputs are only the part
 # that can be counted; TensorFlow's copy of each feed and the model's intermediate tensors (a model-
 # dependent multiple of the input), the models themselves and the runtime need the rest.
@@ -154,6 +158,7 @@ class MemoryBudget:
         self.limits = limits
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._trim_pending = False
 
     @property
     def in_flight_bytes(self) -> int:
@@ -186,6 +191,21 @@ class MemoryBudget:
         with self._lock:
             self._in_flight -= nbytes
 
+    def _schedule_trim(self) -> None:
+        with self._lock:
+            if self._trim_pending:
+                return
+            self._trim_pending = True
+        timer = threading.Timer(TRIM_DELAY_SECONDS, self._trim)
+        timer.daemon = True
+        timer.name = "heap-trim"
+        timer.start()
+
+    def _trim(self) -> None:
+        with self._lock:
+            self._trim_pending = False
+        trim_heap()
+
 
 class RequestMemory:
     """What one request has charged; closing it releases the charges (and trims after large ones)."""
@@ -208,7 +228,7 @@ class RequestMemory:
             self._budget._give_back(charged)
         if self.peak >= TRIM_AFTER_BYTES:
             self.peak = 0
-            trim_heap()
+            self._budget._schedule_trim()
 
     def __enter__(self) -> RequestMemory:
         return self

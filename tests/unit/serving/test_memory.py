@@ -139,15 +139,19 @@ def test_replica_memory_is_physical_memory_or_a_lower_cgroup_limit(
 
 def test_heap_trim_runs_after_a_large_request(monkeypatch: pytest.MonkeyPatch) -> None:
     assert trim_heap() is True  # glibc on the machines this project targets
-    calls: list[int] = []
-    monkeypatch.setattr(_memory, "trim_heap", lambda: calls.append(1) or True)
+    trims = threading.Semaphore(0)
+    monkeypatch.setattr(_memory, "trim_heap", lambda: trims.release() or True)
     budget = MemoryBudget()
     with budget.request() as small:
         small.charge(_memory.TRIM_AFTER_BYTES - 1, "input 'x'")
-    assert calls == []
+    for _ in range(3):  # a burst of large requests: one trim once they have ended
+        with budget.request() as large:
+            large.charge(_memory.TRIM_AFTER_BYTES, "input 'x'")
+    assert trims.acquire(timeout=30)
+    assert not trims.acquire(timeout=4 * _memory.TRIM_DELAY_SECONDS)
     with budget.request() as large:
         large.charge(_memory.TRIM_AFTER_BYTES, "input 'x'")
-    assert calls == [1]
+    assert trims.acquire(timeout=30)  # a later one trims again
 
 
 # -- decoded sizes ---------------------------------------------------------------------------------------
