@@ -37,6 +37,7 @@ import ctypes
 import ctypes.util
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -151,14 +152,31 @@ def trim_heap() -> bool:
     return True
 
 
-class MemoryBudget:
-    """The replica's budget (thread-safe); `limits=None` counts without refusing anything."""
+def _start_timer(delay_seconds: float, action: Callable[[], object]) -> None:
+    timer = threading.Timer(delay_seconds, action)
+    timer.daemon = True
+    timer.name = "heap-trim"
+    timer.start()
 
-    def __init__(self, limits: MemoryLimits | None = None) -> None:
+
+class MemoryBudget:
+    """The replica's budget (thread-safe); `limits=None` counts without refusing anything. `trim` and
+    `later` (run an action after a delay) are the heap trim and a timer thread unless a test passes its
+    own."""
+
+    def __init__(
+        self,
+        limits: MemoryLimits | None = None,
+        *,
+        trim: Callable[[], object] | None = None,
+        later: Callable[[float, Callable[[], object]], None] = _start_timer,
+    ) -> None:
         self.limits = limits
         self._lock = threading.Lock()
         self._in_flight = 0
         self._trim_pending = False
+        self._trim = trim
+        self._later = later
 
     @property
     def in_flight_bytes(self) -> int:
@@ -196,15 +214,12 @@ class MemoryBudget:
             if self._trim_pending:
                 return
             self._trim_pending = True
-        timer = threading.Timer(TRIM_DELAY_SECONDS, self._trim)
-        timer.daemon = True
-        timer.name = "heap-trim"
-        timer.start()
+        self._later(TRIM_DELAY_SECONDS, self._run_trim)
 
-    def _trim(self) -> None:
+    def _run_trim(self) -> None:
         with self._lock:
             self._trim_pending = False
-        trim_heap()
+        (self._trim or trim_heap)()
 
 
 class RequestMemory:

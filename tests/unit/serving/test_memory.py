@@ -137,21 +137,28 @@ def test_replica_memory_is_physical_memory_or_a_lower_cgroup_limit(
     assert replica_memory_bytes() == physical
 
 
-def test_heap_trim_runs_after_a_large_request(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_heap_trim_runs_after_a_large_request() -> None:
     assert trim_heap() is True  # glibc on the machines this project targets
-    trims = threading.Semaphore(0)
-    monkeypatch.setattr(_memory, "trim_heap", lambda: trims.release() or True)
-    budget = MemoryBudget()
+    trims: list[int] = []
+    scheduled: list[tuple[float, Any]] = []
+    budget = MemoryBudget(
+        trim=lambda: trims.append(1), later=lambda delay, action: scheduled.append((delay, action))
+    )
     with budget.request() as small:
         small.charge(_memory.TRIM_AFTER_BYTES - 1, "input 'x'")
-    for _ in range(3):  # a burst of large requests: one trim once they have ended
+    assert scheduled == []
+    for _ in range(3):  # a burst of large requests: one trim, a moment after
         with budget.request() as large:
             large.charge(_memory.TRIM_AFTER_BYTES, "input 'x'")
-    assert trims.acquire(timeout=30)
-    assert not trims.acquire(timeout=4 * _memory.TRIM_DELAY_SECONDS)
+    assert [delay for delay, _ in scheduled] == [_memory.TRIM_DELAY_SECONDS]
+    assert trims == []
+    scheduled.pop()[1]()
+    assert trims == [1]
     with budget.request() as large:
         large.charge(_memory.TRIM_AFTER_BYTES, "input 'x'")
-    assert trims.acquire(timeout=30)  # a later one trims again
+    assert len(scheduled) == 1  # a later one trims again
+    scheduled.pop()[1]()
+    assert trims == [1, 1]
 
 
 # -- decoded sizes ---------------------------------------------------------------------------------------
