@@ -12,6 +12,7 @@ import http.client
 import json
 import socket
 import ssl
+import threading
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
@@ -251,38 +252,61 @@ class _Rest:
         self._host, self._port, self._tls, self._timeout = host.strip("[]"), int(port), tls, timeout
         self._context = tls.ssl_context() if tls else None
         self._signatures: dict[tuple[str, str, int | None], Signature] = {}
+        self._local = threading.local()
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if conn is not None:
+            conn.close()
 
     def evidence(self, request: bytes) -> bytes:
         return json.dumps(self._request("POST", "/v1/confserve/evidence", json.loads(request))).encode()
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        conn: http.client.HTTPConnection
+    def _connect(self) -> http.client.HTTPConnection:
         if self._tls is not None and self._context is not None:
-            conn = _HttpsConnection(
+            return _HttpsConnection(
                 self._host,
                 self._port,
                 context=self._context,
                 server_name=self._tls.server_name or self._host,
                 timeout=self._timeout,
             )
-        else:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
-        try:
-            payload = None if body is None else json.dumps(body).encode()
-            conn.request(method, path, body=payload, headers={"Content-Type": "application/json"})
-            response = conn.getresponse()
-            data = response.read()
-        except ssl.SSLCertVerificationError as e:
-            raise ClientError(
-                f"TLS with {self._host}:{self._port} failed: "
-                f"the server's certificate is refused ({e.verify_message})"
-            ) from None
-        except ssl.SSLError as e:
-            raise ClientError(f"TLS with {self._host}:{self._port} failed: {e.reason or e}") from None
-        except OSError as e:
-            raise ClientError(f"cannot reach {self._host}:{self._port}: {e.strerror or e}") from None
-        finally:
-            conn.close()
+        return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        # One kept-alive connection per thread (HTTP/1.1): a TLS handshake per request would cost more than
+        # a small model's inference. A kept connection the server has closed meanwhile is replaced once.
+        payload = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        for attempt in (1, 2):
+            conn = getattr(self._local, "connection", None)
+            fresh = conn is None
+            if conn is None:
+                conn = self._local.connection = self._connect()
+            try:
+                conn.request(method, path, body=payload, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                if response.will_close:
+                    self._drop()
+                break
+            except ssl.SSLCertVerificationError as e:
+                self._drop()
+                raise ClientError(
+                    f"TLS with {self._host}:{self._port} failed: "
+                    f"the server's certificate is refused ({e.verify_message})"
+                ) from None
+            except ssl.SSLError as e:
+                self._drop()
+                raise ClientError(f"TLS with {self._host}:{self._port} failed: {e.reason or e}") from None
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+                self._drop()
+                if fresh or attempt == 2:
+                    raise ClientError(f"cannot reach {self._host}:{self._port}: {e}") from None
+            except OSError as e:
+                self._drop()
+                raise ClientError(f"cannot reach {self._host}:{self._port}: {e.strerror or e}") from None
         try:
             parsed = json.loads(data) if data else {}
         except ValueError:
@@ -359,7 +383,7 @@ class _Rest:
             raise ClientError(f"server returned an output that does not fit its signature: {e}") from None
 
     def close(self) -> None:
-        pass
+        self._drop()  # this thread's connection; other threads' close when collected
 
 
 class PredictClient:
