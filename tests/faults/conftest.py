@@ -227,11 +227,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, digits_model: Path) -> Ite
     """A detached cluster (two replicas, two-way TLS, supervised) that the scenarios break in turn; each
     scenario leaves it healthy. Stopped at the end whatever happened, and checked for leftovers."""
     ws = Workspace(tmp_path_factory.mktemp("faults") / "ws")
-    result = run(
-        "up", "--workspace", str(ws.root), "--model", str(digits_model), "--replicas", "2", "--detach"
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    try:
+    try:  # stopped even when `up` fails half-way (a detached cluster whose check failed keeps running)
+        result = run(
+            "up", "--workspace", str(ws.root), "--model", str(digits_model), "--replicas", "2", "--detach"
+        )
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
         yield LocalCluster(ws)
     finally:
         run("down", "--workspace", str(ws.root))

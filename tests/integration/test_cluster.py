@@ -126,13 +126,14 @@ class Load:
 @pytest.fixture
 def detached(tmp_path: Path, digits_model: Path) -> Iterator[LocalCluster]:
     ws = Workspace(tmp_path / "ws")
-    result = run(
-        "up", "--workspace", str(ws.root), "--model", str(digits_model), "--replicas", "1", "--detach"
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    cluster = LocalCluster(ws)
-    yield cluster
-    run("down", "--workspace", str(ws.root))
+    try:  # stopped even when `up` fails half-way (a detached cluster whose check failed keeps running)
+        result = run(
+            "up", "--workspace", str(ws.root), "--model", str(digits_model), "--replicas", "1", "--detach"
+        )
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        yield LocalCluster(ws)
+    finally:
+        run("down", "--workspace", str(ws.root))
 
 
 def test_status_scale_kill_under_load(

@@ -1175,8 +1175,12 @@ class LocalCluster:
         """Stop every process of the workspace: the supervisor and waiting commands first, then the
         components (SIGTERM; nginx SIGQUIT: they finish what is in flight), then anything else that
         carries the workspace's marker. Waits for each; what survives is reported (and the state kept)."""
-        if not self.ws.root.exists():
-            return DownReport(0, ())
+        if not self.ws.root.exists():  # removed under its processes: they still carry its marker
+            strays = workspace_processes(self.ws.root, self.nginx_dir)
+            left = stop_processes([(r, signal.SIGTERM) for r in strays], grace_seconds=_COMMAND_GRACE_SECONDS)
+            return DownReport(
+                len(strays) - len(left), tuple(f"pid {r.pid} ({_describe(r.pid)})" for r in left)
+            )
         with self._transaction(preempt=self._preempt) as state:
             labels: dict[ProcessRecord, str] = {}
 

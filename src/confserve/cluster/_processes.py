@@ -185,14 +185,25 @@ def _cwd(pid: int) -> str | None:
         return None
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def nginx_processes(nginx_dir: Path) -> list[ProcessRecord]:
-    """The running nginx processes (master and workers) working in `nginx_dir`."""
+    """The running nginx processes (master and workers) working in `nginx_dir` (also once it has been
+    deleted), or whose master was started with it as its prefix (`-p`, kept in its process title)."""
     found = []
+    cwds = (str(nginx_dir), f"{nginx_dir} (deleted)")
+    prefix = f" -p {nginx_dir} ".encode()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             stat = read_stat(int(entry.name))
-            nginx = stat is not None and stat.comm == "nginx" and stat.state not in "ZXx"
-            if stat is not None and nginx and _cwd(stat.pid) == str(nginx_dir):
+            if stat is None or stat.comm != "nginx" or stat.state in "ZXx":
+                continue
+            if _cwd(stat.pid) in cwds or prefix in _cmdline(stat.pid).replace(b"\0", b" "):
                 found.append(ProcessRecord(stat.pid, stat.start_ticks))
     return found
 
@@ -214,12 +225,9 @@ def workspace_processes(root: Path, nginx_dir: Path) -> list[ProcessRecord]:
         stat = read_stat(int(entry.name))
         if stat is None or stat.state in "ZXx":
             continue
-        ours = _environment_names(stat.pid, marker) or (
-            stat.comm == "nginx" and _cwd(stat.pid) == str(nginx_dir)
-        )
-        if ours:
+        if _environment_names(stat.pid, marker):
             found.append(ProcessRecord(stat.pid, stat.start_ticks))
-    return found
+    return found + [r for r in nginx_processes(nginx_dir) if r.pid not in own and r not in found]
 
 
 _TCP_LISTEN: Final = "0A"  # TCP_LISTEN in the `st` column of /proc/net/tcp (include/net/tcp_states.h)

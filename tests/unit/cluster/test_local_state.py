@@ -297,3 +297,12 @@ def test_nginx_balances_the_replicas_that_joined(
     assert cluster.nginx_config().grpc_backends == ["127.0.0.1:10", "127.0.0.1:11"]
     ws.state_file.write_text(state.to_json())
     assert [r.balanced for r in ClusterState.load(ws.state_file).replicas] == [False, False]
+
+
+def test_down_of_a_removed_workspace_still_finds_its_processes(tmp_path: Path, sleepers: Sleepers) -> None:
+    root = tmp_path / "gone"
+    sleepers.start(env={**os.environ, MARKER: str(root)})
+    report = LocalCluster(Workspace(root), command="down").down()
+    assert (report.stopped, report.survivors) == (1, ())
+    assert sleepers.children[0].wait(10) == -signal.SIGTERM
+    assert not root.exists()

@@ -24,6 +24,7 @@ from confserve.cluster._processes import (
     alive,
     listening_ports,
     lock_holder,
+    nginx_processes,
     parse_listening,
     parse_stat,
     read_stat,
@@ -153,6 +154,33 @@ def test_workspace_processes_are_found_by_their_marker(tmp_path: Path) -> None:
             child.kill()
             child.wait()
     assert workspace_processes(root, root / "nginx") == []
+
+
+def test_nginx_processes_by_directory_or_prefix(tmp_path: Path) -> None:
+    """nginx overwrites its environment with its title: its processes are found by working directory
+    (also once deleted) or by the prefix in the master's title."""
+    fake = tmp_path / "nginx"  # a process whose name is nginx: a shell script reading its stdin
+    fake.write_text("#!/bin/sh\nwhile read line; do :; done\n")
+    fake.chmod(0o755)
+    run_dir = tmp_path / "ws" / "nginx"
+    run_dir.mkdir(parents=True)
+    by_cwd = subprocess.Popen([str(fake)], cwd=run_dir, stdin=subprocess.PIPE)
+    by_prefix = subprocess.Popen([str(fake), "-p", str(run_dir), "-c", "x"], stdin=subprocess.PIPE)
+    elsewhere = subprocess.Popen([str(fake)], cwd=tmp_path, stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while read_stat(by_prefix.pid) is None or read_stat(by_prefix.pid).comm != "nginx":  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        found = {r.pid for r in nginx_processes(run_dir)}
+        assert {by_cwd.pid, by_prefix.pid} <= found
+        assert elsewhere.pid not in found
+        assert {by_cwd.pid, by_prefix.pid} <= {r.pid for r in workspace_processes(tmp_path / "ws", run_dir)}
+    finally:
+        for child in (by_cwd, by_prefix, elsewhere):
+            child.kill()
+            child.wait()
+            child.stdin.close()  # type: ignore[union-attr]
 
 
 TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
