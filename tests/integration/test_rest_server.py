@@ -162,10 +162,10 @@ def test_slow_request_times_out_and_server_keeps_serving(
     )
     original = server._api.handle
 
-    def slow(method: str, path: str, body: bytes) -> Any:
+    def slow(method: str, path: str, body: bytes, *args: Any, **kwargs: Any) -> Any:
         if path.endswith("/slow"):
             release.wait(30)
-        return original(method, path, body)
+        return original(method, path, body, *args, **kwargs)
 
     server._api.handle = slow  # type: ignore[method-assign]
     server.start()
