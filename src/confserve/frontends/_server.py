@@ -104,7 +104,10 @@ class ModelServer:
             inter_op_parallelism=self.settings.tensorflow_inter_op_parallelism,
         )
         if self.settings.batching is not None:
-            loader = BatchingLoader(loader, self.settings.batching)
+            # Adaptive closing: a batch runs at once when every request in flight has joined one.
+            loader = BatchingLoader(
+                loader, self.settings.batching, in_flight=lambda: self.dataplane.admission.in_flight
+            )
         if self.settings.enable_model_warmup:
             loader = WarmupLoader(loader, opener)
         manager: ModelManager[Any] = ModelManager(loader, settings=self.settings.manager)

@@ -10,6 +10,11 @@ Theory of operation (after TF Serving's BasicBatchScheduler and batching_session
   RESOURCE_EXHAUSTED (TF Serving's text). A task larger than `max_batch_size` is refused as invalid.
 - `BatchQueue.pop_ready(now)` hands out the oldest batch that is closed, full, or whose first task has
   waited `batch_timeout` by the caller's clock; `next_deadline()` says when to ask again.
+- Adaptive closing: `pop_ready(now, others_coming=False)` hands out the oldest batch at once, whatever its
+  timeout, when the caller knows that no request outside the queue could join it (every request in
+  flight is already queued). Waiting would then only add latency: at low load a request runs alone at
+  once, and under load batches still fill while the model is busy (TF Serving's batching flags keep
+  their meaning: size, timeout as the longest wait, queue bound, allowed sizes).
 - `merge` concatenates a batch's inputs along dimension 0 and pads it up to the next allowed batch size
   by repeating the first row; with `pad_variable_length_inputs` it first pads each task's other
   dimensions to the batch's largest, with that tensor's first element (TF Serving's batching_util.cc).
@@ -87,9 +92,15 @@ class BatchQueue:
         self._settings = settings
         self._batches: list[Batch] = []
         self._open: dict[Hashable, Batch] = {}
+        self._tasks = 0
 
     def __len__(self) -> int:
         return len(self._batches)
+
+    @property
+    def tasks(self) -> int:
+        """Tasks waiting in every batch."""
+        return self._tasks
 
     def add(self, task: Task, now: float) -> None:
         batch = self._open.get(task.merge_key)
@@ -108,6 +119,7 @@ class BatchQueue:
             self._open[task.merge_key] = batch
         batch.tasks.append(task)
         batch.size += task.size
+        self._tasks += 1
 
     def _ready(self, batch: Batch, now: float) -> bool:
         return (
@@ -116,7 +128,10 @@ class BatchQueue:
             or now >= batch.opened_at + self._settings.batch_timeout_seconds
         )
 
-    def pop_ready(self, now: float) -> Batch | None:
+    def pop_ready(self, now: float, *, others_coming: bool = True) -> Batch | None:
+        """The oldest ready batch; with `others_coming=False` the oldest batch, ready or not."""
+        if not others_coming:
+            return self.pop_any()
         for index, batch in enumerate(self._batches):
             if self._ready(batch, now):
                 return self._take(index)
@@ -134,6 +149,7 @@ class BatchQueue:
 
     def _take(self, index: int) -> Batch:
         batch = self._batches.pop(index)
+        self._tasks -= len(batch.tasks)
         if self._open.get(batch.merge_key) is batch:
             del self._open[batch.merge_key]
         return batch

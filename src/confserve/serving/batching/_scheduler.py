@@ -4,6 +4,10 @@
 ready batches from the `BatchQueue` (by the injected clock), run the merged inputs once on the wrapped
 servable and hand each task its rows. Models know nothing about this: `BatchingLoader` wraps whatever the
 model loader returns.
+
+Adaptive closing: `in_flight` (the DataPlane's count of inference requests being served) tells whether a
+request outside the queue could still join; when every one is queued, a free batch thread takes the
+oldest batch without waiting for `batch_timeout_micros` (see `_queue`).
 """
 
 from __future__ import annotations
@@ -37,10 +41,12 @@ class BatchingServable:
         *,
         clock: Callable[[], float] = time.monotonic,
         name: str = "batch",
+        in_flight: Callable[[], int] | None = None,
     ) -> None:
         self.inner = inner
         self._settings = settings
         self._clock = clock
+        self._in_flight = in_flight
         self._queue = BatchQueue(settings)
         self._changed = threading.Condition()
         self._closed = False
@@ -74,10 +80,16 @@ class BatchingServable:
         assert task.outputs is not None
         return task.outputs
 
+    def _others_coming(self) -> bool:
+        """Whether a request not yet queued might still join a batch (unknown: assume so)."""
+        if self._in_flight is None or not self._queue.tasks:
+            return True
+        return self._in_flight() > self._queue.tasks
+
     def _next(self) -> Batch | None:
         with self._changed:
             while True:
-                batch = self._queue.pop_ready(self._clock())
+                batch = self._queue.pop_ready(self._clock(), others_coming=self._others_coming())
                 if batch is None and self._closed:
                     batch = self._queue.pop_any()
                     if batch is None:
@@ -122,15 +134,27 @@ class BatchingLoader(Generic[S]):
     """Wraps a Loader so every loaded version runs behind its own batch scheduler."""
 
     def __init__(
-        self, inner: Loader[S], settings: BatchingSettings, *, clock: Callable[[], float] = time.monotonic
+        self,
+        inner: Loader[S],
+        settings: BatchingSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        in_flight: Callable[[], int] | None = None,
     ) -> None:
         self._inner = inner
         self._settings = settings
         self._clock = clock
+        self._in_flight = in_flight
 
     def load(self, model: str, version: int, path: str) -> BatchingServable:
         servable = self._inner.load(model, version, path)
-        return BatchingServable(servable, self._settings, clock=self._clock, name=f"batch-{model}-{version}")
+        return BatchingServable(
+            servable,
+            self._settings,
+            clock=self._clock,
+            name=f"batch-{model}-{version}",
+            in_flight=self._in_flight,
+        )
 
     def unload(self, servable: BatchingServable) -> None:
         servable.close()

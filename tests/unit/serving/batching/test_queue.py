@@ -140,3 +140,20 @@ def test_variable_length_inputs_are_padded_with_the_first_element() -> None:
     inputs, total = merge(batch, settings)
     assert total == 2
     np.testing.assert_array_equal(inputs["t"], [[7, 8, 7], [1, 2, 3]])
+
+
+def test_a_batch_closes_at_once_when_no_one_else_can_join() -> None:
+    """Adaptive closing: when the caller says no request outside the queue could join, the oldest batch
+    is handed out without waiting for its timeout; otherwise the timeout still rules."""
+    settings = BatchingSettings(max_batch_size=8, batch_timeout_micros=10_000_000)
+    queue = BatchQueue(settings)
+    queue.add(task(1, settings), now=0.0)
+    queue.add(task(2, settings), now=0.0)
+    assert queue.tasks == 2
+    assert queue.pop_ready(0.0) is None
+    assert queue.pop_ready(0.0, others_coming=True) is None
+    batch = queue.pop_ready(0.0, others_coming=False)
+    assert batch is not None
+    assert [t.size for t in batch.tasks] == [1, 2]
+    assert queue.tasks == 0
+    assert queue.pop_ready(0.0, others_coming=False) is None  # nothing queued

@@ -133,3 +133,47 @@ def test_close_runs_what_is_queued_then_refuses() -> None:
     with pytest.raises(ModelUnavailableError, match="unloading"):
         servable.run("s", {"x": x}, ["y"])
     assert servable.run("s", {"x": np.float32(1)}, ["y"])["y"] == 2  # scalars bypass the queue
+
+
+def test_a_lone_request_does_not_wait_for_the_batch_timeout() -> None:
+    """Adaptive closing: with a 100 s timeout and a clock that never moves, a request runs at once when it
+    is the only one in flight, and two concurrent ones run together once both have joined."""
+    counting = Counting()
+    settings = BatchingSettings(max_batch_size=8, batch_timeout_micros=100_000_000, num_batch_threads=1)
+    in_flight = [1]
+    servable = BatchingServable(counting, settings, clock=lambda: 0.0, in_flight=lambda: in_flight[0])
+    x = np.ones((1, 2), np.float32)
+    try:
+        with futures.ThreadPoolExecutor(2) as pool:
+            alone = pool.submit(servable.run, "serving_default", {"x": x}, ["y"])
+            assert alone.result(GATE_TIMEOUT_SECONDS)["y"].tolist() == [[2.0, 2.0]]
+            in_flight[0] = 2
+            first = pool.submit(servable.run, "serving_default", {"x": x}, ["y"])
+            second = pool.submit(servable.run, "serving_default", {"x": x * 3}, ["y"])
+            assert second.result(GATE_TIMEOUT_SECONDS)["y"].tolist() == [[6.0, 6.0]]
+            assert first.result(GATE_TIMEOUT_SECONDS)["y"].tolist() == [[2.0, 2.0]]
+        assert counting.batches == [1, 2]
+    finally:
+        servable.close()
+
+
+def test_a_request_waits_while_others_in_flight_may_join() -> None:
+    """Without adaptive closing's condition (a request in flight has not joined), the timeout rules: the
+    batch runs only when the clock passes it."""
+    counting = Counting()
+    settings = BatchingSettings(max_batch_size=8, batch_timeout_micros=1_000_000, num_batch_threads=1)
+    now = [0.0]
+    servable = BatchingServable(counting, settings, clock=lambda: now[0], in_flight=lambda: 2)
+    try:
+        with futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(servable.run, "serving_default", {"x": np.ones((1, 2), np.float32)}, ["y"])
+            with pytest.raises(futures.TimeoutError):
+                waiting.result(0.2)
+            assert counting.batches == []
+            now[0] = 1.0
+            with servable._changed:  # wake the batch thread, as a new task would
+                servable._changed.notify_all()
+            assert waiting.result(GATE_TIMEOUT_SECONDS)["y"].tolist() == [[2.0, 2.0]]
+        assert counting.batches == [1]
+    finally:
+        servable.close()
