@@ -32,8 +32,11 @@ def test_concurrent_grpc_and_rest_requests_share_one_run(tmp_path: Path) -> None
         grpc=GrpcSettings(address="127.0.0.1:0"),
         rest=RestSettings(port=0, num_threads=2),
         file_system_poll_wait_seconds=-1,
-        # Runs when 4 rows are queued; the timeout is far away, so nothing depends on timing.
-        batching=BatchingSettings(max_batch_size=4, batch_timeout_micros=600_000_000, num_batch_threads=1),
+        # Runs when 4 rows are queued; the timeout is far away, so nothing depends on timing (adaptive
+        # closing off: it would run the first ones as soon as they were all the requests in flight).
+        batching=BatchingSettings(
+            max_batch_size=4, batch_timeout_micros=600_000_000, num_batch_threads=1, adaptive=False
+        ),
     )
     models = (ModelConfig("m", str(gated_model_dir(tmp_path))),)
     server = ModelServer(models, PlainOpener(), None, settings, allow_insecure=True, loader=Once(counting))

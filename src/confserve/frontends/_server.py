@@ -81,6 +81,8 @@ class ServerSettings:
 class ModelServer:
     """Owns the store, its polling thread and both front ends."""
 
+    dataplane: DataPlane
+
     def __init__(
         self,
         models: Sequence[ModelConfig],
@@ -103,11 +105,11 @@ class ModelServer:
             intra_op_parallelism=self.settings.tensorflow_intra_op_parallelism,
             inter_op_parallelism=self.settings.tensorflow_inter_op_parallelism,
         )
-        if self.settings.batching is not None:
+        batching = self.settings.batching
+        if batching is not None:
             # Adaptive closing: a batch runs at once when every request in flight has joined one.
-            loader = BatchingLoader(
-                loader, self.settings.batching, in_flight=lambda: self.dataplane.admission.in_flight
-            )
+            in_flight = (lambda: self.dataplane.admission.in_flight) if batching.adaptive else None
+            loader = BatchingLoader(loader, batching, in_flight=in_flight)
         if self.settings.enable_model_warmup:
             loader = WarmupLoader(loader, opener)
         manager: ModelManager[Any] = ModelManager(loader, settings=self.settings.manager)

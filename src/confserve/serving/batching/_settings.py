@@ -23,6 +23,10 @@ class BatchingSettings:
     num_batch_threads: int = os.cpu_count() or 1  # TF Serving: port::MaxParallelism()
     allowed_batch_sizes: tuple[int, ...] = ()  # pad merged batches up to the next of these
     pad_variable_length_inputs: bool = False  # pad differing non-batch dimensions to merge tasks
+    # confserve's adaptive closing (batching/_queue.py): a batch runs at once when every request in flight
+    # has joined one, so batch_timeout_micros is the longest wait, not a fixed one. Not in TF Serving's
+    # BatchingParameters; off only where a test wants TF Serving's fixed wait.
+    adaptive: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
