@@ -17,6 +17,7 @@ writes names, identities and reasons.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -150,13 +151,20 @@ class AuditLog:
             line = _canonical({**fields, "seq": self._seq, "prev": self._prev})
             if len(line) > _MAX_LINE_BYTES:
                 raise AuditLogError("audit entry too long")
+            end: int | None = None
             try:
+                end = os.fstat(self._fd).st_size  # where this record starts (the log is append-only)
                 view = memoryview(line + b"\n")
                 while view:
                     view = view[os.write(self._fd, view) :]
                 if self._fsync:
                     os.fsync(self._fd)
             except OSError as exc:
+                # A write that failed part-way (e.g. a full disk) must not leave half a record: the next
+                # record would then break the chain. Cut the log back to its last complete record.
+                if end is not None:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(self._fd, end)
                 raise AuditLogError(f"cannot write audit log: {exc.strerror}") from None
             self._prev = _digest(line)
             self._seq += 1

@@ -209,3 +209,36 @@ def test_concurrent_appends_keep_the_chain(tmp_path: Path) -> None:
     result = verify_audit_log(path)
     assert result.ok
     assert result.entries == 200
+
+
+def test_a_write_failing_part_way_leaves_no_half_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk mid-record: the record is refused and cut away, so the chain stays intact and the next
+    record (once there is room) extends it."""
+    import errno
+
+    from confserve.provisioning import _audit
+
+    path = tmp_path / "audit.log"
+    log = AuditLog(path, fsync=False)
+    log.append({"event": "first"})
+    real_write = _audit.os.write
+    calls = {"n": 0}
+
+    def half_then_full(fd: int, data: bytes | memoryview) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return real_write(fd, bytes(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_audit.os, "write", half_then_full)
+    with pytest.raises(AuditLogError, match="No space left"):
+        log.append({"event": "second"})
+    monkeypatch.setattr(_audit.os, "write", real_write)
+    assert verify_audit_log(path).ok
+    log.append({"event": "third"})
+    log.close()
+    result = verify_audit_log(path)
+    assert result.ok
+    assert result.entries == 2
