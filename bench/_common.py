@@ -78,6 +78,35 @@ def encrypt(base: Path, out: Path, key: Any) -> Path:
     return out
 
 
+TINY_MODEL = "half_plus_two"
+TINY_INPUT = "x"
+
+
+def build_half_plus_two(root: Path) -> Path:
+    """TF Serving's classic example in its TF2 form: y = 0.5 * x + 2 on a float32 [N, 1] tensor; the
+    smallest model there is, so what a server adds around it is nearly all of the cost."""
+    import tensorflow as tf
+
+    class HalfPlusTwo(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = tf.Variable(0.5)
+            self.b = tf.Variable(2.0)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name=TINY_INPUT)])
+        def predict(self, x: Any) -> Any:
+            return {"y": self.a * x + self.b}
+
+    base = root / TINY_MODEL
+    module = HalfPlusTwo()
+    tf.saved_model.save(module, str(base / "1"), signatures={"serving_default": module.predict})
+    return base
+
+
+def tiny_inputs() -> dict[str, npt.NDArray[np.float32]]:
+    return {TINY_INPUT: np.array([[2.0]], dtype=np.float32)}
+
+
 def small_inputs(batch: int = 1) -> dict[str, npt.NDArray[np.float32]]:
     rng = np.random.default_rng(0)
     return {SMALL_INPUT: rng.random((batch, 8, 8, 1), dtype=np.float32)}
@@ -194,6 +223,36 @@ def run_load(
     if result.errors:
         print(f"  !! {result.errors} errors, first: {result.first_error}")
     return result
+
+
+def raw_target(
+    port: int, model: str, inputs: dict[str, npt.NDArray[Any]], tls: Any, protocol: str = "grpc"
+) -> Any:
+    """A bench/_rawload.py Target: TF Serving's Predict of `inputs`, serialized once, over TLS."""
+    import _rawload
+    from confserve.tensor_proto import to_proto
+    from confserve.tfs_protos import predict_pb2
+
+    ca = None if tls is None else tls.ca_pem
+    if protocol == "grpc":
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model
+        for alias, array in inputs.items():
+            request.inputs[alias].CopyFrom(to_proto(array))
+        path = "/tensorflow.serving.PredictionService/Predict"
+        return _rawload.Target("grpc", port, path, request.SerializeToString(), ca)
+    body = json.dumps({"inputs": {alias: array.tolist() for alias, array in inputs.items()}}).encode()
+    return _rawload.Target("rest", port, f"/v1/models/{model}:predict", body, ca)
+
+
+def rss_mib(pid: int | None = None) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process (this one by default), in MiB."""
+    fields = {}
+    for line in Path(f"/proc/{pid or 'self'}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(value.split()[0]) / 1024
+    return fields["VmRSS"], fields["VmHWM"]
 
 
 def machine_line() -> str:

@@ -115,13 +115,15 @@ def wait_ready(port: int, process: subprocess.Popen[bytes], path: str, log: Path
     raise RuntimeError(f"server not ready:\n{log.read_text()[-3000:]}")
 
 
-def start_confserve(model_base: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+def start_confserve(
+    model_base: Path, workdir: Path, flags: list[str]
+) -> tuple[subprocess.Popen[bytes], int, int]:
     grpc_port, rest_port = free_port(), free_port()
     log = workdir / "confserve.log"
     command = [
         sys.executable, "-m", "confserve", "serve", "--host=127.0.0.1", "--model_name=digits",
         f"--model_base_path={model_base}", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
-        "--insecure", "--allow_plaintext", "--file_system_poll_wait_seconds=-1",
+        "--insecure", "--allow_plaintext", "--file_system_poll_wait_seconds=-1", *flags,
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=workdir)
     wait_ready(rest_port, process, "/v1/confserve/ready", log)
@@ -193,6 +195,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=6.0, help="length of each load phase")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
+    parser.add_argument(
+        "--confserve-flag",
+        action="append",
+        default=[],
+        help="an extra `confserve serve` flag (repeatable), e.g. --confserve-flag=--enable_batching",
+    )
     args = parser.parse_args()
 
     print(c.machine_line(), flush=True)
@@ -204,7 +212,9 @@ def main() -> None:
         base = c.build_small_model(workdir / "models")
         servers = []
         try:
-            confserve, cg, cr = start_confserve(base, workdir)
+            confserve, cg, cr = start_confserve(base, workdir, args.confserve_flag)
+            if args.confserve_flag:
+                print(f"confserve flags: {' '.join(args.confserve_flag)}")
             servers.append(confserve)
             mlserver, mg, mr = start_mlserver(venv, base / "1", workdir)
             servers.append(mlserver)
@@ -230,6 +240,10 @@ def main() -> None:
                                 f"  (load {os.getloadavg()[0]:.2f}){error}",
                                 flush=True,
                             )
+            memory = {
+                "confserve": c.rss_mib(confserve.pid),
+                "MLServer (main process)": c.rss_mib(mlserver.pid),
+            }
         finally:
             for process in servers:
                 process.terminate()
@@ -240,6 +254,8 @@ def main() -> None:
                     process.kill()
 
     print(f"\n{c.machine_line()}")
+    for name, (resident, peak) in memory.items():
+        print(f"{name}: resident {resident:.0f} MiB, peak {peak:.0f} MiB after the loads")
     print(f"digits CNN, batch 1, plaintext on loopback; confserve vs MLServer {MLSERVER_VERSION}")
     print(f"{'':<14}{'confserve req/s':>16}{'MLServer req/s':>16}{'ratio (median of rounds)':>27}")
     for protocol in ("grpc", "rest"):
