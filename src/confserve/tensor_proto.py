@@ -130,6 +130,8 @@ _TABLE: Final = (
 DTYPES: Final[Mapping[int, DType]] = MappingProxyType({row.enum: row for row in _TABLE})
 _BY_NUMPY: Final = {row.numpy: row for row in _TABLE if row.kind != "string" and row.numpy != "bfloat16"}
 _STRING: Final = DTYPES[7]
+# Native-byte-order numpy dtypes -> rows, for `_row_for`'s fast path.
+_BY_DTYPE: Final = {np.dtype(name): row for name, row in _BY_NUMPY.items()}
 # numpy types of the repeated fields' elements (their wire types), for reading them in one step.
 _FIELD_DTYPE: Final = {
     "float_val": np.float32,
@@ -165,6 +167,9 @@ def numpy_dtype(dtype_enum: int) -> np.dtype[Any]:
 
 
 def _row_for(dtype: np.dtype[Any]) -> DType:
+    row = _BY_DTYPE.get(dtype)  # the common case in one lookup (dtype.name costs microseconds)
+    if row is not None:
+        return row
     if dtype.kind in "OSU":
         return _STRING
     row = _BY_NUMPY.get(dtype.name)

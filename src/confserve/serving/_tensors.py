@@ -22,6 +22,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from confserve import tfs_protos
 from confserve.serving._errors import InvalidInputError, ResourceExhaustedError, ServingError
 from confserve.serving._memory import RequestMemory
 from confserve.tensor_proto import (
@@ -47,10 +48,11 @@ __all__ = [
     "tensor_shape_string",
 ]
 
-# Typed fields of fixed-width little-endian values, by field number (tensorflow/core/framework/tensor.proto:
-# float_val = 5, double_val = 6): written as one packed field straight from the array's bytes (protobuf's
-# wire format: tag, length, data), which is what `extend` would produce, much faster.
-_PACKED_FIXED: Final = {"float_val": 5, "double_val": 6}
+# Typed fields of fixed-width little-endian values: (DataType, field number) by numpy dtype
+# (tensorflow/core/framework/tensor.proto: float_val = 5, double_val = 6), written as one packed field
+# straight from the array's bytes (protobuf's wire format: tag, length, data), which is what `extend`
+# would produce, much faster.
+_PACKED_NUMBERS: Final = {np.dtype(np.float32): (1, 5), np.dtype(np.float64): (2, 6)}
 _LENGTH_DELIMITED: Final = 2  # the wire type of a packed repeated field
 
 
@@ -106,6 +108,18 @@ def data_type_name(array: npt.NDArray[Any]) -> str:
 
 def response_proto(array: npt.NDArray[Any], *, as_content: bool = False) -> Any:
     """A model output as TF Serving returns it: typed values by default, tensor_content on request."""
+    array = np.asarray(array)
+    number = _PACKED_NUMBERS.get(array.dtype)
+    if number is not None and not as_content and array.size > 1:
+        # float and double: the shape, then one packed field written straight from the array's bytes.
+        proto = tfs_protos.tensor_pb2.TensorProto(dtype=number[0])
+        shape = proto.tensor_shape
+        shape.SetInParent()
+        for size in array.shape:
+            shape.dim.add(size=size)
+        data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+        proto.MergeFromString(_varint((number[1] << 3) | _LENGTH_DELIMITED) + _varint(len(data)) + data)
+        return proto
     try:
         proto = to_proto(array)
     except TensorProtoError as e:  # the model's own output: not the caller's fault
@@ -114,12 +128,8 @@ def response_proto(array: npt.NDArray[Any], *, as_content: bool = False) -> Any:
         return proto
     proto.ClearField("tensor_content")
     row = DTYPES[proto.dtype]
-    flat = np.asarray(array).ravel()
-    number = _PACKED_FIXED.get(row.field)
-    if number is not None:
-        data = np.ascontiguousarray(flat, dtype=flat.dtype.newbyteorder("<")).tobytes()
-        proto.MergeFromString(_varint((number << 3) | _LENGTH_DELIMITED) + _varint(len(data)) + data)
-    elif row.field == "half_val":
+    flat = array.ravel()
+    if row.field == "half_val":
         proto.half_val.extend(flat.view(np.uint16).tolist())  # the 16 bits of each value
     else:
         getattr(proto, row.field).extend(flat.tolist())
