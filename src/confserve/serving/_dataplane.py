@@ -51,6 +51,7 @@ from confserve.serving._metrics import ServingMetrics
 from confserve.serving._tensors import (
     DEFAULT_MAX_TENSOR_ELEMENTS,
     STRING_ELEMENT_BYTES,
+    check_array_dtype,
     check_dtype,
     data_type_name,
     from_proto,
@@ -237,19 +238,7 @@ class DataPlane:
             self._serving("Predict", request.model_spec.name, entrypoint, memory) as account,
             self._acquire(request) as handle,
         ):
-            name = _signature_key(request.model_spec)
-            signature = handle.servable.signature_defs.get(name)
-            if signature is None:
-                raise FailedPreconditionError(f'Serving signature key "{name}" not found.')
-            if self._method_name_check and signature.method_name not in (
-                PREDICT_METHOD,
-                CLASSIFY_METHOD,
-                REGRESS_METHOD,
-            ):
-                raise ServingError(  # INTERNAL, as in TF Serving
-                    f"Expected prediction signature method_name to be one of {{{PREDICT_METHOD}, "
-                    f"{CLASSIFY_METHOD}, {REGRESS_METHOD}}}. Was: {signature.method_name}"
-                )
+            name, signature = self._predict_signature(handle, request.model_spec)
             inputs = self._predict_inputs(request, signature, account)
             output_keys = self._output_keys(request, signature)
             outputs = handle.servable.run(name, inputs, output_keys)
@@ -259,27 +248,70 @@ class DataPlane:
                 response.outputs[key].CopyFrom(response_proto(outputs[key], as_content=as_content))
             return response
 
+    def predict_arrays(
+        self,
+        spec: Any,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        *,
+        entrypoint: str = REST,
+        memory: RequestMemory | None = None,
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Predict for a front end that decodes tensors itself (REST's JSON): the same signature, alias,
+        default and dtype rules as `predict` on numpy inputs (each charged at its size), every output of
+        the signature returned as numpy, without a TensorProto in between."""
+        with (
+            self._serving("Predict", spec.name, entrypoint, memory) as account,
+            self._acquire_spec(spec) as handle,
+        ):
+            name, signature = self._predict_signature(handle, spec)
+            arrays = self._array_inputs(inputs, signature, account)
+            output_keys = sorted(signature.outputs)
+            outputs = handle.servable.run(name, arrays, output_keys)
+            return {key: outputs[key] for key in output_keys}
+
+    def _predict_signature(self, handle: ServableHandle[Servable], spec: Any) -> tuple[str, Any]:
+        name = _signature_key(spec)
+        signature = handle.servable.signature_defs.get(name)
+        if signature is None:
+            raise FailedPreconditionError(f'Serving signature key "{name}" not found.')
+        if self._method_name_check and signature.method_name not in (
+            PREDICT_METHOD,
+            CLASSIFY_METHOD,
+            REGRESS_METHOD,
+        ):
+            raise ServingError(  # INTERNAL, as in TF Serving
+                f"Expected prediction signature method_name to be one of {{{PREDICT_METHOD}, "
+                f"{CLASSIFY_METHOD}, {REGRESS_METHOD}}}. Was: {signature.method_name}"
+            )
+        return name, signature
+
+    def _array_inputs(
+        self, inputs: Mapping[str, npt.NDArray[Any]], signature: Any, memory: RequestMemory
+    ) -> dict[str, npt.NDArray[Any]]:
+        _check_aliases(list(inputs), signature)
+        arrays: dict[str, npt.NDArray[Any]] = {}
+        for index, alias in enumerate(sorted(signature.inputs)):
+            array = inputs.get(alias)
+            if array is None:
+                default = signature.defaults.get(alias)
+                if default is None:
+                    raise InvalidInputError(
+                        f"Missing input: {alias}, and the signature has no default for it"
+                    )
+                check_dtype(alias, index, default, signature.inputs[alias])
+                arrays[alias] = from_proto(alias, default, max_elements=self._max_elements, memory=memory)
+                continue
+            check_array_dtype(alias, index, array, signature.inputs[alias])
+            memory.charge(array.nbytes, f"input '{alias}'")
+            arrays[alias] = array
+        return arrays
+
     def _predict_inputs(
         self, request: Any, signature: Any, memory: RequestMemory
     ) -> dict[str, npt.NDArray[Any]]:
-        sent = list(request.inputs)
+        _check_aliases(list(request.inputs), signature)
         expected = list(signature.inputs)
         defaults = signature.defaults
-        if len(sent) > len(expected) or (len(sent) < len(expected) and not defaults):
-            extra = [a for a in sent if a not in signature.inputs]
-            missing = [a for a in expected if a not in request.inputs]
-            # TF Serving's text (predict_util.cc, VerifyRequestInputsSize).
-            raise InvalidInputError(
-                f"input size does not match signature: {len(sent)}!={len(expected)} "
-                f"len({_braces(sent)}) != len({_braces(expected)}). "
-                f"Sent extra: {_braces(extra)}. Missing but required: {_braces(missing)}."
-            )
-        for alias in sorted(sent):
-            if alias not in signature.inputs:
-                raise InvalidInputError(
-                    f"input tensor alias not found in signature: {alias}. "
-                    f"Inputs expected to be in the set {_braces(expected)}."
-                )
         arrays: dict[str, npt.NDArray[Any]] = {}
         # Argument numbers follow the feed order, the aliases sorted (SavedModelServable.run).
         for index, alias in enumerate(sorted(expected)):
@@ -481,6 +513,25 @@ class DataPlane:
         """HandleReloadConfigRequest. Refused: in a confidential deployment the set of served models is
         part of the attested configuration, so a network peer may not replace it."""
         raise PermissionDeniedError("HandleReloadConfigRequest is disabled on this server")
+
+
+def _check_aliases(sent: list[str], signature: Any) -> None:
+    """VerifyRequestInputsSize and the alias check (predict_util.cc), with TF Serving's texts."""
+    expected = list(signature.inputs)
+    if len(sent) > len(expected) or (len(sent) < len(expected) and not signature.defaults):
+        extra = [a for a in sent if a not in signature.inputs]
+        missing = [a for a in expected if a not in sent]
+        raise InvalidInputError(
+            f"input size does not match signature: {len(sent)}!={len(expected)} "
+            f"len({_braces(sent)}) != len({_braces(expected)}). "
+            f"Sent extra: {_braces(extra)}. Missing but required: {_braces(missing)}."
+        )
+    for alias in sorted(sent):
+        if alias not in signature.inputs:
+            raise InvalidInputError(
+                f"input tensor alias not found in signature: {alias}. "
+                f"Inputs expected to be in the set {_braces(expected)}."
+            )
 
 
 # -- Classify / Regress contracts (classifier.cc, regressor.cc, util.cc) -----------------------------------

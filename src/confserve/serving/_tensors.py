@@ -39,6 +39,7 @@ from confserve.tensor_proto import (
 __all__ = [
     "DEFAULT_MAX_TENSOR_ELEMENTS",
     "STRING_ELEMENT_BYTES",
+    "check_array_dtype",
     "check_dtype",
     "data_type_name",
     "dtype_name",
@@ -95,6 +96,21 @@ def check_dtype(alias: str, index: int, tensor: Any, tensor_info: Any) -> None:
             f"input '{alias}': Expects arg[{index}] to be {dtype_name(tensor_info.dtype)} "
             f"but {dtype_name(tensor.dtype)} is provided"
         )
+
+
+def check_array_dtype(alias: str, index: int, array: npt.NDArray[Any], tensor_info: Any) -> None:
+    """`check_dtype` for an input already decoded to numpy (REST): its dtype must be the SignatureDef's."""
+    expected = DTYPES.get(tensor_info.dtype)
+    if expected is None or array.dtype != expected.numpy_dtype():
+        raise InvalidInputError(
+            f"input '{alias}': Expects arg[{index}] to be {dtype_name(tensor_info.dtype)} "
+            f"but {_tf_dtype_name(array)} is provided"
+        )
+
+
+def _tf_dtype_name(array: npt.NDArray[Any]) -> str:
+    name = data_type_name(array)
+    return name[3:].lower() if name.startswith("DT_") else name
 
 
 def data_type_name(array: npt.NDArray[Any]) -> str:

@@ -25,8 +25,8 @@ from confserve.frontends.rest._json import (
     dumps,
     examples_input,
     loads,
-    predict_request_from_json,
-    predict_response_json,
+    predict_inputs_from_json,
+    predict_outputs_json,
     proto_json,
     regress_response_json,
 )
@@ -95,7 +95,8 @@ class RestApi:
             raise InvalidInputError("'signature_name' key must be a string value.")  # TF Serving's text
         spec = _spec(route, signature_name)
         if route.verb == "predict":
-            return self._predict(spec, payload, memory)
+            booleans = b"true" in body or b"false" in body  # else no JSON boolean to look for
+            return self._predict(spec, payload, memory, booleans)
         if route.verb == "classify":
             classify = classification_pb2.ClassificationRequest(
                 model_spec=spec, input=examples_input(payload)
@@ -105,17 +106,20 @@ class RestApi:
         return regress_response_json(self._dataplane.regress(regress, entrypoint=REST, memory=memory))
 
     def _predict(
-        self, spec: model_pb2.ModelSpec, payload: dict[str, Any], memory: RequestMemory | None
+        self,
+        spec: model_pb2.ModelSpec,
+        payload: dict[str, Any],
+        memory: RequestMemory | None,
+        booleans: bool,
     ) -> dict[str, Any]:
         version, signature = self._dataplane.resolve_signature(spec)
-        request, row_format = predict_request_from_json(payload, signature)
-        request.model_spec.CopyFrom(spec)
-        request.model_spec.version.value = version  # the version whose signature parsed the JSON
-        # tensor_content: the fastest encoding to write and read back; REST clients never see the proto.
-        response = self._dataplane.predict(
-            request, entrypoint=REST, output_tensor_content=True, memory=memory
-        )
-        return predict_response_json(response, row_format)
+        inputs, row_format = predict_inputs_from_json(payload, signature, may_hold_booleans=booleans)
+        pinned = model_pb2.ModelSpec()
+        pinned.CopyFrom(spec)
+        pinned.version.value = version  # the version whose signature parsed the JSON
+        # Numpy in and out: no TensorProto is built for a REST request.
+        outputs = self._dataplane.predict_arrays(pinned, inputs, entrypoint=REST, memory=memory)
+        return predict_outputs_json(outputs, row_format)
 
     def _metadata(self, route: Route) -> dict[str, Any]:
         request = get_model_metadata_pb2.GetModelMetadataRequest()

@@ -44,6 +44,8 @@ __all__ = [
     "examples_input",
     "format_decimal",
     "loads",
+    "predict_inputs_from_json",
+    "predict_outputs_json",
     "predict_request_from_json",
     "predict_response_json",
     "proto_json",
@@ -187,6 +189,19 @@ def predict_request_from_json(
     body: Mapping[str, Any], signature: Any
 ) -> tuple[predict_pb2.PredictRequest, bool]:
     """A PredictRequest (inputs only; the caller sets model_spec) and whether the row format was used."""
+    arrays, row_format = predict_inputs_from_json(body, signature)
+    request = predict_pb2.PredictRequest()
+    for alias, array in arrays.items():
+        request.inputs[alias].CopyFrom(to_proto(array))
+    return request, row_format
+
+
+def predict_inputs_from_json(
+    body: Mapping[str, Any], signature: Any, *, may_hold_booleans: bool = True
+) -> tuple[dict[str, npt.NDArray[Any]], bool]:
+    """The input arrays of a predict body, each of its SignatureDef dtype, and whether the row format was
+    used. `may_hold_booleans=False` (the body has no `true`/`false` token) skips looking for JSON booleans
+    among numbers."""
     has_instances, has_inputs = "instances" in body, "inputs" in body
     if has_instances == has_inputs:
         if has_inputs:
@@ -197,7 +212,7 @@ def predict_request_from_json(
     columns = (
         _instances(body["instances"], signature) if has_instances else _columns(body["inputs"], signature)
     )
-    request = predict_pb2.PredictRequest()
+    arrays: dict[str, npt.NDArray[Any]] = {}
     for alias, value in columns.items():
         info = signature.inputs.get(alias)
         if info is None:
@@ -206,8 +221,8 @@ def predict_request_from_json(
                 f"input tensor alias not found in signature: {alias}. "
                 f"Inputs expected to be in the set {{{names}}}."
             )
-        request.inputs[alias].CopyFrom(to_proto(_to_array(alias, value, info.dtype)))
-    return request, has_instances
+        arrays[alias] = _to_array(alias, value, info.dtype, may_hold_booleans)
+    return arrays, has_instances
 
 
 def _single_input(signature: Any, key: str) -> str:
@@ -245,7 +260,7 @@ def _columns(inputs: Any, signature: Any) -> dict[str, Any]:
     return {_single_input(signature, "inputs"): inputs}
 
 
-def _to_array(alias: str, value: Any, dtype_enum: int) -> npt.NDArray[Any]:
+def _to_array(alias: str, value: Any, dtype_enum: int, may_hold_booleans: bool = True) -> npt.NDArray[Any]:
     row = DTYPES.get(dtype_enum)
     if row is None or row.kind == "complex":
         name = dtype_name(dtype_enum)
@@ -278,7 +293,7 @@ def _to_array(alias: str, value: Any, dtype_enum: int) -> npt.NDArray[Any]:
             raise InvalidInputError(f"input '{alias}': value out of range for {row.name}")
     else:
         ok = kind in ("f", "i", "u", "empty")
-    if not ok or (kind in ("f", "i", "u") and _has_bool(value)):
+    if not ok or (kind in ("f", "i", "u") and may_hold_booleans and _has_bool(value)):
         found = _first_mismatch(value, row.kind)
         # TF Serving's wording (json_tensor.cc, TypeError), without the value itself.
         raise InvalidInputError(f"input '{alias}': JSON Type: {found} is not of expected type: {row.name}")
@@ -346,6 +361,12 @@ def predict_response_json(response: predict_pb2.PredictResponse, row_format: boo
         arrays = {key: to_array(response.outputs[key]) for key in sorted(response.outputs)}
     except TensorProtoError as e:  # the model's own outputs: not the caller's fault
         raise ServingError(f"an output tensor cannot be read: {e}") from None
+    return predict_outputs_json(arrays, row_format)
+
+
+def predict_outputs_json(arrays: Mapping[str, npt.NDArray[Any]], row_format: bool) -> dict[str, Any]:
+    """`predict_response_json` for outputs already in numpy (`arrays` in the order to write them)."""
+    arrays = {key: np.asarray(array) for key, array in arrays.items()}
     if not row_format:
         values = {key: _json_value(key, array) for key, array in arrays.items()}
         return {"outputs": next(iter(values.values())) if len(values) == 1 else values}
