@@ -89,7 +89,7 @@ class RestApi:
             return proto_json(self._dataplane.get_model_status(request))
         if route.verb == "metadata":
             return self._metadata(route)
-        payload = loads(body, memory)
+        payload = loads(body, memory, arrays=route.verb == "predict")
         signature_name = payload.get("signature_name", "")
         if not isinstance(signature_name, str):
             raise InvalidInputError("'signature_name' key must be a string value.")  # TF Serving's text

@@ -14,7 +14,7 @@ innermost list, ten times the body or more (a 40 MiB body held half a gigabyte).
   JSON's grammar, every array at one depth with the same length, at most `MAX_FAST_RANK` dimensions, by
   one regular expression built for its shape (possessive, so it keeps no backtracking state); its
   elements are then charged (8 bytes each) and parsed by numpy in chunks of `CHUNK_BYTES` into the
-  preallocated array. An array that does not pass (ragged, empty, NaN, an integer of 19 digits or more)
+  preallocated array. An array that does not pass (ragged, empty, NaN, an integer part of 19 digits)
   stays in the text and gets the standard parser and its checks and error messages.
 
 Why a body must hold no backslash for the fast path: outside strings JSON has none, and inside strings
@@ -46,7 +46,9 @@ _MARK: Final = "\x00confserve-array"
 _NUMBER: Final = rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
 _WS: Final = rb"[ \t\n\r]*"
 _RUN: Final = re.compile(rb"\[[0-9\[\],.eE+\- \t\n\r]{%d,}" % (RUN_MIN_BYTES - 1))
-_LONG_INTEGER: Final = re.compile(rb"[0-9]{19}")
+# An integer part of 19 digits or more (not a fraction's or an exponent's digits): it may not fit int64,
+# or as a float may overflow where Python's int would be refused; the standard parser decides.
+_LONG_INTEGER: Final = re.compile(rb"(?<![0-9.eE+])[0-9]{19}")
 _FLOAT_MARKS: Final = re.compile(rb"[.eE]")
 _STRIP: Final = bytes.maketrans(b"[]", b"  ")
 
@@ -78,15 +80,18 @@ def tree_bytes(body: bytes) -> int:
     )
 
 
-def parse_json_body(body: bytes, charge: Charge, loads: Callable[[bytes], Any] = json.loads) -> Any:
-    """The JSON value of `body` (arrays found by the fast path as numpy arrays), charging `charge(bytes,
-    what)` before each allocation; `loads` parses the rest (and raises its errors)."""
-    if len(body) < LARGE_BODY_BYTES or b"\\" in body:
+def parse_json_body(
+    body: bytes, charge: Charge, loads: Callable[[bytes], Any] = json.loads, *, arrays: bool = True
+) -> Any:
+    """The JSON value of `body` (with `arrays`, the arrays found by the fast path as numpy arrays, for
+    tensors; without, plain lists, for tf.Example features), charging `charge(bytes, what)` before each
+    allocation; `loads` parses the rest (and raises its errors)."""
+    if not arrays or len(body) < LARGE_BODY_BYTES or b"\\" in body:
         charge(tree_bytes(body), "parsing the JSON body")
         return loads(body)
     pieces: list[bytes] = []
     shifts: list[tuple[int, int]] = []  # (offset in the rewritten text, offset in the body - that offset)
-    arrays: list[npt.NDArray[Any]] = []
+    found_arrays: list[npt.NDArray[Any]] = []
     position = 0  # body[:position] is in `pieces`
     scanned = 0  # quotes are counted up to here
     quotes = 0
@@ -104,13 +109,13 @@ def parse_json_body(body: bytes, charge: Charge, loads: Callable[[bytes], Any] =
             continue
         array, end = found
         pieces.append(body[position:start])
-        placeholder = b'["\\u0000confserve-array",%d]' % len(arrays)
+        placeholder = b'["\\u0000confserve-array",%d]' % len(found_arrays)
         pieces.append(placeholder)
-        arrays.append(array)
+        found_arrays.append(array)
         written = sum(map(len, pieces))
         shifts.append((written, end - written))
         position = search_from = scanned = end
-    if not arrays:
+    if not found_arrays:
         charge(tree_bytes(body), "parsing the JSON body")
         return loads(body)
     pieces.append(body[position:])
@@ -122,7 +127,7 @@ def parse_json_body(body: bytes, charge: Charge, loads: Callable[[bytes], Any] =
     except json.JSONDecodeError as exc:  # report the position in the body the client sent
         shift = next((delta for offset, delta in reversed(shifts) if exc.pos >= offset), 0)
         raise json.JSONDecodeError(exc.msg, "", exc.pos + shift) from None
-    return _swap_in(value, arrays)
+    return _swap_in(value, found_arrays)
 
 
 def _numeric_array(body: bytes, start: int, charge: Charge) -> tuple[npt.NDArray[Any], int] | None:
@@ -138,9 +143,9 @@ def _numeric_array(body: bytes, start: int, charge: Charge) -> tuple[npt.NDArray
     if match is None:
         return None
     end = match.end()
+    if _LONG_INTEGER.search(body, start, end):
+        return None
     is_float = _FLOAT_MARKS.search(body, start, end) is not None
-    if not is_float and _LONG_INTEGER.search(body, start, end):
-        return None  # an integer that might not fit int64: the standard parser decides
     if inner:
         per_row = sum(math.prod(inner[:k]) for k in range(len(inner)))  # brackets per top-level element
         rows = (body.count(b"[", start, end) - 1) // per_row

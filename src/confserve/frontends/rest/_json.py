@@ -71,14 +71,15 @@ class RawJson(str):
     __slots__ = ()
 
 
-def loads(body: bytes, memory: RequestMemory | None = None) -> dict[str, Any]:
+def loads(body: bytes, memory: RequestMemory | None = None, *, arrays: bool = False) -> dict[str, Any]:
     """Parse a request body: a JSON object (NaN and Infinity allowed, as in TF Serving). What the parse
-    builds is charged to `memory` first; large numeric arrays come back as numpy arrays (`_body`)."""
+    builds is charged to `memory` first; with `arrays` (a predict body) large numeric arrays come back as
+    numpy arrays (`_body`)."""
     if not body.strip():
         raise InvalidInputError("JSON Parse error: The document is empty")  # TF Serving's text
     charge = _no_charge if memory is None else memory.charge
     try:
-        value = parse_json_body(body, charge)
+        value = parse_json_body(body, charge, arrays=arrays)
     except json.JSONDecodeError as exc:
         reason = "Invalid value" if exc.msg == "Expecting value" else exc.msg
         raise InvalidInputError(f"JSON Parse error: {reason} at offset: {exc.pos}") from None
