@@ -22,15 +22,7 @@ from confserve.replica._options import (
 )
 
 if TYPE_CHECKING:
-    from confserve.replica._enclave import (
-        SERVE_ENTRY_POINT,
-        EnclaveError,
-        EnclaveRuntime,
-        EnclaveSettings,
-        file_sha256,
-        serve_measured_args,
-        simulated_replica_identity,
-    )
+    from confserve.replica._enclave import EnclaveError, EnclaveRuntime, EnclaveSettings, serve_measured_args
     from confserve.replica._start import (
         ReplicaError,
         build,
@@ -41,13 +33,10 @@ if TYPE_CHECKING:
     )
 
 _LAZY = {
-    "SERVE_ENTRY_POINT": "_enclave",
     "EnclaveError": "_enclave",
     "EnclaveRuntime": "_enclave",
     "EnclaveSettings": "_enclave",
-    "file_sha256": "_enclave",
     "serve_measured_args": "_enclave",
-    "simulated_replica_identity": "_enclave",
     "ReplicaError": "_start",
     "build": "_start",
     "enclave_runtime": "_start",
@@ -59,7 +48,6 @@ _LAZY = {
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "MAX_CONFIG_BYTES",
-    "SERVE_ENTRY_POINT",
     "EnclaveError",
     "EnclaveRuntime",
     "EnclaveSettings",
@@ -69,13 +57,11 @@ __all__ = [
     "ServeOptions",
     "build",
     "enclave_runtime",
-    "file_sha256",
     "identity",
     "measured_args",
     "option_specs",
     "serve_measured_args",
     "server_settings",
-    "simulated_replica_identity",
 ]
 
 

@@ -56,6 +56,7 @@ __all__ = [
     "EnclaveError",
     "EnclaveRuntime",
     "EnclaveSettings",
+    "file_sha256",
     "serve_measured_args",
     "simulated_replica_identity",
 ]

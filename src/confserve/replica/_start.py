@@ -51,7 +51,6 @@ if TYPE_CHECKING:
     from confserve.serving.batching import BatchingSettings
 
 __all__ = [
-    "EnclaveError",
     "ReplicaError",
     "build",
     "enclave_runtime",
