@@ -8,6 +8,7 @@ a key or plaintext data.
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 __all__ = ["ConfserveError", "Status"]
 
@@ -28,6 +29,15 @@ class Status(enum.Enum):
 
 
 class ConfserveError(Exception):
-    """Base of every error confserve raises on purpose."""
+    """Base of every error confserve raises on purpose.
+
+    A subclass names its status in its header, `class NotFoundError(ServingError, status=Status.NOT_FOUND)`;
+    one that names none keeps its parent's.
+    """
 
     status: Status = Status.INTERNAL
+
+    def __init_subclass__(cls, *, status: Status | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status = status

@@ -39,10 +39,8 @@ REPORT_DATA_SIZE: Final = 64  # SGX REPORTDATA (docs/formats.md#quote-body)
 _MAX_TYPE_BYTES: Final = 16
 
 
-class AttesterUnavailableError(AttestationError):
+class AttesterUnavailableError(AttestationError, status=Status.FAILED_PRECONDITION):
     """No way to produce a quote here (not in Gramine-SGX with DCAP, and no simulation configured)."""
-
-    status = Status.FAILED_PRECONDITION
 
 
 @runtime_checkable

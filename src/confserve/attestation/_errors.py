@@ -16,16 +16,12 @@ __all__ = [
 ]
 
 
-class AttestationError(ConfserveError):
+class AttestationError(ConfserveError, status=Status.PERMISSION_DENIED):
     """Root of the attestation errors."""
 
-    status = Status.PERMISSION_DENIED
 
-
-class QuoteFormatError(AttestationError):
+class QuoteFormatError(AttestationError, status=Status.INVALID_ARGUMENT):
     """A quote, report, SIGSTRUCT or certificate extension is malformed, truncated or oversized."""
-
-    status = Status.INVALID_ARGUMENT
 
 
 class VerificationError(AttestationError):

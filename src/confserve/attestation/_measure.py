@@ -70,10 +70,8 @@ __all__ = [
 ]
 
 
-class MeasurementError(AttestationError):
+class MeasurementError(AttestationError, status=Status.INVALID_ARGUMENT):
     """A measurement input is unusable: wrong key type or size, missing package, bad argument."""
-
-    status = Status.INVALID_ARGUMENT
 
 
 # --------------------------------------------------------------------------------------------------

@@ -47,10 +47,8 @@ RESNET_INPUT_SHAPE: Final = (224, 224, 3)
 RESNET_CLASSES: Final = 1001  # the reference model's output: 1000 ImageNet classes + background
 
 
-class ModelError(ConfserveError):
+class ModelError(ConfserveError, status=Status.INVALID_ARGUMENT):
     """A model directory or model file that cannot be used."""
-
-    status = Status.INVALID_ARGUMENT
 
 
 @dataclass(frozen=True, slots=True)

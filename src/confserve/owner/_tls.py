@@ -63,10 +63,8 @@ _KEY_SERVICE_DAYS: Final = 825
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
-class TlsMaterialError(ConfserveError):
+class TlsMaterialError(ConfserveError, status=Status.INVALID_ARGUMENT):
     """TLS material cannot be created (bad name, output directory already used)."""
-
-    status = Status.INVALID_ARGUMENT
 
 
 @dataclass(frozen=True, slots=True)

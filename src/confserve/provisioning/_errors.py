@@ -16,43 +16,29 @@ __all__ = [
 ]
 
 
-class ProvisioningError(ConfserveError):
+class ProvisioningError(ConfserveError, status=Status.INTERNAL):
     """Root of the secret-provisioning errors."""
 
-    status = Status.INTERNAL
 
-
-class ProtocolError(ProvisioningError):
+class ProtocolError(ProvisioningError, status=Status.INVALID_ARGUMENT):
     """The peer's bytes are malformed, oversized, truncated or arrive in the wrong state."""
 
-    status = Status.INVALID_ARGUMENT
 
-
-class TlsError(ProvisioningError):
+class TlsError(ProvisioningError, status=Status.UNAUTHENTICATED):
     """The TLS handshake or record layer failed (including a server certificate that does not verify)."""
 
-    status = Status.UNAUTHENTICATED
 
-
-class RefusedError(ProvisioningError):
+class RefusedError(ProvisioningError, status=Status.PERMISSION_DENIED):
     """The service refused to release the secrets (attestation, policy, or a name not granted)."""
 
-    status = Status.PERMISSION_DENIED
 
-
-class UnavailableError(ProvisioningError):
+class UnavailableError(ProvisioningError, status=Status.UNAVAILABLE):
     """No server could be reached before the deadline, or a connection broke or timed out."""
 
-    status = Status.UNAVAILABLE
 
-
-class ConfigError(ProvisioningError):
+class ConfigError(ProvisioningError, status=Status.INVALID_ARGUMENT):
     """A configuration value, secret file, server list or certificate file is invalid."""
 
-    status = Status.INVALID_ARGUMENT
 
-
-class AuditLogError(ProvisioningError):
+class AuditLogError(ProvisioningError, status=Status.FAILED_PRECONDITION):
     """The audit log cannot be written, or its hash chain is broken."""
-
-    status = Status.FAILED_PRECONDITION

@@ -27,57 +27,41 @@ __all__ = [
 ]
 
 
-class ServingError(ConfserveError):
+class ServingError(ConfserveError, status=Status.INTERNAL):
     """Root of the serving package's errors."""
-
-    status = Status.INTERNAL
 
     @property
     def message(self) -> str:
         return str(self)
 
 
-class ConfigError(ServingError):
+class ConfigError(ServingError, status=Status.INVALID_ARGUMENT):
     """A ModelServerConfig (or part of it) is malformed or unsupported."""
 
-    status = Status.INVALID_ARGUMENT
 
-
-class NotFoundError(ServingError):
+class NotFoundError(ServingError, status=Status.NOT_FOUND):
     """Unknown model, version or signature."""
 
-    status = Status.NOT_FOUND
 
-
-class InvalidInputError(ServingError):
+class InvalidInputError(ServingError, status=Status.INVALID_ARGUMENT):
     """The request does not match the model's signature (alias, dtype, shape, format)."""
 
-    status = Status.INVALID_ARGUMENT
 
-
-class ModelUnavailableError(ServingError):
+class ModelUnavailableError(ServingError, status=Status.FAILED_PRECONDITION):
     """The model or version is known but not in the AVAILABLE state."""
 
-    status = Status.FAILED_PRECONDITION
 
-
-class FailedPreconditionError(ServingError):
+class FailedPreconditionError(ServingError, status=Status.FAILED_PRECONDITION):
     """The request names something the servable cannot do in its state (TF Serving: Predict with an
     unknown signature)."""
 
-    status = Status.FAILED_PRECONDITION
 
-
-class UnimplementedError(ServingError):
+class UnimplementedError(ServingError, status=Status.UNIMPLEMENTED):
     """A request TF Serving's API defines but does not implement (MultiInference with a predict task)."""
 
-    status = Status.UNIMPLEMENTED
 
-
-class ResourceExhaustedError(ServingError):
+class ResourceExhaustedError(ServingError, status=Status.RESOURCE_EXHAUSTED):
     """A request exceeds a configured size limit, or the replica's capacity for requests in flight."""
-
-    status = Status.RESOURCE_EXHAUSTED
 
 
 class RequestTooLargeError(InvalidInputError):
@@ -85,16 +69,12 @@ class RequestTooLargeError(InvalidInputError):
     invalid argument rather than a reason to retry."""
 
 
-class PermissionDeniedError(ServingError):
+class PermissionDeniedError(ServingError, status=Status.PERMISSION_DENIED):
     """The operation is disabled by the server's configuration."""
 
-    status = Status.PERMISSION_DENIED
 
-
-class LoadError(ServingError):
+class LoadError(ServingError, status=Status.INTERNAL):
     """A model version could not be loaded. The message is safe to show in GetModelStatus."""
-
-    status = Status.INTERNAL
 
 
 def log_unexpected(logger: logging.Logger, what: str, exc: BaseException) -> None:
