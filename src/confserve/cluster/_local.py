@@ -60,6 +60,7 @@ from confserve.cluster._processes import (
     LockBusyError,
     LockHolder,
     ProcessRecord,
+    RecordedProcess,
     WorkspaceLock,
     alive,
     listening,
@@ -143,7 +144,7 @@ def _replica_name(index: int) -> str:
 
 # -- the state -------------------------------------------------------------------------------------------
 @dataclass
-class ReplicaState:
+class ReplicaState(RecordedProcess):
     index: int
     pid: int
     grpc_port: int
@@ -155,22 +156,14 @@ class ReplicaState:
     # it starts, nginx would count its refusals and take it out (with the others, in a bad moment).
     balanced: bool = True
 
-    @property
-    def record(self) -> ProcessRecord:
-        return ProcessRecord(self.pid, self.start_ticks)
-
 
 @dataclass
-class CommandRecord:
+class CommandRecord(RecordedProcess):
     """A confserve process acting on the cluster: a waiting `scale` or `up`, or the supervisor."""
 
     pid: int
     start_ticks: int
     command: str  # "up", "scale", "supervisor (detached)", "supervisor (confserve up)"
-
-    @property
-    def record(self) -> ProcessRecord:
-        return ProcessRecord(self.pid, self.start_ticks)
 
 
 @dataclass

@@ -41,6 +41,7 @@ __all__ = [
     "LockHolder",
     "ProcStat",
     "ProcessRecord",
+    "RecordedProcess",
     "WorkspaceLock",
     "alive",
     "listening",
@@ -110,6 +111,18 @@ class ProcessRecord:
 
     pid: int
     start_ticks: int
+
+
+class RecordedProcess:
+    """Base of what stands for one process by its pid and start time (a replica, a command acting on the
+    cluster, the lock's holder): its `record`."""
+
+    pid: int
+    start_ticks: int
+
+    @property
+    def record(self) -> ProcessRecord:
+        return ProcessRecord(self.pid, self.start_ticks)
 
 
 def record_of(pid: int) -> ProcessRecord:
@@ -266,15 +279,11 @@ def listening(ports: Collection[int], *, reads: int = 3) -> bool:
 
 # -- the lock --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class LockHolder:
+class LockHolder(RecordedProcess):
     pid: int
     start_ticks: int
     command: str
     since: float  # wall-clock seconds
-
-    @property
-    def record(self) -> ProcessRecord:
-        return ProcessRecord(self.pid, self.start_ticks)
 
     def describe(self, now: float) -> str:
         return f"`confserve {self.command}` (pid {self.pid}, for {max(now - self.since, 0):.0f} s)"
