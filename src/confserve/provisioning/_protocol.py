@@ -270,6 +270,25 @@ def _is_prefix(data: bytes | bytearray, magic: bytes) -> bool:
     return bytes(data[:n]) == magic[:n]
 
 
+def _reader_after(data: bytes | bytearray, magic: bytes, what: str) -> _Reader | None:
+    """A reader past `magic` at the start of `data`; None while `data` is shorter than `magic`. Raises when
+    `data` cannot be `what` (it does not start as `magic` does)."""
+    if not _is_prefix(data, magic):
+        raise ProtocolError(f"not {what}")
+    reader = _Reader(data)
+    return None if reader.take(len(magic)) is None else reader
+
+
+def _read_secret(reader: _Reader, max_size: int) -> bytes | None:
+    """A u32 size (1..`max_size`) and that many bytes; None when more bytes are needed."""
+    size = reader.u32()
+    if size is None:
+        return None
+    if not 1 <= size <= max_size:
+        raise ProtocolError(f"secret size {size} outside 1..{max_size} bytes")
+    return reader.take(size)
+
+
 def _encode_name(name: str) -> bytes:
     raw = check_secret_name(name).encode("ascii")
     return bytes((len(raw),)) + raw
@@ -548,18 +567,12 @@ class ClientConnection:
         raise ProtocolError("connection closed in the middle of the response")
 
     def _parse_gramine(self) -> Granted | None:
-        buf = self._buffer
-        if not _is_prefix(buf, GRAMINE_RESPONSE_PREFIX):
-            raise ProtocolError("not a Gramine secret-provisioning response")
-        reader = _Reader(buf)
-        if reader.take(len(GRAMINE_RESPONSE_PREFIX)) is None:
+        reader = _reader_after(
+            self._buffer, GRAMINE_RESPONSE_PREFIX, "a Gramine secret-provisioning response"
+        )
+        if reader is None:
             return None
-        size = reader.u32()
-        if size is None:
-            return None
-        if not 1 <= size <= self._max_secret:
-            raise ProtocolError(f"secret size {size} outside 1..{self._max_secret} bytes")
-        value = reader.take(size)
+        value = _read_secret(reader, self._max_secret)
         if value is None:
             return None
         if reader.remaining:
@@ -567,12 +580,9 @@ class ClientConnection:
         return Granted({DEFAULT_SECRET_NAME: value})
 
     def _parse_extension(self) -> Granted | Refused | None:  # noqa: PLR0911, PLR0912 (one field per step)
-        buf = self._buffer
         magic = EXT_RESPONSE_MAGIC if self._models is None else EXT2_RESPONSE_MAGIC
-        if not _is_prefix(buf, magic):
-            raise ProtocolError("not a confserve secret-provisioning response")
-        reader = _Reader(buf)
-        if reader.take(len(magic)) is None:
+        reader = _reader_after(self._buffer, magic, "a confserve secret-provisioning response")
+        if reader is None:
             return None
         status = reader.u8()
         if status is None:
@@ -593,12 +603,7 @@ class ClientConnection:
                 return None
             if name in secrets:
                 raise ProtocolError("response names a secret twice")
-            size = reader.u32()
-            if size is None:
-                return None
-            if not 1 <= size <= self._max_secret:
-                raise ProtocolError(f"secret size {size} outside 1..{self._max_secret} bytes")
-            value = reader.take(size)
+            value = _read_secret(reader, self._max_secret)
             if value is None:
                 return None
             secrets[name] = value
