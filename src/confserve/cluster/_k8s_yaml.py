@@ -22,12 +22,8 @@ _RESERVED: Final = frozenset(
 
 
 def _scalar(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
+    if value is None or isinstance(value, bool | int):
+        return json.dumps(value)  # null, true, false and integers are written alike in JSON and YAML
     if isinstance(value, str):
         if _PLAIN.fullmatch(value) and value.lower() not in _RESERVED:
             return value

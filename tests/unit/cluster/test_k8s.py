@@ -571,7 +571,7 @@ def test_yaml_strings_round_trip(value: str) -> None:
 
 
 def test_yaml_shapes() -> None:
-    doc = {"a": {}, "b": [], "c": None, "d": [1, True, {"e": [{"f": "g"}], "h": {}}], "i": 0}
+    doc = {"a": {}, "b": [], "c": None, "d": [1, True, {"e": [{"f": "g"}], "h": {}}], "i": 0, "j": False}
     assert yaml.safe_load(to_yaml(doc)) == doc
     assert list(yaml.safe_load_all(to_yaml({"x": 1}, {"y": 2}, comment="two\ndocuments"))) == [
         {"x": 1},
