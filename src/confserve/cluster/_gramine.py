@@ -41,7 +41,7 @@ import json
 import posixpath
 import re
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 from confserve.cluster._k8s_common import SECRET_PROV_ALIAS, SECRET_PROV_PORT
 from confserve.errors import ConfserveError, Status
@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 Variant = Literal["confserve", "tf-serving"]
-VARIANTS: Final[tuple[Variant, ...]] = ("confserve", "tf-serving")
+VARIANTS: Final[tuple[Variant, ...]] = get_args(Variant)
 
 MIB: Final = 1 << 20
 # Gramine's internal threads: IPC, async, one TLS-handshake helper, plus the main thread

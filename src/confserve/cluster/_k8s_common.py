@@ -3,7 +3,7 @@ the placeholders an owner replaces, the "restricted" Pod Security building block
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 from confserve.errors import ConfserveError, Status
 
@@ -49,7 +49,7 @@ __all__ = [
 
 
 Overlay = Literal["simulation", "sgx"]
-OVERLAYS: Final[tuple[Overlay, ...]] = ("simulation", "sgx")
+OVERLAYS: Final[tuple[Overlay, ...]] = get_args(Overlay)
 
 NAMESPACE: Final = "confserve"
 SECRET_PROV_NAMESPACE: Final = "confserve-secret-prov"  # noqa: S105 - a name
