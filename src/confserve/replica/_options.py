@@ -66,12 +66,20 @@ def _opt(default: Any, help: str, *, measured: bool = False, **spec: Any) -> Any
     return field(default=default, metadata={"help": help, "measured": measured, **spec})
 
 
+def _measured_file(help: str, **spec: Any) -> Any:
+    """An optional file that must exist at start and is part of the replica's identity."""
+    return _opt(None, help, measured=True, path="file", **spec)
+
+
+def _refused(default: Any, reason: str, **spec: Any) -> Any:
+    """A TF Serving flag confserve does not support: accepted at `default`, any other value refused."""
+    return _opt(default, "Not supported.", refused=reason, **spec)
+
+
 @dataclass(frozen=True)
 class ServeOptions:
     # -- which models -----------------------------------------------------------------------------------
-    model_config_file: str | None = _opt(
-        None, "ModelServerConfig text proto (instead of --model_name).", measured=True, path="file"
-    )
+    model_config_file: str | None = _measured_file("ModelServerConfig text proto (instead of --model_name).")
     model_name: str | None = _opt(None, "Single model (instead of --model_config_file).", measured=True)
     model_base_path: str | None = _opt(None, "Base path of the single model.", measured=True)
     model_config_file_poll_wait_seconds: float = _opt(
@@ -83,8 +91,8 @@ class ServeOptions:
     port: int = _opt(8500, "gRPC port.", minimum=0, maximum=65535)
     rest_api_port: int = _opt(8501, "REST port (0: no REST).", minimum=0, maximum=65535)
     no_rest: bool = _opt(False, "Serve gRPC only.")
-    ssl_config_file: str | None = _opt(
-        None, "SSLConfig text proto (encrypted: a Gramine protected file).", measured=True, path="file"
+    ssl_config_file: str | None = _measured_file(
+        "SSLConfig text proto (encrypted: a Gramine protected file)."
     )
     ssl_config_bound_path: str | None = _opt(None, "Binding of a protected ssl.cfg.", measured=True)
     # -- where the key comes from -----------------------------------------------------------------------
@@ -93,12 +101,8 @@ class ServeOptions:
         "Secret-provisioning servers (HOST:PORT, separated by , ; or space): attest and get the wrap key.",
         envvar="SECRET_PROVISION_SERVERS",
     )
-    secret_provision_ca_chain_path: str | None = _opt(
-        None,
-        "CA certificate(s) of the secret-provisioning service.",
-        measured=True,
-        path="file",
-        envvar="SECRET_PROVISION_CA_CHAIN_PATH",
+    secret_provision_ca_chain_path: str | None = _measured_file(
+        "CA certificate(s) of the secret-provisioning service.", envvar="SECRET_PROVISION_CA_CHAIN_PATH"
     )
     secret_provision_secret_name: str = _opt("default", "Name of the secret to ask for.", measured=True)
     secret_provision_set_key: str | None = _opt(
@@ -191,47 +195,35 @@ class ServeOptions:
         0, "Accepted; TensorFlow Lite models are not served.", minimum=0
     )
     # -- TF Serving flags not supported (refused unless at their default) --------------------------------
-    grpc_socket_path: str | None = _opt(
-        None, "Not supported.", refused="gRPC on a UNIX socket is not offered: serve TLS on --port"
+    grpc_socket_path: str | None = _refused(None, "gRPC on a UNIX socket is not offered: serve TLS on --port")
+    rest_api_enable_cors_support: bool = _refused(
+        False, "CORS would let any web page call the REST API from a browser"
     )
-    rest_api_enable_cors_support: bool = _opt(
-        False, "Not supported.", refused="CORS would let any web page call the REST API from a browser"
+    use_alts_credentials: bool = _refused(
+        False, "ALTS is Google-internal; confserve serves TLS (--ssl_config_file)"
     )
-    use_alts_credentials: bool = _opt(
-        False, "Not supported.", refused="ALTS is Google-internal; confserve serves TLS (--ssl_config_file)"
+    platform_config_file: str | None = _refused(None, "only the TensorFlow SavedModel platform is served")
+    tensorflow_session_config_file: str | None = _refused(
+        None, "a session ConfigProto file is not read; use the parallelism flags"
     )
-    platform_config_file: str | None = _opt(
-        None, "Not supported.", refused="only the TensorFlow SavedModel platform is served"
-    )
-    tensorflow_session_config_file: str | None = _opt(
-        None, "Not supported.", refused="a session ConfigProto file is not read; use the parallelism flags"
-    )
-    enable_per_model_batching_parameters: bool = _opt(
+    enable_per_model_batching_parameters: bool = _refused(
         False,
-        "Not supported.",
-        refused="per-model batching_params.pbtxt is not read; use --batching_parameters_file",
+        "per-model batching_params.pbtxt is not read; use --batching_parameters_file",
     )
     num_request_iterations_for_warmup: int = _opt(
         1, "Not supported beyond 1.", refused="each warmup record is replayed once", minimum=0
     )
-    enable_profiler: bool = _opt(
-        False, "Not supported.", refused="a profiler service would expose the timing and traces of inferences"
+    enable_profiler: bool = _refused(
+        False, "a profiler service would expose the timing and traces of inferences"
     )
-    thread_pool_factory_config_file: str | None = _opt(
-        None, "Not supported.", refused="custom thread pools are not configurable"
-    )
-    mixed_precision: str | None = _opt(
-        None, "Not supported.", refused="models run in their exported precision"
-    )
-    prefer_tflite_model: bool = _opt(False, "Not supported.", refused="TensorFlow Lite models are not served")
-    xla_cpu_compilation_enabled: bool = _opt(False, "Not supported.", refused="XLA JIT compilation is off")
-    xla_gpu_compilation_enabled: bool = _opt(False, "Not supported.", refused="XLA JIT compilation is off")
+    thread_pool_factory_config_file: str | None = _refused(None, "custom thread pools are not configurable")
+    mixed_precision: str | None = _refused(None, "models run in their exported precision")
+    prefer_tflite_model: bool = _refused(False, "TensorFlow Lite models are not served")
+    xla_cpu_compilation_enabled: bool = _refused(False, "XLA JIT compilation is off")
+    xla_gpu_compilation_enabled: bool = _refused(False, "XLA JIT compilation is off")
     # -- releases and key leases (docs/releases.md) ------------------------------------------------------
-    release_public_key: str | None = _opt(
-        None,
+    release_public_key: str | None = _measured_file(
         "The owner's release public key (release.pub.pem): serve only what a valid signed release lists.",
-        measured=True,
-        path="file",
     )
     # The owner's freshness/availability trade-off: a raised floor or a withdrawn key takes effect within
     # one lease, and a replica that cannot renew stops serving when it ends. Five minutes by default; the
@@ -248,11 +240,8 @@ class ServeOptions:
         "Refuse signatures whose method_name does not match the API (TF2 exports name all 'predict').",
         measured=True,
     )
-    monitoring_config_file: str | None = _opt(
-        None,
+    monitoring_config_file: str | None = _measured_file(
         "MonitoringConfig text proto: prometheus_config { enable: true path: ... } serves metrics on REST.",
-        measured=True,
-        path="file",
     )
     enable_model_warmup: bool = _opt(
         False,
@@ -260,11 +249,8 @@ class ServeOptions:
         measured=True,
     )
     enable_batching: bool = _opt(False, "Server-side batching.", measured=True)
-    batching_parameters_file: str | None = _opt(
-        None,
+    batching_parameters_file: str | None = _measured_file(
         "BatchingParameters text proto (with --enable_batching; TF Serving's defaults without it).",
-        measured=True,
-        path="file",
     )
 
     # -- rules --------------------------------------------------------------------------------------------
