@@ -96,6 +96,7 @@ if TYPE_CHECKING:
         TrustConfig,
         verify,
     )
+    from confserve.attestation._x509 import key_usage
 
 # Where each lazily imported name lives: the module is imported on first use.
 _LAZY: dict[str, str] = {
@@ -163,6 +164,7 @@ _LAZY: dict[str, str] = {
     "StaticCollateralSource": "_verify",
     "TrustConfig": "_verify",
     "verify": "_verify",
+    "key_usage": "_x509",
 }
 
 __all__ = [
@@ -216,6 +218,7 @@ __all__ = [
     "format_identity",
     "generate_signing_key",
     "identity_to_json",
+    "key_usage",
     "load_measured_args_toml",
     "load_policy_file",
     "load_simulated_root",

@@ -57,6 +57,7 @@ from confserve.attestation._structs import (
     ReportBody,
 )
 from confserve.attestation._types import SGX_TCB_STATUSES, EnclaveIdentity
+from confserve.attestation._x509 import key_usage
 from confserve.files import MAX_SMALL_FILE_BYTES, read_input, read_input_text
 
 __all__ = [
@@ -321,17 +322,9 @@ def _issue_cert(
             critical=True,
         )
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=not ca,
-                content_commitment=not ca,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=ca,
-                crl_sign=ca,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            key_usage("key_cert_sign", "crl_sign")
+            if ca
+            else key_usage("digital_signature", "content_commitment"),
             critical=True,
         )
     )

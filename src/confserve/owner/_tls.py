@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from confserve import pf
+from confserve.attestation import key_usage
 from confserve.errors import ConfserveError, Status
 from confserve.tfs_config import SSLConfig, format_text
 
@@ -100,47 +101,47 @@ def _check_name(name: str, what: str) -> None:
         raise TlsMaterialError(f"{what} {name!r} is not a valid host name or address")
 
 
-def _cert(
+def _issue(
+    names: Sequence[str],
+    issuer: tuple[x509.Certificate, PrivateKey] | None,
+    usage: x509.ObjectIdentifier | None,
     *,
-    subject: str,
-    names: Sequence[str] = (),
-    key: PrivateKey,
-    issuer: x509.Certificate | None,
-    issuer_key: PrivateKey,
     now: datetime.datetime,
     days: int,
-    ca: bool,
-    usage: x509.ObjectIdentifier | None = None,
-) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    key_type: KeyType,
+) -> tuple[PrivateKey, x509.Certificate]:
+    """A new key and its certificate, named `names` (the first is the subject): a self-signed CA's when
+    `issuer` (certificate, key) is None, else a leaf's for the extended key `usage` that `issuer` signs."""
+    key = _new_key(key_type)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    issuer_name, issuer_key = (subject, key) if issuer is None else (issuer[0].subject, issuer[1])
     builder = (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.subject if issuer else name)
+        .subject_name(subject)
+        .issuer_name(issuer_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _CLOCK_SKEW)
         .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+        .add_extension(
+            x509.BasicConstraints(ca=issuer is None, path_length=0 if issuer is None else None), critical=True
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
         )
     )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
+    if issuer is None:
+        builder = builder.add_extension(key_usage("key_cert_sign", "crl_sign"), critical=True)
     else:
+        # EC keys agree on the TLS key exchange (ECDH); RSA keys encipher it.
         ec_key = isinstance(key, ec.EllipticCurvePrivateKey)
-        builder = builder.add_extension(
-            x509.KeyUsage(True, False, not ec_key, False, ec_key, False, False, False, False), critical=True
-        )
-        alt_names = [_san(name) for name in names or (subject,)]
-        builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        exchange = key_usage("digital_signature", "key_agreement" if ec_key else "key_encipherment")
+        builder = builder.add_extension(exchange, critical=True)
+        builder = builder.add_extension(x509.SubjectAlternativeName(map(_san, names)), critical=False)
         assert usage is not None
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
+    return key, builder.sign(issuer_key, hashes.SHA256())
 
 
 def _pem(obj: x509.Certificate | PrivateKey) -> bytes:
@@ -161,35 +162,11 @@ def _ca_and_server(
     key_type: KeyType,
 ) -> tuple[PrivateKey, x509.Certificate, PrivateKey, x509.Certificate]:
     """A new CA and a server certificate it issues for `hostnames` (the first is the subject)."""
-    ca_key = _new_key(key_type)
-    ca = _cert(subject=ca_subject, key=ca_key, issuer=None, issuer_key=ca_key, now=now, days=ca_days, ca=True)
-    server_key, server = _leaf(hostnames, ExtendedKeyUsageOID.SERVER_AUTH, ca, ca_key, now, days, key_type)
-    return ca_key, ca, server_key, server
-
-
-def _leaf(
-    names: Sequence[str],
-    usage: x509.ObjectIdentifier,
-    ca: x509.Certificate,
-    ca_key: PrivateKey,
-    now: datetime.datetime,
-    days: int,
-    key_type: KeyType,
-) -> tuple[PrivateKey, x509.Certificate]:
-    """A new key and a certificate `ca` issues to it for `names` (the first is the subject)."""
-    key = _new_key(key_type)
-    cert = _cert(
-        subject=names[0],
-        names=names,
-        key=key,
-        issuer=ca,
-        issuer_key=ca_key,
-        now=now,
-        days=days,
-        ca=False,
-        usage=usage,
+    ca_key, ca = _issue((ca_subject,), None, None, now=now, days=ca_days, key_type=key_type)
+    server_key, server = _issue(
+        hostnames, (ca, ca_key), ExtendedKeyUsageOID.SERVER_AUTH, now=now, days=days, key_type=key_type
     )
-    return key, cert
+    return ca_key, ca, server_key, server
 
 
 def key_service_pki(hostnames: Sequence[str], now: datetime.datetime) -> tuple[bytes, bytes, bytes]:
@@ -265,8 +242,13 @@ def generate_tls_material(
     # The name the server's certificate carries: clients of the bundle check it without --server-name.
     pf.write_public_file(client / SERVER_NAME_FILE, (service_domain + "\n").encode("ascii"))
     if client_domain is not None:
-        client_key, client_cert = _leaf(
-            (client_domain,), ExtendedKeyUsageOID.CLIENT_AUTH, ca, ca_key, now, days, key_type
+        client_key, client_cert = _issue(
+            (client_domain,),
+            (ca, ca_key),
+            ExtendedKeyUsageOID.CLIENT_AUTH,
+            now=now,
+            days=days,
+            key_type=key_type,
         )
         for where in (owner, client):
             pf.write_private_file(where / "client.key", _pem(client_key))

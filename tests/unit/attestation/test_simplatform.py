@@ -75,8 +75,10 @@ def test_pck_chain_profile(platform: SimPlatform) -> None:
     assert ca_bc.value.path_length == 0
     ca_ku = ca.extensions.get_extension_for_class(x509.KeyUsage)
     assert ca_ku.critical
-    assert ca_ku.value.key_cert_sign
-    assert ca_ku.value.crl_sign
+    assert ca_ku.value == x509.KeyUsage(False, False, False, False, False, True, True, False, False)
+    leaf_ku = leaf.extensions.get_extension_for_class(x509.KeyUsage)
+    assert leaf_ku.critical  # the PCK signs, with non-repudiation, as Intel's do
+    assert leaf_ku.value == x509.KeyUsage(True, True, False, False, False, False, False, False, False)
     leaf_bc = leaf.extensions.get_extension_for_class(x509.BasicConstraints)
     assert leaf_bc.critical
     assert not leaf_bc.value.ca

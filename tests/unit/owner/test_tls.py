@@ -93,6 +93,13 @@ def test_serials_distinct_keys_modern_validity_bounded(twoway: Path) -> None:
     assert (server.not_valid_after_utc - server.not_valid_before_utc).days <= 366
     assert certs[0].extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     assert not server.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    # keyUsage, critical: the CA signs certificates and CRLs; EC leaves sign and agree on keys (ECDH).
+    ca_usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
+    ec_leaf_usage = x509.KeyUsage(True, False, False, False, True, False, False, False, False)
+    for cert, usage in zip(certs, (ca_usage, ec_leaf_usage, ec_leaf_usage), strict=True):
+        extension = cert.extensions.get_extension_for_class(x509.KeyUsage)
+        assert extension.critical
+        assert extension.value == usage
 
 
 def test_bundles_are_split_by_holder(twoway: Path) -> None:
@@ -137,6 +144,9 @@ def test_oneway_rsa(tmp_path: Path) -> None:
     key = server.public_key()
     assert isinstance(key, rsa.RSAPublicKey)
     assert key.key_size == 3072
+    # an RSA leaf signs and enciphers keys (no key agreement)
+    rsa_leaf_usage = x509.KeyUsage(True, False, True, False, False, False, False, False, False)
+    assert server.extensions.get_extension_for_class(x509.KeyUsage).value == rsa_leaf_usage
     sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["10.0.0.7"]
 
