@@ -156,10 +156,8 @@ _CONTAINER_FIELDS: Final = frozenset(
 )
 
 
-class ContainersError(ConfserveError):
+class ContainersError(ConfserveError, status=Status.FAILED_PRECONDITION):
     """The objects cannot be run on the container engine, or the engine failed."""
-
-    status = Status.FAILED_PRECONDITION
 
 
 # --------------------------------------------------------------------------------------------------

@@ -90,10 +90,8 @@ _OK: Final = "OK"  # the status label of a successful request (canonical code na
 _REASON_CHARS: Final = 120  # a reason is one line of a table cell, not a log
 
 
-class MetricsError(ConfserveError):
+class MetricsError(ConfserveError, status=Status.INVALID_ARGUMENT):
     """A component's metrics (or model status) could not be read; the message says what was wrong."""
-
-    status = Status.INVALID_ARGUMENT
 
 
 # -- parsing ---------------------------------------------------------------------------------------------

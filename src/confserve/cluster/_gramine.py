@@ -84,10 +84,8 @@ _SAFE: Final = re.compile(r"[A-Za-z0-9._/-]+")
 _SERVERS_RE: Final = re.compile(r"[A-Za-z0-9.-]+:[0-9]{1,5}([,; ][A-Za-z0-9.-]+:[0-9]{1,5})*")
 
 
-class GramineError(ConfserveError):
+class GramineError(ConfserveError, status=Status.INVALID_ARGUMENT):
     """A manifest cannot be rendered from these settings."""
-
-    status = Status.INVALID_ARGUMENT
 
 
 @dataclass(frozen=True)

@@ -76,10 +76,8 @@ DEFAULT_SECRET_PROV_HOST: Final = "attestation.service.com"  # noqa: S105 - the 
 SECRET_PROV_ALIAS: Final = f"secret-prov.{NAMESPACE}.svc.cluster.local"  # in the measured manifest
 
 
-class K8sError(ConfserveError):
+class K8sError(ConfserveError, status=Status.INVALID_ARGUMENT):
     """Kubernetes files cannot be rendered from these settings."""
-
-    status = Status.INVALID_ARGUMENT
 
 
 def component_labels(component: str) -> dict[str, str]:

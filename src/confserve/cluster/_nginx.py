@@ -40,10 +40,8 @@ _STREAM_MODULE_PATHS: Final = (
 )
 
 
-class NginxError(ConfserveError):
+class NginxError(ConfserveError, status=Status.FAILED_PRECONDITION):
     """nginx is missing, or a configuration cannot be rendered."""
-
-    status = Status.FAILED_PRECONDITION
 
 
 def parse_hostport(value: str, *, what: str = "address") -> tuple[str, int]:

@@ -63,10 +63,8 @@ _KILL_WAIT_SECONDS: Final = 5.0  # after SIGKILL, only an uninterruptible sleep 
 _QUICK_GRACE_SECONDS: Final = 2.0  # for a process with nothing to finish (a replica still starting)
 
 
-class LockBusyError(ConfserveError):
+class LockBusyError(ConfserveError, status=Status.UNAVAILABLE):
     """Another command holds the workspace; the message says which one."""
-
-    status = Status.UNAVAILABLE
 
 
 @dataclass(frozen=True)

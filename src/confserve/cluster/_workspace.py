@@ -46,10 +46,8 @@ CLIENT_DOMAIN: Final = "client.tf-serving.service.com"
 DEFAULT_KEY_ID: Final = "default"  # the key service's default secret: the wrap key of ssl.cfg
 
 
-class WorkspaceError(ConfserveError):
+class WorkspaceError(ConfserveError, status=Status.FAILED_PRECONDITION):
     """A workspace step failed; the message names the step and where its output is."""
-
-    status = Status.FAILED_PRECONDITION
 
 
 @dataclass(frozen=True)

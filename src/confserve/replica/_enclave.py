@@ -67,10 +67,8 @@ SERVE_ENTRY_POINT: Final = "confserve.cli:main serve"
 AttestationMode = Literal["auto", "gramine", "simulated"]
 
 
-class EnclaveError(ConfserveError):
+class EnclaveError(ConfserveError, status=Status.FAILED_PRECONDITION):
     """The enclave side cannot start: no attester, bad signing key, or no key from provisioning."""
-
-    status = Status.FAILED_PRECONDITION
 
 
 def file_sha256(path: str | Path) -> str:

@@ -38,10 +38,8 @@ PathKind = Literal["file", "dir"]
 DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
 
 
-class OptionsError(ConfserveError):
+class OptionsError(ConfserveError, status=Status.INVALID_ARGUMENT):
     """A combination of serve options that cannot work; the message names the flags."""
-
-    status = Status.INVALID_ARGUMENT
 
 
 @dataclass(frozen=True)

@@ -62,10 +62,8 @@ __all__ = [
 _log = logging.getLogger("confserve.serve")
 
 
-class ReplicaError(ConfserveError):
+class ReplicaError(ConfserveError, status=Status.FAILED_PRECONDITION):
     """The replica cannot start with these options and files; the message says what to change."""
-
-    status = Status.FAILED_PRECONDITION
 
 
 # -- identity ---------------------------------------------------------------------------------------------
