@@ -188,21 +188,7 @@ def serve_command(
     the secrets and the collateral; SIGTERM or SIGINT stops. Limits not given take the service's
     defaults (listed in docs/secret-provisioning.md)."""
     # `limits`: the `_limit_option`s, each named after its ServerLimits field
-    from confserve.attestation import TrustConfig
-    from confserve.provisioning import (
-        SecretProvisioningServer,
-        ServerLimits,
-        ServerSettings,
-        collateral_from_file,
-        collateral_from_pccs,
-        collateral_from_sim_platform,
-        load_certificate_chain,
-        load_private_key,
-        parse_secret_spec,
-        policy_from_file,
-        secrets_from_files,
-        trust_for_sim_platform,
-    )
+    from confserve.provisioning import SecretProvisioningServer, ServerLimits, ServerSettings
 
     if (ra_config is None) == (policy is None):
         raise click.UsageError("give exactly one of --ra-config and --policy")
@@ -214,25 +200,18 @@ def serve_command(
         raise click.UsageError("--allow-simulated needs --sim-platform (the simulated root to trust)")
     host, port = _host_port(listen, "--listen")
     metrics = _host_port(metrics_listen, "--metrics-listen") if metrics_listen else None
-    trust = trust_for_sim_platform(Path(sim_platform)) if sim_platform else TrustConfig.intel()
-    if collateral is not None:
-        collateral_loader = collateral_from_file(Path(collateral))
-    elif sim_platform is not None:
-        collateral_loader = collateral_from_sim_platform(Path(sim_platform))
-    elif pccs_url is not None:
-        collateral_loader = collateral_from_pccs(pccs_url)
-    else:
+    if collateral is None and sim_platform is None and pccs_url is None:
         raise click.UsageError("verifying real quotes needs --collateral FILE or --pccs-url URL")
-    policy_path = Path(ra_config or policy or "")
-    settings = ServerSettings(
-        certificate_chain=tuple(load_certificate_chain(cert_path)),
-        private_key=load_private_key(key_path),
-        policy=policy_from_file(
-            policy_path, ra_config=ra_config is not None, allow_simulated=allow_simulated
-        ),
-        secrets=secrets_from_files(tuple(parse_secret_spec(spec) for spec in secret_specs)),
-        collateral=collateral_loader,
-        trust=trust,
+    settings = ServerSettings.from_files(
+        cert_path,
+        key_path,
+        ra_config or policy or "",
+        secret_specs,
+        ra_config=ra_config is not None,
+        allow_simulated=allow_simulated,
+        sim_platform=sim_platform,
+        collateral=collateral,
+        pccs_url=pccs_url,
         listen_host=host,
         listen_port=port,
         audit_log=Path(audit_log) if audit_log else None,
@@ -251,7 +230,7 @@ def serve_command(
         click.echo(f"listening on {bound_host}:{bound_port}")
         if server.metrics_address is not None:
             click.echo(f"metrics on http://{server.metrics_address[0]}:{server.metrics_address[1]}/metrics")
-        if trust.is_simulated:
+        if settings.trust.is_simulated:
             click.echo("WARNING: trusting a SIMULATED platform: its quotes prove nothing about hardware")
         sys.stdout.flush()
         while signal.sigwait(signals) == signal.SIGHUP:

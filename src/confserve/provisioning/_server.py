@@ -35,10 +35,11 @@ import concurrent.futures
 import functools
 import http.server
 import logging
+import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -83,8 +84,14 @@ from confserve.provisioning._errors import (
     UnavailableError,
 )
 from confserve.provisioning._protocol import DEFAULT_PORT, ServerConnection
-from confserve.provisioning._secrets import RateLimiter, SecretStore
-from confserve.provisioning._tls import PrivateKey, TlsChannel, server_context
+from confserve.provisioning._secrets import RateLimiter, SecretStore, parse_secret_spec
+from confserve.provisioning._tls import (
+    PrivateKey,
+    TlsChannel,
+    load_certificate_chain,
+    load_private_key,
+    server_context,
+)
 
 __all__ = [
     "REFUSAL_CATEGORIES",
@@ -183,6 +190,44 @@ class ServerSettings:
             raise ConfigError("ports must be in 0..65535")
         if not self.certificate_chain:
             raise ConfigError("the server certificate chain is empty")
+
+    @classmethod
+    def from_files(
+        cls,
+        certificate_chain: str | os.PathLike[str],
+        private_key: str | os.PathLike[str],
+        policy: str | os.PathLike[str],
+        secret_specs: Sequence[str],
+        *,
+        ra_config: bool = False,
+        allow_simulated: bool = False,
+        sim_platform: str | os.PathLike[str] | None = None,
+        collateral: str | os.PathLike[str] | None = None,
+        pccs_url: str | None = None,
+        **options: Any,
+    ) -> ServerSettings:
+        """The settings of `confserve secret-prov serve`: PEM files, a policy file (`ra_config`: Gramine's
+        ra_config JSON), `NAME=FILE` secrets. Quotes are trusted to the simulated platform's root with
+        `sim_platform`, else to Intel's; collateral comes from the `collateral` file, else the simulated
+        platform, else the PCCS at `pccs_url`. `options` are the other fields."""
+        trust = trust_for_sim_platform(Path(sim_platform)) if sim_platform else TrustConfig.intel()
+        if collateral is not None:
+            collateral_loader = collateral_from_file(Path(collateral))
+        elif sim_platform is not None:
+            collateral_loader = collateral_from_sim_platform(Path(sim_platform))
+        elif pccs_url is not None:
+            collateral_loader = collateral_from_pccs(pccs_url)
+        else:
+            raise ConfigError("verifying real quotes needs a collateral file or a PCCS URL")
+        return cls(
+            certificate_chain=tuple(load_certificate_chain(os.fspath(certificate_chain))),
+            private_key=load_private_key(os.fspath(private_key)),
+            policy=policy_from_file(Path(policy), ra_config=ra_config, allow_simulated=allow_simulated),
+            secrets=secrets_from_files(tuple(parse_secret_spec(spec) for spec in secret_specs)),
+            collateral=collateral_loader,
+            trust=trust,
+            **options,
+        )
 
 
 # -- loaders for the common configurations ------------------------------------------------------------

@@ -121,3 +121,35 @@ def test_server_refuses_bad_configuration(tmp_path: Path, plat_dir: Path) -> Non
     )
     with pytest.raises(ConfigError, match="cannot read policy file"):
         SecretProvisioningServer(settings)
+
+
+def test_settings_from_files(tmp_path: Path, plat_dir: Path) -> None:
+    issued = trustme.CA().issue_cert("localhost")
+    issued.cert_chain_pems[0].write_to_path(str(tmp_path / "server.crt"))
+    issued.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    secret = tmp_path / "k"
+    secret.write_bytes(b"k" * 16)
+    os.chmod(secret, 0o600)
+    files = (
+        tmp_path / "server.crt",
+        tmp_path / "server.key",
+        tmp_path / "policy.toml",
+        ["default=" + str(secret)],
+    )
+    simulated = ServerSettings.from_files(*files, sim_platform=plat_dir, listen_port=0)
+    assert simulated.trust.is_simulated
+    assert simulated.listen_port == 0  # the other fields pass through
+    assert (
+        simulated.certificate_chain[0].subject
+        == x509.load_pem_x509_certificate(issued.cert_chain_pems[0].bytes()).subject
+    )
+    assert simulated.secrets().names() == {"default"}
+    assert simulated.collateral().get(b"", NOW).next_update > NOW  # the platform's collateral
+    real = ServerSettings.from_files(*files, collateral=plat_dir / "collateral.json")
+    assert not real.trust.is_simulated  # Intel's root
+    assert real.collateral().get(b"", NOW).next_update > NOW
+    assert not ServerSettings.from_files(*files, pccs_url="https://pccs.invalid/v4/").trust.is_simulated
+    with pytest.raises(ConfigError, match="collateral file or a PCCS URL"):
+        ServerSettings.from_files(*files)
+    with pytest.raises(ConfigError, match="NAME=FILE"):
+        ServerSettings.from_files(*files[:3], ["default"], sim_platform=plat_dir)
