@@ -42,11 +42,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import prometheus_client
 from cryptography import x509
 from OpenSSL import SSL
+from prometheus_client import Counter, Gauge, Histogram
 
 from confserve.attestation import (
     SIM_COLLATERAL_FILE,
@@ -309,63 +310,57 @@ def _load_runtime(settings: ServerSettings) -> Runtime:
     return Runtime(policy, secrets, collateral)
 
 
+_M = TypeVar("_M", Counter, Gauge, Histogram)
+
+
 class _Metrics:
+    """The key service's metrics, `confserve_secret_prov_*`, in a registry of their own."""
+
     def __init__(self) -> None:
         self.registry = prometheus_client.CollectorRegistry(auto_describe=True)
-        prefix = "confserve_secret_prov"
-        self.releases = prometheus_client.Counter(
-            f"{prefix}_releases", "Sessions that released secrets", ["protocol"], registry=self.registry
-        )
-        self.secrets_released = prometheus_client.Counter(
-            f"{prefix}_secrets_released", "Secrets released", registry=self.registry
-        )
-        self.refusals = prometheus_client.Counter(
-            f"{prefix}_refusals", "Refused sessions by reason", ["reason"], registry=self.registry
-        )
-        self.rejected = prometheus_client.Counter(
-            f"{prefix}_connections_rejected",
+        self.releases = self._new(Counter, "releases", "Sessions that released secrets", "protocol")
+        self.secrets_released = self._new(Counter, "secrets_released", "Secrets released")
+        self.refusals = self._new(Counter, "refusals", "Refused sessions by reason", "reason")
+        self.rejected = self._new(
+            Counter,
+            "connections_rejected",
             "Connections closed unread (rate_limited, address_limit, connection_limit, evicted)",
-            ["reason"],
-            registry=self.registry,
+            "reason",
         )
-        self.handshake_failures = prometheus_client.Counter(
-            f"{prefix}_handshake_failures",
-            "TLS handshakes that failed or timed out",
-            ["reason"],
-            registry=self.registry,
+        self.handshake_failures = self._new(
+            Counter, "handshake_failures", "TLS handshakes that failed or timed out", "reason"
         )
-        self.handshake_seconds = prometheus_client.Histogram(
-            f"{prefix}_handshake_seconds",
+        self.handshake_seconds = self._new(
+            Histogram,
+            "handshake_seconds",
             "TLS handshake latency",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            registry=self.registry,
         )
-        self.session_seconds = prometheus_client.Histogram(
-            f"{prefix}_session_seconds",
+        self.session_seconds = self._new(
+            Histogram,
+            "session_seconds",
             "Accept to response, including attestation",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            registry=self.registry,
         )
-        self.active = prometheus_client.Gauge(
-            f"{prefix}_active_connections",
-            "Connections being decided and answered by a worker",
-            registry=self.registry,
+        self.active = self._new(
+            Gauge, "active_connections", "Connections being decided and answered by a worker"
         )
-        self.pending = prometheus_client.Gauge(
-            f"{prefix}_pending_connections",
+        self.pending = self._new(
+            Gauge,
+            "pending_connections",
             "Connections in the pre-authentication stage (handshake, request, waiting for a worker)",
-            registry=self.registry,
         )
-        self.waiting = prometheus_client.Gauge(
-            f"{prefix}_waiting_connections",
+        self.waiting = self._new(
+            Gauge,
+            "waiting_connections",
             "Connections of the pre-authentication stage that wait for a free worker",
-            registry=self.registry,
         )
-        self.reloads = prometheus_client.Counter(
-            f"{prefix}_reloads", "Configuration reloads", ["result"], registry=self.registry
-        )
+        self.reloads = self._new(Counter, "reloads", "Configuration reloads", "result")
         for category in REFUSAL_CATEGORIES:
             self.refusals.labels(category)
+
+    def _new(self, kind: type[_M], name: str, documentation: str, *labels: str, **options: Any) -> _M:
+        return kind(f"confserve_secret_prov_{name}", documentation, labels, registry=self.registry, **options)
 
 
 _REJECTION_MESSAGES: Final = {
