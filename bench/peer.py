@@ -10,12 +10,13 @@ one inference worker process). Each protocol speaks its own API: confserve TF Se
 (GRPCInferenceService/ModelInfer, POST /v2/models/digits/infer), with the same one image.
 
 The same load generator (bench/_rawload.py: requests serialized once, raw bytes per call, kept-alive
-HTTP connections) drives both: gRPC and REST, concurrency 1 (one process) and 16 (two processes of eight
-threads), in alternating rounds (confserve then MLServer, then the other way round) so that other work on
-a shared machine hits both alike. Printed: each run, then per protocol and concurrency the median over
+HTTP connections; h2load unless `--client python`) drives both: gRPC and REST, concurrency 1 and 16
+(gRPC: two HTTP/2 connections of eight streams, or two Python processes of eight threads), in
+alternating rounds (confserve then MLServer, then the other way round) so that other work on a shared
+machine hits both alike. Printed: each run, then per protocol and concurrency the median over
 rounds of confserve's requests/s divided by MLServer's (target >= 2x), with the load average.
 
-Usage: .venv/bin/python bench/peer.py [--seconds S] [--rounds N]
+Usage: .venv/bin/python bench/peer.py [--seconds S] [--rounds N] [--client h2load|python]
 """
 
 from __future__ import annotations
@@ -195,6 +196,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=6.0, help="length of each load phase")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
+    parser.add_argument("--client", choices=load.CLIENTS, default="h2load", help="the load generator")
     parser.add_argument(
         "--confserve-flag",
         action="append",
@@ -203,7 +205,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    print(c.machine_line(), flush=True)
+    print(f"{c.machine_line()}; load generator: {args.client}", flush=True)
     venv = ensure_mlserver()
     image = c.small_inputs()[c.SMALL_INPUT]
     runs: dict[tuple[str, str, int], list[load.Result]] = {}
@@ -230,6 +232,7 @@ def main() -> None:
                                 concurrency=concurrency,
                                 processes=1 if concurrency == 1 else 2,
                                 seconds=args.seconds,
+                                client=args.client,
                             )
                             runs.setdefault((server, protocol, concurrency), []).append(result)
                             error = f"  {result.errors} errors: {result.first_error}" if result.errors else ""

@@ -3,9 +3,10 @@
 Baseline, measured in the same run and the same process as the server: `tf.saved_model.load` + a call of
 `serving_default`, numpy in and out. The server is confserve's ModelServer on loopback (gRPC and REST over
 one-way TLS, encrypted models read through ProtectedOpener, default settings). The load comes from
-bench/_rawload.py (each request serialized once and sent as raw bytes, kept-alive HTTPS connections), whose
-worker processes share this machine's cores with the server, as a client on the same host would; the
-same generator drives bench/peer.py. Every phase runs for a fixed time.
+bench/_rawload.py (each request serialized once and sent as raw bytes, kept-alive HTTPS connections;
+h2load, a load generator in C, unless `--client python`), which shares this machine's cores with the
+server, as a client on the same host would; the same generator drives bench/peer.py. Every phase runs
+for a fixed time.
 
 - ResNet-50 (reference signature, random weights), batch 1: gRPC+TLS at concurrency 1 vs in-process,
   in alternating rounds (baseline, served, baseline, served, ...) so that other work on a shared machine
@@ -19,7 +20,7 @@ same generator drives bench/peer.py. Every phase runs for a fixed time.
 - Start-up: ModelServer construction -> models loaded and ports open, ResNet-50 encrypted
   (ProtectedOpener) vs plain (PlainOpener), alternating, best and median (target <= 1 s extra).
 
-Usage: .venv/bin/python bench/serving.py [--quick] [--seconds S] [--rounds N]
+Usage: .venv/bin/python bench/serving.py [--quick] [--seconds S] [--rounds N] [--client h2load|python]
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Options:
     rounds: int
     startup_reps: int
     c16_processes: int
+    client: str
 
 
 @dataclass
@@ -70,7 +72,11 @@ def _load(opts: Options, port: int, model: str, inputs: Any, tls: c.Tls, protoco
           seconds: float) -> load.Result:  # fmt: skip
     target = c.raw_target(port, model, inputs, tls.client, protocol)
     result = load.run(
-        target, concurrency=conc, processes=1 if conc == 1 else opts.c16_processes, seconds=seconds
+        target,
+        concurrency=conc,
+        processes=1 if conc == 1 else opts.c16_processes,
+        seconds=seconds,
+        client=opts.client,
     )
     if result.errors:
         print(f"  !! {result.errors} errors, first: {result.first_error}")
@@ -267,7 +273,13 @@ def main() -> None:
     parser.add_argument("--small-seconds", type=float, help="each small-model phase (default 8, quick 3)")
     parser.add_argument("--rounds", type=int, help="ResNet-50 baseline/served rounds (default 4, quick 1)")
     parser.add_argument("--startup-reps", type=int, help="start-up repetitions each (default 4, quick 2)")
-    parser.add_argument("--c16-processes", type=int, default=2, help="load-generator processes at c=16")
+    parser.add_argument(
+        "--c16-processes",
+        type=int,
+        default=2,
+        help="at c=16: the Python client's processes, or h2load's connections (gRPC)",
+    )
+    parser.add_argument("--client", choices=load.CLIENTS, default="h2load", help="the load generator")
     args = parser.parse_args()
     opts = Options(
         resnet_seconds=args.seconds or (4.0 if args.quick else 6.0),
@@ -275,11 +287,12 @@ def main() -> None:
         rounds=args.rounds or (1 if args.quick else 4),
         startup_reps=args.startup_reps or (2 if args.quick else 4),
         c16_processes=args.c16_processes,
+        client=args.client,
     )
 
     from confserve import pf
 
-    print(c.machine_line(), flush=True)
+    print(f"{c.machine_line()}; load generator: {opts.client}", flush=True)
     key = pf.WrapKey(os.urandom(16))
     tls = c.make_tls()
     out = Results()
