@@ -38,7 +38,7 @@ import posixpath
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from types import MappingProxyType
 from typing import Final, Protocol, runtime_checkable
 
@@ -402,6 +402,7 @@ def _versions_on_disk(files: Sequence[str]) -> dict[int, _OnDisk]:
     return found
 
 
+@dataclass(frozen=True, eq=False)  # eq=False: a registry keys its collectors by identity
 class ReleaseMetrics(Collector):
     """Prometheus families of a release-gated replica (beside TF Serving's, on the same path):
 
@@ -412,16 +413,10 @@ class ReleaseMetrics(Collector):
     | confserve_key_lease_expiry_timestamp_seconds   |            | when the key lease ends (Unix time)  |
     """
 
-    def __init__(
-        self,
-        opener: ReleasedOpener,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._opener = opener
-        self._clock = clock
-        self._wall_clock = wall_clock
+    opener: ReleasedOpener
+    _: KW_ONLY
+    clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time
 
     def collect(self) -> Iterator[Metric]:
         releases = GaugeMetricFamily(
@@ -430,16 +425,16 @@ class ReleaseMetrics(Collector):
         floors = GaugeMetricFamily(
             FLOOR_METRIC, "Each model's lowest acceptable release.", labels=["model_name"]
         )
-        for model in self._opener.releases():
+        for model in self.opener.releases():
             if model.release is not None and model.error is None:
                 releases.add_metric([model.model], model.release)
-        grant = self._opener.keys.current()
+        grant = self.opener.keys.current()
         for name, floor in sorted(grant.floors.items()):
             floors.add_metric([name], floor)
         yield releases
         yield floors
         if grant.expires_at is not None:
-            expiry = self._wall_clock() + (grant.expires_at - self._clock())
+            expiry = self.wall_clock() + (grant.expires_at - self.clock())
             yield GaugeMetricFamily(
                 LEASE_EXPIRY_METRIC, "When the key lease ends (Unix seconds).", value=expiry
             )
