@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
@@ -17,8 +17,6 @@ from confserve.serving import DataPlane, log_unexpected
 __all__ = ["ModelServicer", "PredictionServicer"]
 
 _log = logging.getLogger(__name__)
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
 
 
 def _abort(context: Any, error: BaseException) -> NoReturn:
@@ -29,42 +27,35 @@ def _abort(context: Any, error: BaseException) -> NoReturn:
     raise AssertionError("unreachable")  # pragma: no cover  (context.abort raises)
 
 
-def _call(method: Callable[[Req], Resp], request: Req, context: Any) -> Resp:
-    try:
-        return method(request)
-    except Exception as exc:
-        _abort(context, exc)
+def _forward(name: str) -> Callable[[Any, Any, Any], Any]:
+    """A servicer method that hands the request to the DataPlane's `name` and maps its errors."""
+
+    def method(self: _DataPlaneServicer, request: Any, context: Any) -> Any:
+        try:
+            return getattr(self._dataplane, name)(request)
+        except Exception as exc:
+            _abort(context, exc)
+
+    method.__name__ = name
+    return method
 
 
-class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+class _DataPlaneServicer:
     def __init__(self, dataplane: DataPlane) -> None:
         self._dataplane = dataplane
 
-    def Predict(self, request: Any, context: Any) -> Any:
-        return _call(self._dataplane.predict, request, context)
 
-    def Classify(self, request: Any, context: Any) -> Any:
-        return _call(self._dataplane.classify, request, context)
-
-    def Regress(self, request: Any, context: Any) -> Any:
-        return _call(self._dataplane.regress, request, context)
-
-    def MultiInference(self, request: Any, context: Any) -> Any:
-        return _call(self._dataplane.multi_inference, request, context)
-
-    def GetModelMetadata(self, request: Any, context: Any) -> Any:
-        return _call(self._dataplane.get_model_metadata, request, context)
+class PredictionServicer(_DataPlaneServicer, prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+    Predict = _forward("predict")
+    Classify = _forward("classify")
+    Regress = _forward("regress")
+    MultiInference = _forward("multi_inference")
+    GetModelMetadata = _forward("get_model_metadata")
 
 
-class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
+class ModelServicer(_DataPlaneServicer, model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
     """GetModelStatus, and HandleReloadConfigRequest, which the DataPlane refuses with PERMISSION_DENIED:
     the served model set is part of the attested configuration, not something a network peer may swap."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
-        self._dataplane = dataplane
-
-    def GetModelStatus(self, request: Any, context: Any) -> Any:
-        return _call(self._dataplane.get_model_status, request, context)
-
-    def HandleReloadConfigRequest(self, request: Any, context: Any) -> Any:
-        return _call(self._dataplane.reload_config, request, context)
+    GetModelStatus = _forward("get_model_status")
+    HandleReloadConfigRequest = _forward("reload_config")
