@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -71,6 +71,7 @@ PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 _CLASSIFY_INPUTS = "inputs"
+R = TypeVar("R")  # a Classify or Regress response
 _CLASSIFY_CLASSES = "classes"
 _CLASSIFY_SCORES = "scores"
 _REGRESS_INPUTS = "inputs"
@@ -347,20 +348,8 @@ class DataPlane:
         entrypoint: str = GRPC,
         memory: RequestMemory | None = None,
     ) -> classification_pb2.ClassificationResponse:
-        with (
-            self._serving("Classify", request.model_spec.name, entrypoint, memory) as account,
-            self._acquire(request) as handle,
-        ):
-            name, signature = self._examples_signature(handle.servable, request.model_spec, CLASSIFY_METHOD)
-            response = classification_pb2.ClassificationResponse()
-            self._fill_spec(response.model_spec, handle, name)
-            _check_classify_signature(signature)
-            examples = _serialized_examples(request.input, account)
-            outputs = self._run_examples(
-                handle.servable, name, signature, examples, _classify_outputs(signature)
-            )
-            response.result.CopyFrom(_classification_result(outputs, len(examples)))
-            return response
+        response = classification_pb2.ClassificationResponse()
+        return self._examples_call("Classify", CLASSIFY_METHOD, request, response, entrypoint, memory)
 
     def regress(
         self,
@@ -369,17 +358,23 @@ class DataPlane:
         entrypoint: str = GRPC,
         memory: RequestMemory | None = None,
     ) -> regression_pb2.RegressionResponse:
+        response = regression_pb2.RegressionResponse()
+        return self._examples_call("Regress", REGRESS_METHOD, request, response, entrypoint, memory)
+
+    def _examples_call(
+        self, api: str, method: str, request: Any, response: R, entrypoint: str, memory: RequestMemory | None
+    ) -> R:
+        """Classify or Regress (classifier.cc, regressor.cc): signature, then examples, then one run."""
         with (
-            self._serving("Regress", request.model_spec.name, entrypoint, memory) as account,
+            self._serving(api, request.model_spec.name, entrypoint, memory) as account,
             self._acquire(request) as handle,
         ):
-            name, signature = self._examples_signature(handle.servable, request.model_spec, REGRESS_METHOD)
-            response = regression_pb2.RegressionResponse()
-            self._fill_spec(response.model_spec, handle, name)
-            _check_regress_signature(signature)
+            name, signature = self._examples_signature(handle.servable, request.model_spec, method)
+            self._fill_spec(response.model_spec, handle, name)  # type: ignore[attr-defined]
+            check, run = _EXAMPLES_TASKS[method]
+            check(signature)
             examples = _serialized_examples(request.input, account)
-            outputs = self._run_examples(handle.servable, name, signature, examples, [_REGRESS_OUTPUTS])
-            response.result.CopyFrom(_regression_result(outputs[_REGRESS_OUTPUTS], len(examples)))
+            response.result.CopyFrom(run(handle.servable, name, signature, examples))  # type: ignore[attr-defined]
             return response
 
     def _examples_signature(self, servable: Servable, spec: Any, method: str) -> tuple[str, Any]:
@@ -394,14 +389,6 @@ class DataPlane:
                 f"Expected {kind} signature method_name to be {method}. Was: {signature.method_name}"
             )
         return name, signature
-
-    @staticmethod
-    def _run_examples(
-        servable: Servable, name: str, signature: Any, examples: npt.NDArray[Any], output_keys: list[str]
-    ) -> Mapping[str, npt.NDArray[Any]]:
-        # The declared dtype is not checked: TF Serving feeds the string tensor whatever the SignatureDef
-        # says (its own half_plus_three declares DT_FLOAT for serialized examples), and TensorFlow decides.
-        return servable.run(name, {_CLASSIFY_INPUTS: examples}, output_keys)
 
     # -- MultiInference ---------------------------------------------------------------------------------
 
@@ -420,18 +407,13 @@ class DataPlane:
                 response = inference_pb2.MultiInferenceResponse()
                 for task, name, signature in plan:
                     result = response.results.add()
-                    if task.method_name == CLASSIFY_METHOD:
-                        outputs = self._run_examples(
-                            handle.servable, name, signature, examples, _classify_outputs(signature)
-                        )
-                        result.classification_result.CopyFrom(_classification_result(outputs, len(examples)))
-                    else:
-                        outputs = self._run_examples(
-                            handle.servable, name, signature, examples, [_REGRESS_OUTPUTS]
-                        )
-                        result.regression_result.CopyFrom(
-                            _regression_result(outputs[_REGRESS_OUTPUTS], len(examples))
-                        )
+                    run = _EXAMPLES_TASKS[task.method_name][1]
+                    target = (
+                        result.classification_result
+                        if task.method_name == CLASSIFY_METHOD
+                        else result.regression_result
+                    )
+                    target.CopyFrom(run(handle.servable, name, signature, examples))
                     self._fill_spec(result.model_spec, handle, name)
                 return response
 
@@ -566,6 +548,31 @@ def _check_regress_signature(signature: Any) -> None:
         raise InvalidInputError(
             f'No regression outputs found in SignatureDef (expected "{_REGRESS_OUTPUTS}")'
         )
+
+
+def _run_examples(
+    servable: Servable, name: str, signature: Any, examples: npt.NDArray[Any], output_keys: list[str]
+) -> Mapping[str, npt.NDArray[Any]]:
+    # The declared dtype is not checked: TF Serving feeds the string tensor whatever the SignatureDef
+    # says (its own half_plus_three declares DT_FLOAT for serialized examples), and TensorFlow decides.
+    return servable.run(name, {_CLASSIFY_INPUTS: examples}, output_keys)
+
+
+def _classify(servable: Servable, name: str, signature: Any, examples: npt.NDArray[Any]) -> Any:
+    outputs = _run_examples(servable, name, signature, examples, _classify_outputs(signature))
+    return _classification_result(outputs, len(examples))
+
+
+def _regress(servable: Servable, name: str, signature: Any, examples: npt.NDArray[Any]) -> Any:
+    outputs = _run_examples(servable, name, signature, examples, [_REGRESS_OUTPUTS])
+    return _regression_result(outputs[_REGRESS_OUTPUTS], len(examples))
+
+
+# Per method name: the SignatureDef check, then the run that gives the result message.
+_EXAMPLES_TASKS: dict[str, tuple[Callable[[Any], None], Callable[..., Any]]] = {
+    CLASSIFY_METHOD: (_check_classify_signature, _classify),
+    REGRESS_METHOD: (_check_regress_signature, _regress),
+}
 
 
 def _classify_outputs(signature: Any) -> list[str]:
