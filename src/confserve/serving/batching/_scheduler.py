@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, Generic, TypeVar
 
 import numpy.typing as npt
@@ -130,32 +131,26 @@ class BatchingServable:
             thread.join()
 
 
+@dataclass(frozen=True)
 class BatchingLoader(Generic[S]):
     """Wraps a Loader so every loaded version runs behind its own batch scheduler."""
 
-    def __init__(
-        self,
-        inner: Loader[S],
-        settings: BatchingSettings,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        in_flight: Callable[[], int] | None = None,
-    ) -> None:
-        self._inner = inner
-        self._settings = settings
-        self._clock = clock
-        self._in_flight = in_flight
+    inner: Loader[S]
+    settings: BatchingSettings
+    _: KW_ONLY
+    clock: Callable[[], float] = time.monotonic
+    in_flight: Callable[[], int] | None = None
 
     def load(self, model: str, version: int, path: str) -> BatchingServable:
-        servable = self._inner.load(model, version, path)
+        servable = self.inner.load(model, version, path)
         return BatchingServable(
             servable,
-            self._settings,
-            clock=self._clock,
+            self.settings,
+            clock=self.clock,
             name=f"batch-{model}-{version}",
-            in_flight=self._in_flight,
+            in_flight=self.in_flight,
         )
 
     def unload(self, servable: BatchingServable) -> None:
         servable.close()
-        self._inner.unload(servable.inner)
+        self.inner.unload(servable.inner)
