@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from confserve.attestation._errors import AttestationError, QuoteFormatError, VerificationError
+from confserve.attestation._structs import ATTRIBUTE_DEBUG, ATTRIBUTE_MODE64BIT
 from confserve.attestation._types import EnclaveIdentity
 from confserve.errors import Status
 from confserve.files import open_input
@@ -287,9 +288,6 @@ SIGNED_REGIONS = ((0, 128), (900, 1028))
 SIGSTRUCT_HEADER = bytes.fromhex("06000000E10000000000010000000000")
 SIGSTRUCT_HEADER2 = bytes.fromhex("01010000600000006000000001000000")
 VENDOR_INTEL = 0x8086
-ATTR_INIT = 0x01
-ATTR_DEBUG = 0x02
-ATTR_MODE64BIT = 0x04
 
 
 def _field(blob: bytes, name: str) -> bytes:
@@ -327,7 +325,7 @@ class SigStruct:
 
     @property
     def debug(self) -> bool:
-        return bool(self.attributes_flags & ATTR_DEBUG)
+        return bool(self.attributes_flags & ATTRIBUTE_DEBUG)
 
     @property
     def identity(self) -> EnclaveIdentity:
@@ -446,7 +444,7 @@ def build_sigstruct(
     mr_signer_from_public_key(key)  # the SGX key constraints
     if len(enclave_hash) != 32:
         raise MeasurementError("enclave hash must be 32 bytes")
-    flags = ATTR_MODE64BIT | (ATTR_DEBUG if debug else 0)
+    flags = ATTRIBUTE_MODE64BIT | (ATTRIBUTE_DEBUG if debug else 0)
     blob = bytearray(SIGSTRUCT_SIZE)
 
     def put(name: str, value: bytes) -> None:
