@@ -321,10 +321,6 @@ class ServerConnection:
     def state(self) -> ServerState:
         return self._state
 
-    @property
-    def request(self) -> SecretRequest | None:
-        return self._request
-
     def receive_data(self, data: bytes) -> SecretRequest | None:
         """Feed bytes read from the client; returns the request once it is complete."""
         if not data:
