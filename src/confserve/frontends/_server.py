@@ -21,6 +21,7 @@ from confserve.serving import (
     DEFAULT_METRICS_PATH,
     DEFAULT_SAVED_MODEL_TAGS,
     DataPlane,
+    DataPlaneSettings,
     FileOpener,
     Loader,
     ManagerSettings,
@@ -120,14 +121,13 @@ class ModelServer:
             per_request_bytes=self.settings.max_request_memory_bytes,
             in_flight_bytes=self.settings.max_inflight_memory_bytes,
         )
-        self.dataplane = DataPlane(
-            manager,
+        dataplane_settings = DataPlaneSettings(
             max_concurrent_requests=self.settings.max_concurrent_requests,
             memory_limits=self.memory_limits,
-            metrics=self.metrics,
             method_name_check=self.settings.enable_signature_method_name_check,
             output_tensor_content=self.settings.serialize_outputs_as_tensor_content,
         )
+        self.dataplane = DataPlane(manager, dataplane_settings, metrics=self.metrics)
         self.ops = OpsEndpoints(
             self.dataplane,
             evidence,

@@ -75,7 +75,7 @@ from confserve.serving._store import ModelStore
 from confserve.serving._tensors import dtype_name
 
 if TYPE_CHECKING:
-    from confserve.serving._dataplane import GRPC, REST, DataPlane, Servable
+    from confserve.serving._dataplane import GRPC, REST, DataPlane, DataPlaneSettings, Servable
     from confserve.serving._savedmodel import (
         DEFAULT_SAVED_MODEL_TAGS,
         SavedModelLoader,
@@ -100,6 +100,7 @@ __all__ = [
     "AspiredVersions",
     "ConfigError",
     "DataPlane",
+    "DataPlaneSettings",
     "FailedPreconditionError",
     "FileOpener",
     "FileSystemSource",
@@ -156,6 +157,7 @@ __all__ = [
 
 _LAZY = {
     "DataPlane": "_dataplane",
+    "DataPlaneSettings": "_dataplane",
     "GRPC": "_dataplane",
     "REST": "_dataplane",
     "Servable": "_dataplane",

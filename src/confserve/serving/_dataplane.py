@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
 
 import numpy as np
@@ -59,7 +60,7 @@ from confserve.serving._tensors import (
     tensor_shape_string,
 )
 
-__all__ = ["DEFAULT_SIGNATURE", "GRPC", "REST", "DataPlane", "Servable", "Servables"]
+__all__ = ["DEFAULT_SIGNATURE", "GRPC", "REST", "DataPlane", "DataPlaneSettings", "Servable", "Servables"]
 
 DEFAULT_SIGNATURE = "serving_default"
 # TF Serving's request_latency entrypoint labels. The gRPC API is the native one, so it is the default;
@@ -124,6 +125,17 @@ def _signature_key(model_spec: Any) -> str:
     return str(model_spec.signature_name) or DEFAULT_SIGNATURE
 
 
+@dataclass(frozen=True)
+class DataPlaneSettings:
+    """What the DataPlane enforces per request; each field is a `serve` option (frontends.ServerSettings)."""
+
+    max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS
+    max_concurrent_requests: int | None = None  # None: no limit
+    memory_limits: MemoryLimits | None = None  # None: serving/_memory.py's defaults
+    method_name_check: bool = False  # --enable_signature_method_name_check
+    output_tensor_content: bool = False  # --serialize_outputs_as_tensor_content
+
+
 class DataPlane:
     """Predict, Classify, Regress, MultiInference, GetModelMetadata and GetModelStatus.
 
@@ -138,22 +150,16 @@ class DataPlane:
     def __init__(
         self,
         manager: Servables,
+        settings: DataPlaneSettings | None = None,
         *,
-        max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS,
-        max_concurrent_requests: int | None = None,
-        memory_limits: MemoryLimits | None = None,
         metrics: ServingMetrics | None = None,
-        method_name_check: bool = False,
-        output_tensor_content: bool = False,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._manager = manager
-        self._max_elements = max_tensor_elements
-        self.admission = Admission(max_concurrent_requests)
-        self.memory = MemoryBudget(memory_limits)
+        self.settings = settings = settings or DataPlaneSettings()
+        self.admission = Admission(settings.max_concurrent_requests)
+        self.memory = MemoryBudget(settings.memory_limits)
         self._metrics = metrics
-        self._method_name_check = method_name_check
-        self._output_tensor_content = output_tensor_content
         self._clock = clock
 
     @contextmanager
@@ -234,7 +240,9 @@ class DataPlane:
         """TF Serving's Predict (predict_util.cc). `output_tensor_content` overrides the server's choice of
         output encoding for one call (the REST front end reads the response itself and wants the fast one);
         `memory` is an account the caller opened for the same request (see `_serving`)."""
-        as_content = self._output_tensor_content if output_tensor_content is None else output_tensor_content
+        as_content = (
+            self.settings.output_tensor_content if output_tensor_content is None else output_tensor_content
+        )
         with (
             self._serving("Predict", request.model_spec.name, entrypoint, memory) as account,
             self._acquire(request) as handle,
@@ -275,7 +283,7 @@ class DataPlane:
         signature = handle.servable.signature_defs.get(name)
         if signature is None:
             raise FailedPreconditionError(f'Serving signature key "{name}" not found.')
-        if self._method_name_check and signature.method_name not in (
+        if self.settings.method_name_check and signature.method_name not in (
             PREDICT_METHOD,
             CLASSIFY_METHOD,
             REGRESS_METHOD,
@@ -300,7 +308,9 @@ class DataPlane:
                         f"Missing input: {alias}, and the signature has no default for it"
                     )
                 check_dtype(alias, index, default, signature.inputs[alias])
-                arrays[alias] = from_proto(alias, default, max_elements=self._max_elements, memory=memory)
+                arrays[alias] = from_proto(
+                    alias, default, max_elements=self.settings.max_tensor_elements, memory=memory
+                )
                 continue
             check_array_dtype(alias, index, array, signature.inputs[alias])
             memory.charge(array.nbytes, f"input '{alias}'")
@@ -320,7 +330,9 @@ class DataPlane:
             if tensor is None:
                 raise InvalidInputError(f"Missing input: {alias}, and the signature has no default for it")
             check_dtype(alias, index, tensor, signature.inputs[alias])
-            arrays[alias] = from_proto(alias, tensor, max_elements=self._max_elements, memory=memory)
+            arrays[alias] = from_proto(
+                alias, tensor, max_elements=self.settings.max_tensor_elements, memory=memory
+            )
         return arrays
 
     @staticmethod
@@ -383,7 +395,7 @@ class DataPlane:
         signature = servable.signature_defs.get(name)
         if signature is None:
             raise InvalidInputError(f"No signature was found with the name: {name}")
-        if self._method_name_check and signature.method_name != method:
+        if self.settings.method_name_check and signature.method_name != method:
             kind = "classification" if method == CLASSIFY_METHOD else "regression"
             raise InvalidInputError(
                 f"Expected {kind} signature method_name to be {method}. Was: {signature.method_name}"

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from confserve.serving import AspiredVersions, DataPlane, ModelManager
+from confserve.serving import AspiredVersions, DataPlane, DataPlaneSettings, ModelManager
 
 GATE_TIMEOUT_SECONDS = 30.0  # only a safety net: a broken test fails instead of hanging
 
@@ -62,12 +62,15 @@ class GatedLoader:
         pass
 
 
-def gated_dataplane(servable: GatedServable, **options: Any) -> DataPlane:
-    """A DataPlane serving `servable` as model "m" version 1."""
+def gated_dataplane(
+    servable: GatedServable, *, metrics: Any = None, clock: Any = None, **settings: Any
+) -> DataPlane:
+    """A DataPlane serving `servable` as model "m" version 1; `settings` are DataPlaneSettings fields."""
     manager: ModelManager[GatedServable] = ModelManager(GatedLoader(servable))
     manager.set_aspired_versions(AspiredVersions("m", {1: "/m/1"}))
     manager.reconcile()
-    return DataPlane(manager, **options)
+    timing = {} if clock is None else {"clock": clock}
+    return DataPlane(manager, DataPlaneSettings(**settings), metrics=metrics, **timing)
 
 
 def gated_model_dir(root: Path) -> Path:

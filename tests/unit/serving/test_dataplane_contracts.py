@@ -12,7 +12,14 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import classification_pb2, predict_pb2, regression_pb2
 
 from confserve.errors import Status
-from confserve.serving import AspiredVersions, DataPlane, ModelManager, ServingError, dtype_name
+from confserve.serving import (
+    AspiredVersions,
+    DataPlane,
+    DataPlaneSettings,
+    ModelManager,
+    ServingError,
+    dtype_name,
+)
 from confserve.serving._tensors import check_dtype, from_proto, response_proto, shape_of
 
 CLASSIFY = "tensorflow/serving/classify"
@@ -190,7 +197,7 @@ def test_method_name_check_is_off_by_default_and_on_when_asked() -> None:
     relaxed.classify(examples_request(classification_pb2.ClassificationRequest, "c"))
     relaxed.regress(examples_request(regression_pb2.RegressionRequest, "r"))
     relaxed.predict(predict)
-    strict = DataPlane(relaxed._manager, method_name_check=True)
+    strict = DataPlane(relaxed._manager, DataPlaneSettings(method_name_check=True))
     with pytest.raises(ServingError, match="Expected classification signature method_name to be") as info:
         strict.classify(examples_request(classification_pb2.ClassificationRequest, "c"))
     assert info.value.status is Status.INVALID_ARGUMENT
