@@ -90,13 +90,12 @@ def test_f2_malformed_framing_leaks_nothing_at_debug_level(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     """In-process plaintext server, every logger at DEBUG, asyncio debug mode: still no marker."""
+    from confserve.frontends import PLAINTEXT
     from confserve.frontends.rest import RestServer, RestSettings
     from tests.unit.serving.models import make_dataplane
 
     monkeypatch.setenv("PYTHONASYNCIODEBUG", "1")
-    server = RestServer(
-        make_dataplane(tmp_path), None, RestSettings(port=0, num_threads=2), allow_insecure=True
-    )
+    server = RestServer(make_dataplane(tmp_path), PLAINTEXT, RestSettings(port=0, num_threads=2))
     server.start()
     marker = _marker()
     try:

@@ -50,7 +50,7 @@ class Served:
 
 
 def _start(config_text: str, **settings: Any) -> Any:
-    from confserve.frontends import ModelServer, ServerSettings
+    from confserve.frontends import PLAINTEXT, ModelServer, ServerSettings
     from confserve.frontends.grpc import GrpcSettings
     from confserve.frontends.rest import RestSettings
     from confserve.serving import ManagerSettings, PlainOpener, parse_model_server_config
@@ -59,7 +59,7 @@ def _start(config_text: str, **settings: Any) -> Any:
     server = ModelServer(
         parse_model_server_config(config_text),
         PlainOpener(),
-        None,
+        PLAINTEXT,  # as TF Serving's own tests: an insecure channel on loopback
         ServerSettings(
             grpc=grpc_settings,
             rest=RestSettings(host="127.0.0.1", port=0),
@@ -67,7 +67,6 @@ def _start(config_text: str, **settings: Any) -> Any:
             manager=ManagerSettings(max_load_retries=0),
             **settings,
         ),
-        allow_insecure=True,  # as TF Serving's own tests: an insecure channel on loopback
     )
     server.start()
     return server

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from confserve.cli import main
-from confserve.frontends import ModelServer, ServerSettings, TlsConfig
+from confserve.frontends import PLAINTEXT, ModelServer, ServerSettings, TlsConfig
 from confserve.frontends.grpc import GrpcSettings
 from confserve.frontends.rest import RestSettings
 from confserve.serving import ModelConfig, PlainOpener
@@ -39,7 +39,7 @@ def test_concurrent_grpc_and_rest_requests_share_one_run(tmp_path: Path) -> None
         ),
     )
     models = (ModelConfig("m", str(gated_model_dir(tmp_path))),)
-    server = ModelServer(models, PlainOpener(), None, settings, allow_insecure=True, loader=Once(counting))
+    server = ModelServer(models, PlainOpener(), PLAINTEXT, settings, loader=Once(counting))
     server.start()
     assert server.rest is not None
     try:

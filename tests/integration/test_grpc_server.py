@@ -24,7 +24,7 @@ from tensorflow_serving.apis import (
 )
 
 from confserve.errors import Status
-from confserve.frontends import TlsConfig
+from confserve.frontends import PLAINTEXT, TlsConfig
 from confserve.frontends.grpc import GRPC_CODES, GrpcServer, GrpcSettings
 from tests.integration.conftest import tls_for
 from tests.unit.serving.models import expected_probabilities
@@ -232,10 +232,10 @@ def test_mutual_tls_requires_a_client_certificate(dataplane: Any, ca: trustme.CA
 
 
 def test_plaintext_needs_explicit_opt_in(dataplane: Any) -> None:
-    with pytest.raises(ValueError, match="allow_insecure"):
-        GrpcServer(dataplane, None, SETTINGS)
+    with pytest.raises(TypeError, match="PLAINTEXT to serve without TLS; got None"):
+        GrpcServer(dataplane, None, SETTINGS)  # type: ignore[arg-type]
     server = GrpcServer(
-        dataplane, None, GrpcSettings(address="127.0.0.1:0", enable_health_service=False), allow_insecure=True
+        dataplane, PLAINTEXT, GrpcSettings(address="127.0.0.1:0", enable_health_service=False)
     )
     server.start()
     try:

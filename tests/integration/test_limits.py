@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from confserve.frontends import ModelServer, ServerSettings
+from confserve.frontends import PLAINTEXT, ModelServer, ServerSettings
 from confserve.frontends.grpc import GrpcServer, GrpcSettings
 from confserve.frontends.rest import RestServer, RestSettings
 from confserve.serving import MemoryLimits, ModelConfig, PlainOpener
@@ -68,9 +68,8 @@ def servable() -> Iterator[GatedServable]:
 def start_grpc(dataplane: Any) -> tuple[GrpcServer, Any]:
     server = GrpcServer(
         dataplane,
-        None,
+        PLAINTEXT,
         GrpcSettings(address="127.0.0.1:0", max_message_bytes=MAX_MESSAGE_BYTES),
-        allow_insecure=True,
     )
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
@@ -110,7 +109,7 @@ def test_grpc_oversized_message_is_resource_exhausted() -> None:
 
 def start_rest(dataplane: Any, **settings: Any) -> RestServer:
     options = {"port": 0, "num_threads": 4, "max_body_bytes": MAX_MESSAGE_BYTES, **settings}
-    server = RestServer(dataplane, None, RestSettings(**options), allow_insecure=True)
+    server = RestServer(dataplane, PLAINTEXT, RestSettings(**options))
     server.start()
     return server
 
@@ -166,9 +165,7 @@ def test_stop_drains_in_flight_requests(
         shutdown_grace_seconds=GATE_TIMEOUT_SECONDS,
     )
     models = (ModelConfig("m", str(gated_model_dir(tmp_path))),)
-    server = ModelServer(
-        models, PlainOpener(), None, settings, allow_insecure=True, loader=GatedLoader(servable)
-    )
+    server = ModelServer(models, PlainOpener(), PLAINTEXT, settings, loader=GatedLoader(servable))
     server.start()
     assert server.rest is not None
     channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc.port}")
@@ -201,7 +198,7 @@ MiB = 1024 * 1024
 def memory_limited_servers(servable: GatedServable, limits: MemoryLimits) -> tuple[GrpcServer, RestServer]:
     dataplane = gated_dataplane(servable, memory_limits=limits)
     settings = GrpcSettings(address="127.0.0.1:0", max_message_bytes=4 * MiB)  # echoes a 1 MB input
-    grpc_server = GrpcServer(dataplane, None, settings, allow_insecure=True)
+    grpc_server = GrpcServer(dataplane, PLAINTEXT, settings)
     grpc_server.start()
     return grpc_server, start_rest(dataplane, max_body_bytes=4 * MiB)
 

@@ -17,7 +17,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from confserve.cli import main
 from confserve.cluster._local import free_port
-from confserve.frontends import ModelServer, ServerSettings, TlsConfig
+from confserve.frontends import PLAINTEXT, ModelServer, ServerSettings, TlsConfig
 from confserve.frontends.grpc import GrpcSettings
 from confserve.frontends.rest import RestSettings
 from confserve.serving import ModelConfig, PlainOpener
@@ -61,7 +61,7 @@ def start(tmp_path: Path, metrics_path: str | None) -> ModelServer:
     )
     models = (ModelConfig("m", str(gated_model_dir(tmp_path))),)
     loader = GatedLoader(GatedServable(open_gate=True))
-    server = ModelServer(models, PlainOpener(), None, settings, allow_insecure=True, loader=loader)
+    server = ModelServer(models, PlainOpener(), PLAINTEXT, settings, loader=loader)
     server.start()
     return server
 

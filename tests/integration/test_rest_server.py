@@ -15,7 +15,7 @@ import tensorflow as tf
 import trustme
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from confserve.frontends import TlsConfig
+from confserve.frontends import PLAINTEXT, TlsConfig
 from confserve.frontends.grpc import GrpcServer, GrpcSettings
 from confserve.frontends.rest import RestServer, RestSettings
 from tests.integration.conftest import tls_for
@@ -132,13 +132,13 @@ def test_mutual_tls(dataplane: Any, ca: trustme.CA) -> None:
 
 
 def test_plaintext_needs_explicit_opt_in_and_port_conflicts_fail(dataplane: Any, rest: RestServer) -> None:
-    with pytest.raises(ValueError, match="allow_insecure"):
-        RestServer(dataplane, None, SETTINGS)
-    clash = RestServer(dataplane, None, RestSettings(port=rest.port), allow_insecure=True)
+    with pytest.raises(TypeError, match="PLAINTEXT to serve without TLS; got None"):
+        RestServer(dataplane, None, SETTINGS)  # type: ignore[arg-type]
+    clash = RestServer(dataplane, PLAINTEXT, RestSettings(port=rest.port))
     with pytest.raises(OSError, match="address already in use"):
         clash.start()
     clash.stop()
-    plain = RestServer(dataplane, None, SETTINGS, allow_insecure=True)
+    plain = RestServer(dataplane, PLAINTEXT, SETTINGS)
     plain.start()
     try:
         connection = http.client.HTTPConnection("127.0.0.1", plain.port, timeout=30)

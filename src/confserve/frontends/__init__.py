@@ -2,6 +2,6 @@
 `confserve.errors.Status` to its transport's codes in exactly one table."""
 
 from confserve.frontends._server import ModelServer, ServerSettings
-from confserve.frontends._tls import TlsConfig
+from confserve.frontends._tls import PLAINTEXT, Plaintext, TlsConfig
 
-__all__ = ["ModelServer", "ServerSettings", "TlsConfig"]
+__all__ = ["PLAINTEXT", "ModelServer", "Plaintext", "ServerSettings", "TlsConfig"]

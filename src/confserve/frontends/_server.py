@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confserve.frontends._ops import EvidenceProvider, OpsEndpoints
-from confserve.frontends._tls import TlsConfig
+from confserve.frontends._tls import Plaintext, TlsConfig
 from confserve.frontends.grpc import GrpcServer, GrpcSettings
 from confserve.frontends.rest import RestServer, RestSettings
 from confserve.serving import (
@@ -88,10 +88,9 @@ class ModelServer:
         self,
         models: Sequence[ModelConfig],
         opener: FileOpener,
-        tls: TlsConfig | None,
+        tls: TlsConfig | Plaintext,
         settings: ServerSettings | None = None,
         *,
-        allow_insecure: bool = False,
         evidence: EvidenceProvider | None = None,
         loader: Loader[Any] | None = None,
         config_source: Callable[[], Sequence[ModelConfig]] | None = None,
@@ -138,15 +137,12 @@ class ModelServer:
             self.dataplane,
             tls,
             self.settings.grpc,
-            allow_insecure=allow_insecure,
             evidence=self.ops.evidence_json,
         )
         self.rest = (
             None
             if self.settings.rest is None
-            else RestServer(
-                self.dataplane, tls, self.settings.rest, allow_insecure=allow_insecure, ops=self.ops
-            )
+            else RestServer(self.dataplane, tls, self.settings.rest, ops=self.ops)
         )
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None

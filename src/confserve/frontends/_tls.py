@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
-__all__ = ["TlsConfig"]
+__all__ = ["PLAINTEXT", "Plaintext", "TlsConfig", "server_tls"]
 
 
 @dataclass(frozen=True, repr=False)
@@ -29,3 +30,24 @@ class TlsConfig:
 
     def __repr__(self) -> str:  # never print the key
         return f"TlsConfig(mutual={self.require_client_auth})"
+
+
+class Plaintext:
+    """The one value that makes a front end serve without TLS (`PLAINTEXT`): plaintext is asked for by
+    name, never the result of a missing TLS configuration."""
+
+    def __repr__(self) -> str:
+        return "PLAINTEXT"
+
+
+PLAINTEXT: Final = Plaintext()
+
+
+def server_tls(tls: TlsConfig | Plaintext, transport: str) -> TlsConfig | None:
+    """The TLS material a front end serves with, or None for PLAINTEXT; anything else (None included) is
+    refused, so no caller gets plaintext by passing nothing."""
+    if isinstance(tls, TlsConfig):
+        return tls
+    if tls is PLAINTEXT:
+        return None
+    raise TypeError(f"{transport} needs a TlsConfig, or PLAINTEXT to serve without TLS; got {tls!r}")

@@ -456,7 +456,7 @@ def _report_releases(server: ModelServer, opener: FileOpener) -> None:
 def build(options: ServeOptions, stop: threading.Event) -> ModelServer | None:
     """Validate, attest, get the key, load the models and open the ports; returns the started server,
     or None when `stop` was set while waiting for the key. Raises ConfserveError subclasses."""
-    from confserve.frontends import ModelServer  # noqa: PLC0415
+    from confserve.frontends import PLAINTEXT, ModelServer  # noqa: PLC0415
 
     options.validate()
     models = _models(options)
@@ -501,12 +501,13 @@ def build(options: ServeOptions, stop: threading.Event) -> ModelServer | None:
     if runtime is not None and tls is not None:
         spki = _spki(tls)
         evidence = lambda nonce: runtime.evidence(nonce, spki)  # noqa: E731
+    if tls is None and not options.insecure:  # ServeOptions.validate refuses this before any work
+        raise OptionsError("give --ssl_config_file, or --insecure to serve without TLS")
     server = ModelServer(
         models,
         opener,
-        tls,
+        PLAINTEXT if tls is None else tls,
         settings,
-        allow_insecure=options.insecure,
         evidence=evidence,
         config_source=config_source,
     )

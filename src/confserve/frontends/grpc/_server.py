@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-from confserve.frontends._tls import TlsConfig
+from confserve.frontends._tls import Plaintext, TlsConfig, server_tls
 from confserve.frontends.grpc._servicers import ModelServicer, PredictionServicer
 from confserve.serving import DataPlane
 
@@ -81,19 +81,17 @@ class GrpcSettings:
 
 
 class GrpcServer:
-    """Builds and runs the gRPC server; `tls=None` serves plaintext and must be asked for explicitly."""
+    """Builds and runs the gRPC server; with `PLAINTEXT` for `tls` it serves without TLS."""
 
     def __init__(
         self,
         dataplane: DataPlane,
-        tls: TlsConfig | None,
+        tls: TlsConfig | Plaintext,
         settings: GrpcSettings | None = None,
         *,
-        allow_insecure: bool = False,
         evidence: Callable[[bytes], tuple[int, bytes]] | None = None,
     ) -> None:
-        if tls is None and not allow_insecure:
-            raise ValueError("gRPC without TLS must be requested with allow_insecure=True")
+        tls_config = server_tls(tls, "gRPC")
         self._settings = settings or GrpcSettings()
         self._dataplane = dataplane
         options: list[tuple[str, str | int]] = [
@@ -116,13 +114,13 @@ class GrpcServer:
         if self._settings.enable_health_service:
             self._health = health.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        if tls is None:
+        if tls_config is None:
             self.port: int = self._server.add_insecure_port(self._settings.address)
         else:
             credentials = grpc.ssl_server_credentials(
-                [(tls.private_key_pem, tls.cert_chain_pem)],
-                root_certificates=tls.client_ca_pem,
-                require_client_auth=tls.require_client_auth,
+                [(tls_config.private_key_pem, tls_config.cert_chain_pem)],
+                root_certificates=tls_config.client_ca_pem,
+                require_client_auth=tls_config.require_client_auth,
             )
             self.port = self._server.add_secure_port(self._settings.address, credentials)
         if self.port == 0:

@@ -33,7 +33,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from confserve.errors import ConfserveError, Status
-from confserve.frontends._tls import TlsConfig
+from confserve.frontends._tls import Plaintext, TlsConfig, server_tls
 from confserve.frontends.rest._api import ExtraEndpoints, RestApi, RestResponse, error_response
 from confserve.frontends.rest._status import HTTP_STATUS
 from confserve.serving import Admission, DataPlane, RequestMemory
@@ -112,23 +112,21 @@ def server_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
 
 
 class RestServer:
-    """Serves `RestApi` over HTTP(S); `tls=None` serves plaintext and must be asked for explicitly."""
+    """Serves `RestApi` over HTTPS, or over HTTP with `PLAINTEXT` for `tls`."""
 
     def __init__(
         self,
         dataplane: DataPlane,
-        tls: TlsConfig | None,
+        tls: TlsConfig | Plaintext,
         settings: RestSettings | None = None,
         *,
-        allow_insecure: bool = False,
         ops: ExtraEndpoints | None = None,
     ) -> None:
-        if tls is None and not allow_insecure:
-            raise ValueError("REST without TLS must be requested with allow_insecure=True")
+        tls_config = server_tls(tls, "REST")
         self._settings = settings or RestSettings()
         self._api = RestApi(dataplane, ops)
         self._memory = dataplane.memory
-        self._ssl = None if tls is None else server_ssl_context(tls)
+        self._ssl = None if tls_config is None else server_ssl_context(tls_config)
         self._pool = futures.ThreadPoolExecutor(self._settings.num_threads, thread_name_prefix="rest")
         self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
