@@ -432,5 +432,7 @@ def test_f7_large_rest_body_memory_is_bounded_and_returned(replica: Replica) -> 
     # the digits CNN at 20,000 images); Python's parser alone used to leave about as much per request.
     assert max(resident_after) - resident_before < 12 * body_mib, (resident_before, resident_after)
     # Once warm (two requests: TensorFlow's threads each size their buffers), two more requests add less
-    # than the body (before: hundreds of megabytes each).
-    assert resident_after[-1] - resident_after[1] < body_mib, resident_after
+    # than twice the body (before: hundreds of megabytes each). Not less than once the body: a request that
+    # lands on a REST worker thread which has not served one before gets a fresh malloc arena, which
+    # was seen to add about one body's size (28 MiB for this 27.5 MiB body) when the machine was busy.
+    assert resident_after[-1] - resident_after[1] < 2 * body_mib, resident_after
