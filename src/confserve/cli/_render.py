@@ -166,6 +166,11 @@ def _defaults_of(settings: type, *options: tuple[str, str | None]) -> Callable[[
     ("--poll-seconds:file_system_poll_wait_seconds", "--file_system_poll_wait_seconds"),
     ("--isv-prod-id", None),
     ("--isv-svn", None),
+    (
+        "--release-public-key",
+        "confserve variant: path of the owner's release.pub.pem inside the image (a trusted file);"
+        " the server then serves only signed releases (docs/releases.md).",
+    ),
 )
 @click.option("--edmm", is_flag=True, help="SGX2 EDMM: add enclave pages on demand.")
 @_default_of(GramineConfig, "--arch-libdir")

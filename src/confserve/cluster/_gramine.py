@@ -29,6 +29,15 @@ Variants:
   confserve's secret-provisioning service; the whole model directory and ssl.cfg are encrypted mounts;
   TF Serving's plaintext REST port is off (it cannot serve TLS).
 
+Releases (docs/releases.md): with `release_public_key` (confserve variant only; TF Serving has no such
+check), the owner's release public key is a trusted file and the argv passes `--release_public_key`, so
+the replica serves only what a signed release lists, at or above the key service's floor, under a key
+lease. A release pins the SHA-256 of each file's *ciphertext*, which Gramine's encrypted mounts never show
+the program, so in this mode there are no encrypted mounts: the model tree and ssl.cfg are allowed files
+(ciphertext the host may change or withhold, never read as plaintext), the key stays in confserve's
+memory, and confserve's own protected-file reader checks every block's MAC and the path binding, reading
+them at the bound paths themselves (relative to the enclave's start directory `/`).
+
 The output is a manifest *template* for `gramine-manifest`: plain TOML in which only string values contain
 Jinja expressions (`{{ gramine.runtimedir() }}`, `{{ gramine.libos }}`), so it parses with `tomllib`
 before and after rendering. Sizes (enclave size, threads) are derived from the model size and the flags
@@ -45,7 +54,7 @@ from typing import Final, Literal, get_args
 
 from confserve.cluster._k8s_common import SECRET_PROV_ALIAS, SECRET_PROV_PORT
 from confserve.errors import ConfserveError, Status
-from confserve.replica import ServeOptions
+from confserve.replica import OptionsError, ServeOptions
 
 __all__ = [
     "VARIANTS",
@@ -118,6 +127,9 @@ class GramineConfig:
     python: str = "/usr/local/bin/python3.11"  # the image's interpreter (python:3.11-slim layout)
     python_lib: str = "/usr/local/lib"  # libpython, stdlib, site-packages (confserve, TensorFlow)
     tf_serving: str = "/usr/bin/tensorflow_model_server"
+    # The owner's release public key (`confserve release gen-key`: release.pub.pem) at this path in the
+    # image; a trusted file, so its content is measured. None: no release checks (docs/releases.md).
+    release_public_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -207,18 +219,32 @@ def _abs_path(path: str, what: str) -> str:
     return path
 
 
+def _release_key_path(path: str) -> str:
+    """An absolute file path in the image whose directory can be mounted (never the root itself)."""
+    _abs_path(path, "release public key path")
+    if posixpath.dirname(path) == "/":
+        raise GramineError(f"release public key path {path!r} must be in a directory, not at /")
+    return path
+
+
 def _in_enclave(bound: str) -> str:
     return bound if bound.startswith("/") else "/" + bound
 
 
 def server_argv(config: GramineConfig) -> list[str]:
     """The program's argv, fixed in the manifest (measured). Flag names: see docs/deployment.md."""
-    model_path = _in_enclave(_bound(config.model_bind_root, "model bind root"))
-    ssl_path = _in_enclave(_bound(config.ssl_config_bound_path, "ssl.cfg bound path"))
+    model_bound = _bound(config.model_bind_root, "model bind root")
+    ssl_bound = _bound(config.ssl_config_bound_path, "ssl.cfg bound path")
+    model_path, ssl_path = _in_enclave(model_bound), _in_enclave(ssl_bound)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", config.model_name):
         raise GramineError(f"model name {config.model_name!r} is not a plain name")
     batching = config.batch_threads > 0
     if config.variant == "tf-serving":
+        if config.release_public_key is not None:
+            raise GramineError(
+                "the release public key needs the confserve variant: tensorflow_model_server has no "
+                "release check (docs/releases.md)"
+            )
         return [
             "tensorflow_model_server",
             f"--model_name={config.model_name}",
@@ -232,6 +258,12 @@ def server_argv(config: GramineConfig) -> list[str]:
             f"--tensorflow_inter_op_parallelism={config.inter_op_threads}",
             f"--file_system_poll_wait_seconds={config.file_system_poll_wait_seconds}",
         ]
+    release_key = ssl_bound_arg = None
+    if config.release_public_key is not None:
+        # confserve reads the ciphertext itself (no encrypted mounts): open the files at the bound paths,
+        # relative to the start directory "/", so its path binding compares the strings they were bound to.
+        model_path, ssl_path, ssl_bound_arg = model_bound, ssl_bound, ssl_bound
+        release_key = _release_key_path(config.release_public_key)
     options = ServeOptions(
         attestation="gramine",
         secret_provision_servers=config.secret_prov_servers,
@@ -243,7 +275,15 @@ def server_argv(config: GramineConfig) -> list[str]:
         rest_api_port=config.rest_port,
         ssl_config_file=ssl_path,
         file_system_poll_wait_seconds=config.file_system_poll_wait_seconds,
+        ssl_config_bound_path=ssl_bound_arg,
+        release_public_key=release_key,
     )
+    try:
+        serve_argv = options.validate().to_argv(
+            explicit=("port", "rest_api_port", "file_system_poll_wait_seconds")
+        )
+    except OptionsError as exc:
+        raise GramineError(f"these settings make no valid confserve serve command: {exc}") from None
     return [
         posixpath.basename(config.python),
         "-I",  # isolated: no PYTHON* variables, no user site, no script directory on sys.path
@@ -251,7 +291,7 @@ def server_argv(config: GramineConfig) -> list[str]:
         "-c",
         "from confserve.cli import main; main()",
         "serve",
-        *options.validate().to_argv(explicit=("port", "rest_api_port", "file_system_poll_wait_seconds")),
+        *serve_argv,
     ]
 
 
@@ -285,6 +325,7 @@ def render_gramine_manifest(config: GramineConfig) -> str:
     ssl_cfg = _bound(config.ssl_config_bound_path, "ssl.cfg bound path")
     tf = config.variant == "tf-serving"
     program = _abs_path(config.tf_serving if tf else config.python, "program")
+    release_key = config.release_public_key  # checked by server_argv (absolute, confserve variant)
 
     lines = [
         f"# Gramine manifest template: {config.variant} model server, model {config.model_name!r}.",
@@ -323,7 +364,10 @@ def render_gramine_manifest(config: GramineConfig) -> str:
             # installed as (Gramine's variable, read by confserve's client) so the encrypted mounts open.
             ("TF_NUM_INTRAOP_THREADS", threads),
             ("TF_NUM_INTEROP_THREADS", str(config.inter_op_threads)),
-            ("SECRET_PROVISION_SET_KEY", config.key_name),
+        ]
+        if release_key is None:
+            env.append(("SECRET_PROVISION_SET_KEY", config.key_name))
+        env += [
             ("HOME", "/tmp"),  # noqa: S108 - Keras and TensorFlow caches go to the enclave's tmpfs
             ("TF_CPP_MIN_LOG_LEVEL", "2"),
         ]
@@ -348,16 +392,10 @@ def render_gramine_manifest(config: GramineConfig) -> str:
         lines.append(_mount(program, program))
     else:
         lines += [_mount(program, program), _mount(config.python_lib, config.python_lib)]
-    ca_dir = posixpath.dirname(ca)
-    lines += [_mount(ca_dir, ca_dir)]
+    lines += _measured_dir_mounts(ca, release_key)
+    lines.append('  { type = "tmpfs", path = "/tmp" },')
+    lines += _host_data_mounts(config, model, ssl_cfg)
     lines += [
-        '  { type = "tmpfs", path = "/tmp" },',
-        "  # The only host data: encrypted, bound to these host paths (confserve's docs/formats.md#pf-path),",
-        "  # opened with the key the secret-provisioning service releases after attestation.",
-        _mount(_in_enclave(model), model, "encrypted", config.key_name),
-        _mount(_in_enclave(ssl_cfg), ssl_cfg, "encrypted", config.key_name),
-        "]",
-        "",
         "sgx.debug = false  # production enclave: the host cannot read its memory with a debugger",
         'sgx.remote_attestation = "dcap"',
         f"sgx.isvprodid = {config.isv_prod_id}",
@@ -379,5 +417,50 @@ def render_gramine_manifest(config: GramineConfig) -> str:
     if not tf:
         lines.append(f"  {_s('file:' + config.python_lib + '/')},")
     lines.append(f"  {_s('file:' + ca)},")
-    lines += ["]", ""]
+    if release_key is not None:
+        lines.append(f"  {_s('file:' + release_key)},  # the owner's release public key: measured")
+    lines.append("]")
+    if release_key is not None:
+        lines += [
+            "",
+            "# Ciphertext only, never plaintext: confserve's protected-file reader checks every block's",
+            "# MAC and path binding, and the signed release pins each file's SHA-256 (docs/releases.md).",
+            "sgx.allowed_files = [",
+            f"  {_s('file:' + model + '/')},",
+            f"  {_s('file:' + ssl_cfg)},",
+            "]",
+        ]
+    lines.append("")
     return "\n".join(lines)
+
+
+def _measured_dir_mounts(ca: str, release_key: str | None) -> list[str]:
+    """The directories of the files whose content is part of the identity (each a trusted file)."""
+    dirs = [posixpath.dirname(ca)]
+    if release_key is not None and posixpath.dirname(release_key) not in dirs:
+        dirs.append(posixpath.dirname(release_key))
+    return [_mount(d, d) for d in dirs]
+
+
+def _host_data_mounts(config: GramineConfig, model: str, ssl_cfg: str) -> list[str]:
+    """The mounts of the model tree and ssl.cfg, and what follows the mount list."""
+    if config.release_public_key is None:
+        return [
+            "  # The only host data: encrypted, bound to these host paths (docs/formats.md#pf-path),",
+            "  # opened with the key the secret-provisioning service releases after attestation.",
+            _mount(_in_enclave(model), model, "encrypted", config.key_name),
+            _mount(_in_enclave(ssl_cfg), ssl_cfg, "encrypted", config.key_name),
+            "]",
+            "",
+        ]
+    return [
+        "  # The only host data: protected files as ciphertext (allowed files, below). confserve checks",
+        "  # each against the signed release and decrypts it in memory with the released key.",
+        _mount(_in_enclave(model), model),
+        _mount(_in_enclave(ssl_cfg), ssl_cfg),
+        "]",
+        "",
+        "# confserve opens the files at their bound (relative) paths: they resolve from here.",
+        'fs.start_dir = "/"',
+        "",
+    ]

@@ -18,6 +18,7 @@ from confserve import pf
 from confserve.cli import main
 from confserve.cluster import VARIANTS, GramineConfig, GramineError, plan_enclave, render_gramine_manifest
 from confserve.cluster._gramine import Variant, server_argv
+from confserve.replica import OptionsError, ServeOptions, option_specs
 
 RUNTIMEDIR = "{{ gramine.runtimedir() }}"
 
@@ -395,3 +396,134 @@ def test_cli_errors(args: list[str], message: str, tmp_path: Path, monkeypatch: 
     )
     assert result.exit_code != 0
     assert message in result.output
+
+
+# --------------------------------------------------------------------------------------------------
+# Releases (docs/releases.md): the owner's release public key, measured; ciphertext read by confserve
+
+RELEASE_KEY = "/etc/confserve/release.pub.pem"
+
+
+def serve_options(m: dict[str, Any]) -> ServeOptions:
+    """What `confserve serve` builds from the manifest's argv and fixed environment (flag=value only)."""
+    specs = {spec.name: spec for spec in option_specs()}
+    fields: dict[str, Any] = {}
+    for arg in m["loader"]["argv"][6:]:
+        name, _, value = arg.removeprefix("--").partition("=")
+        fields[name] = specs[name].kind(value) if value else True
+    for name, spec in specs.items():
+        if spec.envvar in m["loader"]["env"]:
+            fields.setdefault(name, m["loader"]["env"][spec.envvar])
+    return ServeOptions(**fields)
+
+
+def test_release_key_is_a_measured_argument_and_a_trusted_file() -> None:
+    m = manifest(config(release_public_key=RELEASE_KEY))
+    argv = m["loader"]["argv"]
+    assert f"--release_public_key={RELEASE_KEY}" in argv
+    assert f"file:{RELEASE_KEY}" in m["sgx"]["trusted_files"]
+    assert {"path": "/etc/confserve", "uri": "file:/etc/confserve"} in m["fs"]["mounts"]
+    assert [mount["path"] for mount in m["fs"]["mounts"]].count("/etc/confserve") == 1  # shared with the CA
+    # The replica the enclave runs accepts this command line and environment (it would stop otherwise).
+    options = serve_options(m).validate()
+    assert options.release_public_key == RELEASE_KEY
+    assert options.secret_provision_set_key is None
+    assert "--release_public_key" not in str(server_argv(config()))  # only when asked for
+
+
+def test_release_key_elsewhere_gets_its_own_measured_mount() -> None:
+    m = manifest(config(release_public_key="/opt/owner/release.pub.pem"))
+    assert {"path": "/opt/owner", "uri": "file:/opt/owner"} in m["fs"]["mounts"]
+    assert is_trusted("file:/opt/owner/release.pub.pem", m["sgx"]["trusted_files"])
+    assert "file:/opt/owner/" not in m["sgx"]["trusted_files"]  # the one file, not the directory
+
+
+def test_with_releases_the_replica_reads_ciphertext_itself() -> None:
+    """Releases pin ciphertext hashes, which Gramine's encrypted mounts hide: none, and no Gramine key."""
+    m = manifest(config(release_public_key=RELEASE_KEY))
+    assert encrypted_mounts(m) == []
+    assert "SECRET_PROVISION_SET_KEY" not in m["loader"]["env"]
+    assert m["sgx"]["allowed_files"] == ["file:models/digits/", "file:ssl.cfg"]
+    assert m["fs"]["start_dir"] == "/"
+    plain = [
+        mount for mount in m["fs"]["mounts"] if mount.get("uri") in ("file:models/digits", "file:ssl.cfg")
+    ]
+    assert plain == [
+        {"path": "/models/digits", "uri": "file:models/digits"},
+        {"path": "/ssl.cfg", "uri": "file:ssl.cfg"},
+    ]
+    # With the Gramine key in the environment the replica would refuse to start: the check can fail.
+    env = {**m["loader"]["env"], "SECRET_PROVISION_SET_KEY": "default"}
+    with pytest.raises(OptionsError, match="encrypted mounts"):
+        serve_options({**m, "loader": {**m["loader"], "env": env}}).validate()
+
+
+@pytest.mark.parametrize("root", ["models/digits", "/srv/models/digits"])
+def test_with_releases_files_are_opened_at_their_bound_paths(root: str) -> None:
+    """confserve binds a protected file to the path it opens it at (normalised): that must be the string
+    `confserve model encrypt --out ROOT` bound it to, and it must resolve inside the plain mount."""
+    m = manifest(
+        config(release_public_key=RELEASE_KEY, model_bind_root=root, ssl_config_bound_path="tls/s.cfg")
+    )
+    options = serve_options(m)
+    assert options.model_base_path is not None
+    opened = posixpath.join(options.model_base_path, "1/saved_model.pb")
+    assert pf.normalize_path(opened) == f"{root}/1/saved_model.pb"
+    assert options.ssl_config_file == options.ssl_config_bound_path == "tls/s.cfg"
+    resolved = posixpath.join(m["fs"]["start_dir"], opened)
+    mount = next(x for x in m["fs"]["mounts"] if x.get("uri") == f"file:{root}")
+    assert resolved.startswith(mount["path"] + "/")
+    assert f"file:{root}/" in m["sgx"]["allowed_files"]
+
+
+def test_tf_serving_has_no_release_check() -> None:
+    with pytest.raises(GramineError, match="confserve variant"):
+        render_gramine_manifest(config("tf-serving", release_public_key=RELEASE_KEY))
+
+
+@pytest.mark.parametrize(
+    "path", ["release.pub.pem", "/release.pub.pem", "/etc/../release.pub.pem", "/etc/a b"]
+)
+def test_bad_release_key_paths_are_refused(path: str) -> None:
+    with pytest.raises(GramineError, match="release public key path"):
+        render_gramine_manifest(config(release_public_key=path))
+
+
+def test_release_options_that_make_no_serve_command_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A combination ServeOptions refuses surfaces as the renderer's own error, naming the flags."""
+
+    def refuse(self: ServeOptions) -> ServeOptions:
+        raise OptionsError("--release_public_key checks the files' ciphertext")
+
+    monkeypatch.setattr(ServeOptions, "validate", refuse)
+    with pytest.raises(GramineError, match="no valid confserve serve command: --release_public_key"):
+        server_argv(config(release_public_key=RELEASE_KEY))
+
+
+@pytest.mark.parametrize(
+    ("variant", "exit_code", "expected"),
+    [
+        ("confserve", 0, f"--release_public_key={RELEASE_KEY}"),
+        ("tf-serving", 1, "the release public key needs the confserve variant"),
+    ],
+)
+def test_cli_release_public_key(variant: str, exit_code: int, expected: str) -> None:
+    result = CliRunner().invoke(
+        main,
+        [
+            "render",
+            "gramine",
+            "--variant",
+            variant,
+            "--model-name",
+            "m",
+            "--model-bind-root",
+            "models/m",
+            "--model-size",
+            "1M",
+            "--release-public-key",
+            RELEASE_KEY,
+        ],
+    )
+    assert result.exit_code == exit_code, result.output
+    assert expected in result.output
