@@ -63,7 +63,7 @@ def test_serve_flags_batch_a_real_model(
 ) -> None:
     from confserve.cli import _serve
 
-    monkeypatch.setattr(_serve, "install_stop_handlers", lambda stop: None)
+    monkeypatch.setattr(_serve, "install_stop_handlers", lambda stop, serving: None)
     monkeypatch.chdir(tmp_path)
     seen: list[Any] = []
 

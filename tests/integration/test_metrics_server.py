@@ -116,7 +116,7 @@ def test_serve_flag_enables_metrics_at_the_configured_path(
 ) -> None:
     from confserve.cli import _serve
 
-    monkeypatch.setattr(_serve, "install_stop_handlers", lambda stop: None)
+    monkeypatch.setattr(_serve, "install_stop_handlers", lambda stop, serving: None)
     started: list[ModelServer] = []
     original_start = ModelServer.start
 

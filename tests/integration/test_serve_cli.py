@@ -30,7 +30,7 @@ def keep_runner_signals(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process runs must not block SIGINT/SIGTERM in the test runner itself."""
     from confserve.cli import _serve
 
-    monkeypatch.setattr(_serve, "install_stop_handlers", lambda stop: None)
+    monkeypatch.setattr(_serve, "install_stop_handlers", lambda stop, serving: None)
 
 
 LINE = re.compile(r"serving gRPC on port (\d+), REST on port (\w+)")
@@ -305,3 +305,38 @@ def test_plaintext_model_config_is_not_reloaded(tmp_path: Path, monkeypatch: pyt
                                        "--model_config_file_poll_wait_seconds=1"])  # fmt: skip
     assert result.exit_code == 1
     assert "could rewrite a plaintext model config" in result.output
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether the process has a handler for `signum` (the SigCgt mask of /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_before_serving_ends_the_process_at_once(tmp_path: Path, signum: signal.Signals) -> None:
+    """A stop during the start (here: TensorFlow's import, seconds long) ends the process with status 0
+    and a line that says so, without loading the model or opening a port; before the stop handlers, the
+    replica would finish starting, open its ports and only then drain."""
+    (tmp_path / "models" / "clf").mkdir(parents=True)
+    (tmp_path / "models" / "clf" / "1").symlink_to(model_tree() / "clf" / "1")
+    command = [sys.executable, "-c", "from confserve.cli import main; main()", "serve", "--host=127.0.0.1",
+               "--model_name=clf", "--model_base_path=models/clf", "--port=0", "--rest_api_port=0",
+               "--insecure", "--allow_plaintext", "--file_system_poll_wait_seconds=-1"]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while (
+        not _catches(process.pid, signal.SIGTERM) and process.poll() is None and time.monotonic() < deadline
+    ):
+        time.sleep(0.005)
+    assert _catches(process.pid, signal.SIGTERM), "the stop handlers were never installed"
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    assert f"confserve: {signum.name} before serving: stopped" in stderr
+    assert "serving gRPC" not in stdout  # no port was opened
+    assert "version 1: available" not in stderr  # the model was not loaded

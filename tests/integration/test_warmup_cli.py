@@ -30,7 +30,7 @@ def test_serve_warms_up_encrypted_models(
 ) -> None:
     from confserve.cli import _serve
 
-    monkeypatch.setattr(_serve, "install_stop_handlers", lambda stop: None)
+    monkeypatch.setattr(_serve, "install_stop_handlers", lambda stop, serving: None)
     monkeypatch.chdir(tmp_path)
     key = WrapKey.generate()
     key.save(tmp_path / "wrap-key")

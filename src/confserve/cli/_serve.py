@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -27,16 +28,30 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _WAKE_SECONDS = 0.2  # how soon the main thread notices a stop signal
 
 
-def install_stop_handlers(stop: threading.Event) -> None:
+def install_stop_handlers(stop: threading.Event, *, serving: threading.Event) -> None:
     """SIGINT/SIGTERM set `stop`. (A module attribute, so in-process tests can leave the runner's alone.)
+
+    Before `serving` is set - attestation, the key, TensorFlow's import, the models' loading - they end
+    the process at once (exit status 0): no port is open, nothing is in flight and the replica has written
+    nothing, so there is nothing to drain, and TensorFlow's import alone would otherwise hold a stop for
+    about ten seconds. Once serving, a stop drains in-flight requests (--shutdown_grace_seconds).
 
     Why no signal mask: numpy's BLAS and TensorFlow start threads before and after this runs, and the
     kernel may deliver a signal to any of them. Python's C-level handler records it wherever it lands and
     the main thread runs the Python handler at its next bytecode, which `wait_for_stop` guarantees by
-    never blocking for longer than `_WAKE_SECONDS`.
+    never blocking for longer than `_WAKE_SECONDS` (during the start, a long call into C - loading
+    TensorFlow's libraries, a model's session - delays it to that call's end).
     """
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+        if not serving.is_set():
+            sys.stderr.write(f"confserve: {signal.Signals(signum).name} before serving: stopped\n")
+            sys.stderr.flush()
+            os._exit(0)
+
     for signum in _STOP_SIGNALS:
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, on_signal)
 
 
 def wait_for_stop(stop: threading.Event) -> None:
@@ -169,12 +184,13 @@ def serve(print_measurement: bool, config: Path | None, **values: Any) -> None:
         return
     if base_dir is not None:
         os.chdir(base_dir)  # the replica's files are named relative to its configuration (the enclave's view)
-    stop = threading.Event()
-    install_stop_handlers(stop)
+    stop, serving = threading.Event(), threading.Event()
+    install_stop_handlers(stop, serving=serving)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = replica.build(options, stop)
     if server is None:  # stopped while waiting for the key
         return
+    serving.set()  # from here a stop drains (a signal since the ports opened, a few lines above, too)
     rest_port = "off" if server.rest is None else str(server.rest.port)
     click.echo(f"confserve: serving gRPC on port {server.grpc.port}, REST on port {rest_port}")
     wait_for_stop(stop)
