@@ -113,6 +113,12 @@ def out_of_band(ws: Workspace) -> list[dict[str, Any]]:
             NAMESPACE,
             {"ca.crt": (ws.secret_prov / "ca.crt").read_bytes()},
         ),
+        c.secret_object(
+            "ConfigMap",
+            "confserve-release-public-key",
+            NAMESPACE,
+            {"release.pub.pem": ws.release_public_key.read_bytes()},
+        ),
         c.secret_object("Secret", "secret-prov-keys", SECRET_PROV_NAMESPACE, keys),
         c.secret_object("ConfigMap", "confserve-sim-platform-public", SECRET_PROV_NAMESPACE, public),
     ]

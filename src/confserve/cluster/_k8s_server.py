@@ -41,7 +41,15 @@ from confserve.cluster._k8s_common import (
 from confserve.cluster._k8s_yaml import to_yaml
 from confserve.replica import ServeOptions
 
-__all__ = ["BASE_FILES", "base_kustomization", "overlay_files", "sgx_memory_limit", "sgx_patch"]
+__all__ = [
+    "BASE_FILES",
+    "RELEASE_KEY_CONFIGMAP",
+    "RELEASE_KEY_PATH",
+    "base_kustomization",
+    "overlay_files",
+    "sgx_memory_limit",
+    "sgx_patch",
+]
 
 
 def _server_deployment() -> dict[str, object]:
@@ -256,6 +264,14 @@ def base_kustomization() -> dict[str, object]:
     )
 
 
+# The owner's release public key (`confserve release gen-key`: release.pub.pem), from a ConfigMap the owner
+# creates (docs/deployment.md): replicas serve only what a signed release lists (docs/releases.md). Its
+# content is part of the replica's measurement, so a host that swaps it changes the identity.
+RELEASE_KEY_CONFIGMAP: Final = "confserve-release-public-key"
+RELEASE_KEY_DIR: Final = "/etc/confserve/release"
+RELEASE_KEY_PATH: Final = f"{RELEASE_KEY_DIR}/release.pub.pem"
+
+
 def _simulation_args(servers: str) -> list[str]:
     options = ServeOptions(
         attestation="simulated",
@@ -269,6 +285,7 @@ def _simulation_args(servers: str) -> list[str]:
         rest_api_port=REST_PORT,
         ssl_config_file="ssl.cfg",
         ssl_config_bound_path="ssl.cfg",
+        release_public_key=RELEASE_KEY_PATH,
     )
     return ["serve", *options.validate().to_argv(explicit=("port", "rest_api_port"))]
 
@@ -299,6 +316,7 @@ def _simulation_patch(servers: str = f"{SECRET_PROV_ALIAS}:{SECRET_PROV_PORT}") 
                             "mountPath": "/etc/confserve/ca",
                             "readOnly": True,
                         },
+                        {"name": "release-public-key", "mountPath": RELEASE_KEY_DIR, "readOnly": True},
                     ],
                 }
             ],
@@ -313,6 +331,7 @@ def _simulation_patch(servers: str = f"{SECRET_PROV_ALIAS}:{SECRET_PROV_PORT}") 
                     "secret": {"secretName": "confserve-sim-enclave", "defaultMode": 0o440},
                 },
                 {"name": "secret-prov-ca", "configMap": {"name": "confserve-secret-prov-ca"}},
+                {"name": "release-public-key", "configMap": {"name": RELEASE_KEY_CONFIGMAP}},
             ],
         },
     )

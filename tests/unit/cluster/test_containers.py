@@ -36,6 +36,7 @@ def fake_workspace(root: Path) -> Workspace:
         ws.secret_prov / "wrap_key": b"k" * 16,
         ws.secret_prov / "ca.crt": b"ca",
         ws.host / "ssl.cfg": b"ciphertext",
+        ws.release_public_key: b"release public key",
         ws.signer: b"signer",
     }.items():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,6 +108,12 @@ def test_replica_container_is_the_deployment_as_written(objects: list[dict[str, 
     assert mounts["/srv/confserve/ssl.cfg"].source.endswith("/confserve-server-tls/ssl.cfg")
     assert mounts["/srv/confserve/ssl.cfg"].read_only
     assert mounts["/tmp"] == c.Mount("tmpfs", "/tmp", size=str(256 << 20))
+    # The owner's release public key, from the ConfigMap out_of_band() creates (docs/deployment.md).
+    assert "--release_public_key=/etc/confserve/release/release.pub.pem" in replica.args
+    release = mounts["/etc/confserve/release"]
+    assert release.read_only
+    staged = {f.path: f for f in make_plan(objects).files}
+    assert staged[f"{release.source}/release.pub.pem"].data == b"release public key"
     assert not replica.edge
     assert not replica.publish
 

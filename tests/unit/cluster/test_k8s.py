@@ -219,6 +219,23 @@ def test_simulation_has_no_sgx_and_runs_confserve(simulation: list[dict[str, Any
     assert mounts["/srv/confserve/models"]["readOnly"] is True
 
 
+def test_simulation_replicas_pin_the_owners_release_key(simulation: list[dict[str, Any]]) -> None:
+    """The replicas serve only signed releases: the flag names the file of a read-only ConfigMap volume
+    the owner creates (docs/deployment.md), and the replica's measurement covers its content."""
+    spec = find(simulation, "Deployment", "confserve-model-server")["spec"]["template"]["spec"]
+    server = spec["containers"][0]
+    flags = [a for a in server["args"] if a.startswith("--release_public_key=")]
+    assert flags == ["--release_public_key=/etc/confserve/release/release.pub.pem"]
+    path = flags[0].partition("=")[2]
+    (mount,) = [m for m in server["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    assert mount["readOnly"] is True
+    assert "subPath" not in mount
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert volume == {"name": "release-public-key", "configMap": {"name": "confserve-release-public-key"}}
+    # The key file is the ConfigMap's key: `kubectl create configmap ... --from-file=release.pub.pem=...`.
+    assert path.rpartition("/")[2] == "release.pub.pem"
+
+
 def test_commands_accept_their_arguments(simulation: list[dict[str, Any]]) -> None:
     """The server's and the key service's arguments are flags their commands know."""
     server = find(simulation, "Deployment")["spec"]["template"]["spec"]["containers"][0]
