@@ -2,7 +2,8 @@
 # (run as a sidecar from the same image). Build from the repository root with BuildKit:
 #
 #   docker buildx build -f deploy/docker/server-sgx.Dockerfile \
-#       --build-context owner=OWNER_DIR \                  # OWNER_DIR/ca.crt: the key service's CA
+#       --build-context owner=OWNER_DIR \                  # OWNER_DIR/ca.crt: the key service's CA,
+#                                                         # OWNER_DIR/release.pub.pem: the release key
 #       --secret id=enclave-key,src=enclave-key.pem \     # RSA-3072, e = 3; never stored in a layer
 #       --build-arg MODEL_NAME=digits --build-arg MODEL_SIZE=200M \
 #       -t confserve-server-sgx .
@@ -46,11 +47,15 @@ RUN pip install --no-compile . \
 
 # The key service's CA: a trusted file of the enclave, so it is measured (the host cannot swap it).
 COPY --from=owner ca.crt /etc/confserve/secret-prov-ca.crt
+# The owner's release public key (`confserve release gen-key`), also a trusted file: the server serves
+# only what a signed release lists, at or above the key service's floor (docs/releases.md).
+COPY --from=owner release.pub.pem /etc/confserve/release.pub.pem
 
 WORKDIR /opt/confserve/enclave
 RUN confserve render gramine --variant confserve --model-name "${MODEL_NAME}" \
         --model-bind-root "${MODEL_BIND_ROOT}" --model-size "${MODEL_SIZE}" \
         --secret-prov-servers "${SECRET_PROV_SERVERS}" --secret-prov-ca /etc/confserve/secret-prov-ca.crt \
+        --release-public-key /etc/confserve/release.pub.pem \
         --isv-prod-id "${ISV_PROD_ID}" --isv-svn "${ISV_SVN}" --out confserve.manifest.template \
     && gramine-manifest confserve.manifest.template confserve.manifest
 RUN --mount=type=secret,id=enclave-key,required=true \

@@ -221,6 +221,20 @@ def test_manifest_is_rendered_with_real_options(name: str) -> None:
     assert options <= known, options - known
 
 
+def test_sgx_server_image_pins_the_owners_release_key() -> None:
+    """The production image's manifest passes --release_public_key and measures the file it names: the
+    key the build copies in from the owner's context (docs/releases.md)."""
+    instructions = parsed("server-sgx.Dockerfile")
+    (run,) = [i for i in instructions if i.name == "RUN" and "confserve render gramine" in i.args]
+    tokens = shlex.split(run.args[run.args.index("confserve render gramine") :].split("&&")[0])
+    path = tokens[tokens.index("--release-public-key") + 1]
+    copies = [i.args.split() for i in instructions if i.name == "COPY" and i.flags.get("from") == "owner"]
+    assert ["release.pub.pem", path] in copies
+    assert "--release-public-key" not in next(
+        i.args for i in parsed("tf-serving-sgx.Dockerfile") if "confserve render gramine" in i.args
+    )  # TF Serving has no release check: the renderer refuses the option there
+
+
 def _pins() -> dict[str, str]:
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     return {d.split("==")[0].lower(): d.split("==")[1] for d in deps}
