@@ -383,10 +383,10 @@ class DataPlane:
         ):
             name, signature = self._examples_signature(handle.servable, request.model_spec, method)
             self._fill_spec(response.model_spec, handle, name)  # type: ignore[attr-defined]
-            check, run = _EXAMPLES_TASKS[method]
-            check(signature)
+            task = _EXAMPLES_TASKS[method]
+            task.check(signature)
             examples = _serialized_examples(request.input, account)
-            response.result.CopyFrom(run(handle.servable, name, signature, examples))  # type: ignore[attr-defined]
+            response.result.CopyFrom(task.run(handle.servable, name, signature, examples))  # type: ignore[attr-defined]
             return response
 
     def _examples_signature(self, servable: Servable, spec: Any, method: str) -> tuple[str, Any]:
@@ -419,18 +419,13 @@ class DataPlane:
                 response = inference_pb2.MultiInferenceResponse()
                 for task, name, signature in plan:
                     result = response.results.add()
-                    run = _EXAMPLES_TASKS[task.method_name][1]
-                    target = (
-                        result.classification_result
-                        if task.method_name == CLASSIFY_METHOD
-                        else result.regression_result
-                    )
-                    target.CopyFrom(run(handle.servable, name, signature, examples))
+                    outcome = task.run(handle.servable, name, signature, examples)
+                    getattr(result, task.result_field).CopyFrom(outcome)
                     self._fill_spec(result.model_spec, handle, name)
                 return response
 
     @staticmethod
-    def _multi_inference_plan(request: Any, servable: Servable) -> list[tuple[Any, str, Any]]:
+    def _multi_inference_plan(request: Any, servable: Servable) -> list[tuple[_ExamplesTask, str, Any]]:
         plan = []
         model_name = ""
         seen: set[str] = set()
@@ -450,13 +445,11 @@ class DataPlane:
             signature = servable.signature_defs.get(name)
             if signature is None:
                 raise InvalidInputError(f"Requested signature not found in model graph: {name}")
-            if task.method_name == CLASSIFY_METHOD:
-                _check_classify_signature(signature)
-            elif task.method_name == REGRESS_METHOD:
-                _check_regress_signature(signature)
-            else:
+            examples_task = _EXAMPLES_TASKS.get(task.method_name)
+            if examples_task is None:
                 raise UnimplementedError(f"Unsupported signature method_name: {task.method_name}")
-            plan.append((task, name, signature))
+            examples_task.check(signature)
+            plan.append((examples_task, name, signature))
         return plan
 
     # -- metadata and status ----------------------------------------------------------------------------
@@ -580,10 +573,19 @@ def _regress(servable: Servable, name: str, signature: Any, examples: npt.NDArra
     return _regression_result(outputs[_REGRESS_OUTPUTS], len(examples))
 
 
-# Per method name: the SignatureDef check, then the run that gives the result message.
-_EXAMPLES_TASKS: dict[str, tuple[Callable[[Any], None], Callable[..., Any]]] = {
-    CLASSIFY_METHOD: (_check_classify_signature, _classify),
-    REGRESS_METHOD: (_check_regress_signature, _regress),
+@dataclass(frozen=True)
+class _ExamplesTask:
+    """Classify or Regress: the SignatureDef check, the run that gives the result message, and the
+    field of a MultiInference result that holds it."""
+
+    check: Callable[[Any], None]
+    run: Callable[[Servable, str, Any, npt.NDArray[Any]], Any]
+    result_field: str
+
+
+_EXAMPLES_TASKS: Final = {
+    CLASSIFY_METHOD: _ExamplesTask(_check_classify_signature, _classify, "classification_result"),
+    REGRESS_METHOD: _ExamplesTask(_check_regress_signature, _regress, "regression_result"),
 }
 
 
