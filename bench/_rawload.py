@@ -247,11 +247,11 @@ def _run_h2load(target: Target, *, concurrency: int, connections: int, seconds: 
         body_path, log_path = os.path.join(tmp, "body"), os.path.join(tmp, "log")
         with open(body_path, "wb") as f:
             f.write(body)
-        command = [h2load, "-t", "1", *shape, *headers, "-d", body_path, "--duration={seconds}",
-                   f"{scheme}://127.0.0.1:{target.port}{target.path}"]  # fmt: skip
+        url = f"{scheme}://127.0.0.1:{target.port}{target.path}"
+        command = [h2load, "-t", "1", *shape, *headers, "-d", body_path, url]
         # A warm-up run of its own: h2load's --warm-up-time leaves the warm-up's bytes in its DATA count.
-        subprocess.run([a.format(seconds=1) for a in command], check=False, capture_output=True, timeout=120)
-        command = [a.format(seconds=f"{seconds:g}") for a in command] + [f"--log-file={log_path}"]
+        subprocess.run([*command, "--duration=1"], check=False, capture_output=True, timeout=120)
+        command += [f"--duration={seconds:g}", f"--log-file={log_path}"]
         done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=seconds + 120)
         with open(log_path) as f:
             log = [line.split() for line in f if line.strip()]
