@@ -25,6 +25,7 @@ import binascii
 import json
 import math
 import re
+import struct
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -63,6 +64,9 @@ _INT64_MAX: Final = (1 << 63) - 1
 _UINT64_MAX: Final = (1 << 64) - 1
 # printf precision that round-trips every value (std::numeric_limits<T>::max_digits10).
 _MAX_DIGITS10: Final = {np.dtype(np.float32): 9, np.dtype(np.float64): 17}
+# Up to this many values numpy's per-call overhead outweighs its per-value speed (`_decimal`).
+_FEW_VALUES: Final = 32
+_FLOAT32: Final = struct.Struct("=f")
 
 
 class RawJson(str):
@@ -85,7 +89,9 @@ def loads(body: bytes, memory: RequestMemory | None = None, *, arrays: bool = Fa
         raise InvalidInputError(f"JSON Parse error: {reason} at offset: {exc.pos}") from None
     except (ValueError, RecursionError):
         raise InvalidInputError("JSON Parse error: invalid JSON") from None
-    if _MAYBE_SURROGATE.search(body):  # rare: only then is every string checked
+    if (b"\\u" in body or b"\xed" in body) and _MAYBE_SURROGATE.search(
+        body
+    ):  # rare: then every string is checked
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
@@ -140,6 +146,9 @@ def format_decimal(value: float, dtype: np.dtype[Any]) -> str:
 
 def _decimals(flat: npt.NDArray[Any]) -> list[str]:
     """TF Serving's text of each value of a 1-D float32 or float64 array."""
+    if flat.size <= _FEW_VALUES:
+        single = flat.dtype == np.float32
+        return [_decimal(value, single) for value in flat.tolist()]
     values = flat.tolist()  # Python floats: exact for both widths
     texts = [f"{v:g}" for v in values]
     readback = np.array([float(t) for t in texts], dtype=np.float64).astype(flat.dtype)
@@ -154,6 +163,21 @@ def _decimals(flat: npt.NDArray[Any]) -> list[str]:
         elif "." not in text and "e" not in text:
             texts[index] = text + ".0"
     return texts
+
+
+def _decimal(value: float, single: bool) -> str:
+    """`_decimals` for one value, without numpy (a small output, such as a model's scores, is written
+    several times faster this way); `single`: the value is a float32."""
+    if not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("-Infinity" if value < 0 else "Infinity")
+    text = f"{value:g}"
+    readback = float(text)
+    if single:  # rounded to float32 as numpy rounds; never out of its range: the largest float32,
+        # 3.40282347e+38, reads 3.40282e+38 in six digits, so no text rounds up past it
+        (readback,) = _FLOAT32.unpack(_FLOAT32.pack(readback))
+    if readback != value:
+        text = f"{value:.{9 if single else 17}g}"
+    return text if "." in text or "e" in text else text + ".0"
 
 
 def proto_json(message: Any) -> dict[str, Any]:

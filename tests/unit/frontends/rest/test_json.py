@@ -13,6 +13,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import predict_pb2
 
+from confserve.frontends.rest import _json as rest_json
 from confserve.frontends.rest._json import (
     dumps,
     examples_input,
@@ -211,3 +212,59 @@ def test_examples_features() -> None:
 def test_examples_feature_errors(features: dict[str, Any], match: str) -> None:
     with pytest.raises(InvalidInputError, match=re.escape(match)):
         examples_input({"examples": [features]})
+
+
+def _edge_floats(dtype: Any) -> Any:
+    info = np.finfo(dtype)
+    specials = [
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        3.0,
+        0.1,
+        0.2,
+        1 / 3,
+        9e6,
+        1e16,
+        123456.5,
+        1234567.0,
+        math.nan,
+        math.inf,
+    ]
+    specials += [
+        -math.inf,
+        float(info.max),
+        float(-info.max),
+        float(info.tiny),
+        float(info.smallest_subnormal),
+    ]
+    specials += [
+        float(np.nextafter(info.max, 0, dtype=dtype)),
+        3.402825e38,
+        1e-45,
+        5e-324,
+        1.7976931348623157e308,
+    ]
+    with np.errstate(over="ignore"):
+        edge = np.array(specials, dtype=np.float64).astype(dtype)
+    rng = np.random.default_rng(7)
+    bits = rng.integers(0, 1 << (8 * np.dtype(dtype).itemsize), 4000, dtype=np.uint64)
+    raw = bits.astype(np.uint32 if dtype == np.float32 else np.uint64).view(dtype)  # any bit pattern
+    scaled = (rng.random(4000) * 10.0 ** rng.integers(-12, 12, 4000)).astype(dtype)
+    return np.concatenate([edge, raw, scaled, np.round(scaled, 3)])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_outputs_are_written_exactly_as_the_array_path_writes_them(
+    dtype: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_decimal` (one value at a time, for outputs of a few values) and the numpy path for large
+    outputs agree on every value: specials, range limits, subnormals, random bit patterns."""
+    values = _edge_floats(dtype)
+    few = [t for start in range(0, values.size, 8) for t in rest_json._decimals(values[start : start + 8])]
+    monkeypatch.setattr(rest_json, "_FEW_VALUES", 0)
+    assert few == rest_json._decimals(values)
+    for text, value in zip(few, values.tolist(), strict=True):  # and each text reads back as its value
+        if math.isfinite(value):
+            assert np.array(float(text), dtype=np.float64).astype(dtype) == value
