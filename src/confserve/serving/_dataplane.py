@@ -216,17 +216,6 @@ class DataPlane:
         if signature_name is not None:
             target.signature_name = signature_name
 
-    def resolve_signature(self, model_spec: Any) -> tuple[int, Any]:
-        """The version a ModelSpec selects now and its SignatureDef (REST needs the input dtypes to parse
-        JSON). Pin the returned version in the follow-up request so both use the same version."""
-        with self._acquire_spec(model_spec) as handle:
-            key = _signature_key(model_spec)
-            signature = handle.servable.signature_defs.get(key)
-            if signature is None:
-                # TF Serving's text (http_rest_api_handler.cc, GetInfoMap).
-                raise InvalidInputError(f'Serving signature name: "{key}" not found in signature def')
-            return handle.version, signature
-
     # -- Predict ----------------------------------------------------------------------------------------
 
     def predict(
@@ -260,20 +249,26 @@ class DataPlane:
     def predict_arrays(
         self,
         spec: Any,
-        inputs: Mapping[str, npt.NDArray[Any]],
+        decode: Callable[[Any], Mapping[str, npt.NDArray[Any]]],
         *,
         entrypoint: str = REST,
         memory: RequestMemory | None = None,
     ) -> dict[str, npt.NDArray[Any]]:
-        """Predict for a front end that decodes tensors itself (REST's JSON): the same signature, alias,
-        default and dtype rules as `predict` on numpy inputs (each charged at its size), every output of
-        the signature returned as numpy, without a TensorProto in between."""
+        """Predict for a front end that decodes tensors itself, by the signature (REST's JSON, whose
+        numbers take the dtypes the signature declares): `decode(signature_def)` gives the numpy inputs,
+        called on the version the spec selects, under the same handle as the run. The same alias, default
+        and dtype rules as `predict` (each input charged at its size); every output of the signature is
+        returned as numpy, without a TensorProto in between. A missing signature is TF Serving's REST error
+        (http_rest_api_handler.cc, GetInfoMap), checked before anything is decoded."""
         with (
             self._serving("Predict", spec.name, entrypoint, memory) as account,
             self._acquire_spec(spec) as handle,
         ):
+            key = _signature_key(spec)
+            if key not in handle.servable.signature_defs:
+                raise InvalidInputError(f'Serving signature name: "{key}" not found in signature def')
             name, signature = self._predict_signature(handle, spec)
-            arrays = self._array_inputs(inputs, signature, account)
+            arrays = self._array_inputs(decode(signature), signature, account)
             output_keys = sorted(signature.outputs)
             outputs = handle.servable.run(name, arrays, output_keys)
             return {key: outputs[key] for key in output_keys}

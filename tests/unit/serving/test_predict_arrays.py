@@ -1,4 +1,5 @@
-"""DataPlane.predict_arrays (REST's numpy path): the same rules as Predict on protos, numpy outputs."""
+"""DataPlane.predict_arrays (REST's numpy path): inputs decoded by the signature of the version chosen, the
+same rules as Predict on protos, numpy outputs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from tensorflow_serving.apis import model_pb2
 
 from confserve.errors import Status
-from confserve.serving import MemoryLimits, ServingError
+from confserve.serving import InvalidInputError, MemoryLimits, ServingError
 from tests.unit.serving.models import expected_probabilities, make_dataplane
 
 X = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
@@ -27,10 +28,31 @@ def spec(signature: str = "", version: int | None = None) -> Any:
     return result
 
 
+def given(inputs: dict[str, Any]) -> Any:
+    return lambda signature: inputs
+
+
 def test_numpy_in_numpy_out_with_every_output_in_order(dataplane: Any) -> None:
-    outputs = dataplane.predict_arrays(spec(version=1), {"x": X})
+    seen: list[Any] = []
+
+    def decode(signature: Any) -> dict[str, Any]:
+        seen.append(signature)
+        return {"x": X}
+
+    outputs = dataplane.predict_arrays(spec(version=1), decode)
     assert list(outputs) == ["class_ids", "probabilities"]
     np.testing.assert_allclose(outputs["probabilities"], expected_probabilities(X), rtol=1e-5)
+    assert [list(s.inputs) for s in seen] == [["x"]]  # decoded once, by the serving signature
+
+
+def test_decode_errors_reach_the_caller_and_release_the_handle(dataplane: Any) -> None:
+    def decode(signature: Any) -> dict[str, Any]:
+        raise InvalidInputError("bad JSON value")
+
+    with pytest.raises(InvalidInputError, match="bad JSON value"):
+        dataplane.predict_arrays(spec(), decode)
+    assert dataplane.admission.in_flight == 0
+    assert dataplane.predict_arrays(spec(), given({"x": X}))["class_ids"].shape == (1,)
 
 
 @pytest.mark.parametrize(
@@ -48,14 +70,19 @@ def test_numpy_in_numpy_out_with_every_output_in_order(dataplane: Any) -> None:
 )
 def test_the_rules_of_predict_hold(dataplane: Any, inputs: Any, status: Status, message: str) -> None:
     with pytest.raises(ServingError, match=message.replace("[", r"\[").replace("]", r"\]")) as info:
-        dataplane.predict_arrays(spec(), inputs)
+        dataplane.predict_arrays(spec(), given(inputs))
     assert info.value.status is status
 
 
-def test_unknown_signature_is_failed_precondition(dataplane: Any) -> None:
-    with pytest.raises(ServingError, match='Serving signature key "none" not found') as info:
-        dataplane.predict_arrays(spec("none"), {"x": X})
-    assert info.value.status is Status.FAILED_PRECONDITION
+def test_unknown_signature_is_tf_servings_rest_error_before_decoding(dataplane: Any) -> None:
+    def decode(signature: Any) -> dict[str, Any]:
+        raise AssertionError("decoded without a signature")
+
+    with pytest.raises(
+        ServingError, match='Serving signature name: "none" not found in signature def'
+    ) as info:
+        dataplane.predict_arrays(spec("none"), decode)
+    assert info.value.status is Status.INVALID_ARGUMENT
 
 
 def test_inputs_are_charged_at_their_size(dataplane: Any) -> None:
@@ -64,9 +91,9 @@ def test_inputs_are_charged_at_their_size(dataplane: Any) -> None:
     try:
         big = np.ones((100, 4), np.float32)  # 1600 bytes: one over the limit
         with pytest.raises(ServingError, match="input 'x' needs 1600 bytes of memory") as info:
-            dataplane.predict_arrays(spec(), {"x": big})
+            dataplane.predict_arrays(spec(), given({"x": big}))
         assert info.value.status is Status.INVALID_ARGUMENT
-        assert dataplane.predict_arrays(spec(), {"x": big[:99]})["probabilities"].shape == (99, 3)
+        assert dataplane.predict_arrays(spec(), given({"x": big[:99]}))["probabilities"].shape == (99, 3)
     finally:
         budget.limits = None
     assert budget.in_flight_bytes == 0

@@ -112,13 +112,15 @@ class RestApi:
         memory: RequestMemory | None,
         booleans: bool,
     ) -> dict[str, Any]:
-        version, signature = self._dataplane.resolve_signature(spec)
-        inputs, row_format = predict_inputs_from_json(payload, signature, may_hold_booleans=booleans)
-        pinned = model_pb2.ModelSpec()
-        pinned.CopyFrom(spec)
-        pinned.version.value = version  # the version whose signature parsed the JSON
+        row_format = False
+
+        def decode(signature: Any) -> dict[str, Any]:  # JSON numbers take the signature's dtypes
+            nonlocal row_format
+            inputs, row_format = predict_inputs_from_json(payload, signature, may_hold_booleans=booleans)
+            return inputs
+
         # Numpy in and out: no TensorProto is built for a REST request.
-        outputs = self._dataplane.predict_arrays(pinned, inputs, entrypoint=REST, memory=memory)
+        outputs = self._dataplane.predict_arrays(spec, decode, entrypoint=REST, memory=memory)
         return predict_outputs_json(outputs, row_format)
 
     def _metadata(self, route: Route) -> dict[str, Any]:
