@@ -135,14 +135,20 @@ class Baseline:
     """The SavedModel loaded with tf.saved_model.load, its `serving_default` called with numpy in and
     numpy out (what the server does around the same call)."""
 
-    def __init__(self, version_dir: Path, inputs: dict[str, npt.NDArray[Any]]) -> None:
+    def __init__(
+        self, version_dir: Path | None, inputs: dict[str, npt.NDArray[Any]], signature: Any = None
+    ) -> None:
         import tensorflow as tf
 
         self._tf = tf
-        self._signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+        self._signature = signature or tf.saved_model.load(str(version_dir)).signatures["serving_default"]
         self._inputs = inputs
         for _ in range(3):  # tracing, allocator and thread-pool warm-up
             self._call()
+
+    def with_inputs(self, inputs: dict[str, npt.NDArray[Any]]) -> Baseline:
+        """The same loaded signature called with other inputs (e.g. a batch)."""
+        return Baseline(None, inputs, self._signature)
 
     def _call(self) -> None:
         outputs = self._signature(**{k: self._tf.constant(v) for k, v in self._inputs.items()})
@@ -243,6 +249,18 @@ def raw_target(
         return _rawload.Target("grpc", port, path, request.SerializeToString(), ca)
     body = json.dumps({"inputs": {alias: array.tolist() for alias, array in inputs.items()}}).encode()
     return _rawload.Target("rest", port, f"/v1/models/{model}:predict", body, ca)
+
+
+def health_target(port: int, tls: Any) -> Any:
+    """A bench/_rawload.py Target: the gRPC health service's Check of the server as a whole (service
+    ""), the cheapest call a replica answers: no model is looked up and nothing runs."""
+    from grpc_health.v1 import health_pb2
+
+    import _rawload
+
+    body = health_pb2.HealthCheckRequest(service="").SerializeToString()
+    ca = None if tls is None else tls.ca_pem
+    return _rawload.Target("grpc", port, "/grpc.health.v1.Health/Check", body, ca)
 
 
 def rss_mib(pid: int | None = None) -> tuple[float, float]:

@@ -11,11 +11,15 @@ for a fixed time.
 - ResNet-50 (reference signature, random weights), batch 1: gRPC+TLS at concurrency 1 vs in-process,
   in alternating rounds (baseline, served, baseline, served, ...) so that other work on a shared machine
   hits both sides alike; the ratio is the median of the per-round ratios (target >= 0.97x). Concurrency
-  16 without and with server-side batching (target with batching >= 1.3x the batch-1 baseline).
+  16 without and with server-side batching (target with batching >= 1.3x the batch-1 baseline). Beside
+  them, the same signature called in-process on a batch of 16, in images/s: what TensorFlow itself gains
+  from batching on this machine, the ceiling of what server-side batching can reach.
 - Small models, the digits CNN and TF Serving's half-plus-two: added p50 latency over the in-process call
   (target <= 0.5 ms for digits) and requests/s at concurrency 1 and 16, gRPC and REST (targets for
   digits: gRPC c=16 >= 1.0x the in-process call rate; REST >= 0.6x gRPC; REST p99 <= 4x p50 at c=16);
-  digits at c=16 once more with server-side (adaptive) batching.
+  digits at c=16 once more with server-side (adaptive) batching. Beside them, the gRPC+TLS floor: the
+  health service's Check (no model, no inference) at concurrency 1 and 16, the most calls/s the gRPC
+  front end reaches on this machine with the load generator beside it.
 - Memory: the process's resident memory after loading and its peak.
 - Start-up: ModelServer construction -> models loaded and ports open, ResNet-50 encrypted
   (ProtectedOpener) vs plain (PlainOpener), alternating, best and median (target <= 1 s extra).
@@ -58,11 +62,13 @@ class Results:
     resnet_rounds: list[tuple[c.InProcess, load.Result]] = field(default_factory=list)
     resnet_c16: Any = None
     resnet_c16_batched: Any = None
+    resnet_batch16: Any = None  # c.InProcess: calls of a 16-image batch
     batching: Any = None
     small_base: dict[str, list[c.InProcess]] = field(default_factory=dict)
     small: dict[tuple[str, str, int], load.Result] = field(default_factory=dict)
     small_batched: Any = None
     small_batching: Any = None
+    grpc_floor: dict[int, load.Result] = field(default_factory=dict)
     memory: dict[str, tuple[float, float]] = field(default_factory=dict)
     startup: dict[str, list[float]] = field(default_factory=lambda: {"plain": [], "encrypted": []})
     read_seconds: dict[str, float] = field(default_factory=dict)
@@ -99,10 +105,22 @@ def measure_serving(
                 opts, grpc_port, c.RESNET_MODEL, c.resnet_inputs(), tls, "grpc", 1, opts.resnet_seconds
             )
             out.resnet_rounds.append((base, served))
+        print("ResNet-50: in-process, a batch of 16 ...", flush=True)
+        out.resnet_batch16 = resnet_base.with_inputs(c.resnet_inputs(16)).measure(opts.resnet_seconds)
         print("ResNet-50: gRPC+TLS c=16 ...", flush=True)
         out.resnet_c16 = _load(
             opts, grpc_port, c.RESNET_MODEL, c.resnet_inputs(), tls, "grpc", 16, opts.resnet_seconds
         )
+        for concurrency in (1, 16):
+            print(f"gRPC+TLS floor: health Check c={concurrency} ...", flush=True)
+            floor = c.health_target(grpc_port, tls.client)
+            out.grpc_floor[concurrency] = load.run(
+                floor,
+                concurrency=concurrency,
+                processes=1 if concurrency == 1 else opts.c16_processes,
+                seconds=opts.small_seconds,
+                client=opts.client,
+            )
         for name, inputs in SMALL.items():
             out.small_base.setdefault(name, []).append(small_base[name].measure(opts.small_seconds))
             for protocol, port in (("grpc", grpc_port), ("rest", rest_port)):
@@ -186,6 +204,12 @@ def _settings(b: Any) -> str:
 def report(out: Results) -> None:
     print(f"\n{c.machine_line()}")
     print(f"  {'':<44}{'req/s':>9}{'p50 ms':>10}{'x base':>9}")
+    report_resnet(out)
+    report_small(out)
+    report_memory_and_startup(out)
+
+
+def report_resnet(out: Results) -> None:
     print("ResNet-50, batch 1 (224x224x3 float32, 602 KB per request)")
     ratios = []
     for i, (base, served) in enumerate(out.resnet_rounds, 1):
@@ -207,7 +231,17 @@ def report(out: Results) -> None:
     _row("gRPC+TLS, concurrency 16, server-side batching", rb.rps, rb.p50_ms, rb.rps / best_base,
          "vs best baseline; target >= 1.3x")  # fmt: skip
     print(f"  batching: {_settings(out.batching)}")
+    b16 = out.resnet_batch16
+    images = 16 * b16.per_second
+    _row("in-process, a batch of 16 (images/s)", images, b16.p50_ms, images / best_base,
+         "TensorFlow's own gain from batching: the ceiling of server-side batching")  # fmt: skip
+    print(f"  server-side batching reached {rb.rps / images:.2f}x of that ceiling")
 
+
+def report_small(out: Results) -> None:
+    print("gRPC+TLS floor: the health service's Check, no model and no inference")
+    for concurrency, r in out.grpc_floor.items():
+        _row(f"gRPC+TLS, concurrency {concurrency}", r.rps, r.p50_ms, None, f"p99 {r.p99_ms:.2f} ms")
     for name in SMALL:
         bases = out.small_base[name]
         base = max(bases, key=lambda b: b.per_second)
@@ -244,6 +278,8 @@ def report(out: Results) -> None:
             )
             print(f"  batching: {_settings(out.small_batching)}")
 
+
+def report_memory_and_startup(out: Results) -> None:
     print("Memory of this process (MiB: resident, peak)")
     for what, (resident, peak) in out.memory.items():
         print(f"  {what:<44}{resident:>9.0f}{peak:>10.0f}")
