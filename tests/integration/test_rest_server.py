@@ -178,3 +178,40 @@ def test_slow_request_times_out_and_server_keeps_serving(
     finally:
         release.set()
         server.stop()
+
+
+def test_the_event_loop_is_uvloops_or_asyncios_where_libuv_cannot_start(
+    dataplane: Any, server_tls: TlsConfig, ca: trustme.CA, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """libuv needs eventfd, which an enclave may refuse: the server then serves on asyncio's loop."""
+    import errno
+
+    import uvloop
+
+    from confserve.frontends.rest import _server
+
+    default = RestServer(dataplane, server_tls, SETTINGS)
+    assert isinstance(default._loop, uvloop.Loop)
+    default._loop.close()
+
+    def refused() -> Any:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(_server.uvloop, "new_event_loop", refused)
+    with caplog.at_level("WARNING", logger="confserve.frontends.rest._server"):
+        server = RestServer(dataplane, server_tls, SETTINGS)
+    assert not isinstance(server._loop, uvloop.Loop)
+    assert "uvloop unavailable (OSError), serving on asyncio's event loop" in caplog.text
+    server.start()
+    try:
+        status, body = request(
+            server.port,
+            client_context(ca),
+            "POST",
+            "/v1/models/clf:predict",
+            json.dumps({"instances": X}).encode(),
+        )
+        assert status == 200
+        assert len(body["predictions"]) == 3
+    finally:
+        server.stop()

@@ -8,7 +8,9 @@ which this module runs on a bounded thread pool so slow inferences never block t
 The event loop is uvloop's (libuv; the loop uvicorn uses): its transports and TLS layer are compiled,
 and the loop's own work per request is a large share of a small model's REST cost. Measured on the
 digits CNN over TLS, alternating rounds in one process: 1,600 -> 1,790 requests/s at 16 clients and
-1,000 -> 1,080 at 1 (docs/server.md).
+1,000 -> 1,080 at 1 (docs/server.md). libuv needs eventfd, which some Gramine versions refuse inside an
+enclave unless the manifest allows it (an option we never set): where uvloop cannot start, the server
+says so in its log and runs on asyncio's own loop.
 
 TLS material stays in memory: Python's `ssl` loads certificates and keys only from paths, so the PEM bytes
 are written to anonymous memory files (memfd_create, Linux) and loaded through /proc/self/fd; nothing
@@ -90,6 +92,15 @@ def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
     _log.error("REST event loop: unhandled %s", "error" if exc is None else type(exc).__name__)
 
 
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop, or asyncio's where libuv cannot start (see the module docstring)."""
+    try:
+        return uvloop.new_event_loop()
+    except OSError as exc:
+        _log.warning("REST: uvloop unavailable (%s), serving on asyncio's event loop", exc.__class__.__name__)
+        return asyncio.new_event_loop()
+
+
 @contextmanager
 def _memory_file(data: bytes, name: str) -> Iterator[str]:
     fd = os.memfd_create(name, os.MFD_CLOEXEC)
@@ -134,7 +145,7 @@ class RestServer:
         self._memory = dataplane.memory
         self._ssl = None if tls_config is None else server_ssl_context(tls_config)
         self._pool = futures.ThreadPoolExecutor(self._settings.num_threads, thread_name_prefix="rest")
-        self._loop = uvloop.new_event_loop()
+        self._loop = _new_event_loop()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
