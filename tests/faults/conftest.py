@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from confserve.client import ClientError, ClientTls, PredictClient
 from confserve.cluster._local import ClusterState, LocalCluster
 from confserve.cluster._workspace import SERVICE_DOMAIN, Workspace, confserve_command
 from confserve.owner import load_digits_dataset
+from tests.background_load import BackgroundLoad
 
 LOAD_THREADS = 2
 _REQUEST_PAUSE_SECONDS = 0.1  # each thread sends about ten requests a second: load, not a flood
@@ -69,80 +69,24 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 # -- load ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Counts:
-    ok: int
-    failed_attempts: int
-    lost: int
+def digits_load(ws: Workspace, state: ClusterState) -> BackgroundLoad:
+    """Predict requests through nginx on new connections from `LOAD_THREADS` threads, about ten a second
+    each; a failed attempt is retried once on a new connection after a pause, a request that fails twice
+    is lost."""
+    tls = ClientTls.from_bundle(ws.client, server_name=SERVICE_DOMAIN)
+    target = f"127.0.0.1:{state.lb_grpc_port}"
+    _, _, images, _ = load_digits_dataset()
+    image = images[:4]
 
-    def __sub__(self, other: Counts) -> Counts:
-        return Counts(
-            self.ok - other.ok, self.failed_attempts - other.failed_attempts, self.lost - other.lost
-        )
-
-
-class Load:
-    """Predict requests through nginx on new connections from a few threads; a failed attempt is retried
-    once on a new connection, a request that fails twice is lost. Bounded: 10 minutes at most."""
-
-    def __init__(self, ws: Workspace, state: ClusterState) -> None:
-        self.tls = ClientTls.from_bundle(ws.client, server_name=SERVICE_DOMAIN)
-        self.target = f"127.0.0.1:{state.lb_grpc_port}"
-        _, _, images, _ = load_digits_dataset()
-        self.image = images[:4]
-        self._lock = threading.Lock()
-        self._ok = self._failed = self._lost = 0
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(LOAD_THREADS)]
-
-    def _once(self) -> None:
-        with PredictClient(self.target, tls=self.tls, timeout_seconds=_CLIENT_TIMEOUT_SECONDS) as client:
-            out = client.predict("digits", {"image": self.image})
+    def once() -> None:
+        with PredictClient(target, tls=tls, timeout_seconds=_CLIENT_TIMEOUT_SECONDS) as client:
+            out = client.predict("digits", {"image": image})
         if out["classes"].shape != (4,):
             raise ClientError(f"unexpected answer {out['classes'].shape}")
 
-    def _run(self) -> None:
-        deadline = time.monotonic() + 600
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                self._once()
-                outcome = "ok"
-            except ClientError as first:
-                with self._lock:
-                    self._failed += 1
-                self._stop.wait(_RETRY_PAUSE_SECONDS)
-                try:
-                    self._once()
-                    outcome = "ok"
-                except ClientError as second:
-                    outcome = "lost"
-                    self.errors.append(f"{first} / {second}")
-            with self._lock:
-                if outcome == "ok":
-                    self._ok += 1
-                else:
-                    self._lost += 1
-            self._stop.wait(_REQUEST_PAUSE_SECONDS)
-
-    def counts(self) -> Counts:
-        with self._lock:
-            return Counts(self._ok, self._failed, self._lost)
-
-    def wait_for(self, n: int, timeout: float = 120) -> None:
-        """Until `n` more requests were answered (poll with a deadline)."""
-        target = self.counts().ok + n
-        wait_until(lambda: self.counts().ok >= target, timeout, f"{n} answered requests ({self.errors[-3:]})")
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
+    return BackgroundLoad(
+        once, threads=LOAD_THREADS, retry_pause=_RETRY_PAUSE_SECONDS, request_pause=_REQUEST_PAUSE_SECONDS
+    )
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:

@@ -1,7 +1,7 @@
 """Fault injection on a supervised local cluster: what each failure costs, and that nothing survives `down`.
 
 One detached cluster (two replicas behind nginx, the key service, the supervisor) is broken in turn, under
-a bounded load through nginx (conftest `Load`: a failed attempt is retried once on a new connection):
+a bounded load through nginx (conftest `digits_load`: a failed attempt is retried once on a new connection):
 kill -9 and SIGSTOP of the key service, of a replica and of nginx; the audit log's disk full; the key
 service restarted while a replica attests; `up` twice (healthy, then broken), `up` during `scale`, and
 `down` during `scale`. Each scenario records its figures (requests answered, failed attempts, lost
@@ -34,12 +34,13 @@ from confserve.cluster._dashboard import KeyServiceScrape
 from confserve.cluster._local import ClusterState, LocalCluster, free_port
 from confserve.cluster._workspace import confserve_command
 from confserve.provisioning import verify_audit_log
+from tests.background_load import BackgroundLoad
 from tests.faults.conftest import (
     FIGURES,
     LOAD_THREADS,
     Figure,
-    Load,
     assert_every_process_recorded,
+    digits_load,
     processes_of,
     run,
     wait_until,
@@ -79,11 +80,11 @@ def replica_back(cluster: LocalCluster, index: int, old_pid: int) -> bool:
 
 
 @pytest.fixture
-def load(cluster: LocalCluster) -> Iterator[Load]:
+def load(cluster: LocalCluster) -> Iterator[BackgroundLoad]:
     """The load for one scenario; the cluster is healthy before and after it, and every process of the
     workspace is in its state."""
     wait_until(lambda: healthy(cluster), RECOVERY_DEADLINE_SECONDS, "a healthy cluster before the scenario")
-    with Load(cluster.ws, state_of(cluster)) as running:
+    with digits_load(cluster.ws, state_of(cluster)) as running:
         running.wait_for(5)
         yield running
     wait_until(lambda: healthy(cluster), RECOVERY_DEADLINE_SECONDS, "a healthy cluster after the scenario")
@@ -97,7 +98,7 @@ def key_service_figures(cluster: LocalCluster) -> KeyServiceScrape:
 
 
 # -- up on a healthy cluster -----------------------------------------------------------------------------
-def test_up_on_a_healthy_cluster_changes_nothing(cluster: LocalCluster, load: Load) -> None:
+def test_up_on_a_healthy_cluster_changes_nothing(cluster: LocalCluster, load: BackgroundLoad) -> None:
     before = state_of(cluster)
     start, counts = time.monotonic(), load.counts()
     result = run("up", "--workspace", str(cluster.ws.root), "--detach")
@@ -124,7 +125,7 @@ def test_up_on_a_healthy_cluster_changes_nothing(cluster: LocalCluster, load: Lo
 
 # -- the key service -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("how", ["kill -9", "SIGSTOP"])
-def test_key_service_outage(cluster: LocalCluster, load: Load, how: str) -> None:
+def test_key_service_outage(cluster: LocalCluster, load: BackgroundLoad, how: str) -> None:
     """Running replicas hold their key: they serve on; the supervisor starts the key service again."""
     old = state_of(cluster).prov_pid
     counts = load.counts()
@@ -143,7 +144,7 @@ def test_key_service_outage(cluster: LocalCluster, load: Load, how: str) -> None
 
 # -- a replica -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("how", "index"), [("kill -9", 0), ("SIGSTOP", 1)])
-def test_replica_failure(cluster: LocalCluster, load: Load, how: str, index: int) -> None:
+def test_replica_failure(cluster: LocalCluster, load: BackgroundLoad, how: str, index: int) -> None:
     """Only requests in flight on the replica fail (and their retry succeeds on the other); the
     supervisor starts it again on its ports, it attests again, and the capacity is back."""
     old = next(r.pid for r in state_of(cluster).replicas if r.index == index)
@@ -165,7 +166,7 @@ def test_replica_failure(cluster: LocalCluster, load: Load, how: str, index: int
 
 
 # -- nginx -----------------------------------------------------------------------------------------------
-def test_nginx_killed(cluster: LocalCluster, load: Load) -> None:
+def test_nginx_killed(cluster: LocalCluster, load: BackgroundLoad) -> None:
     """Its orphaned worker goes on serving until the supervisor starts a new nginx on the same ports
     (the worker is told to quit gracefully)."""
     old = state_of(cluster).nginx_pid
@@ -180,7 +181,7 @@ def test_nginx_killed(cluster: LocalCluster, load: Load) -> None:
                           "new master on the same ports"))  # fmt: skip
 
 
-def test_nginx_stopped(cluster: LocalCluster, load: Load) -> None:
+def test_nginx_stopped(cluster: LocalCluster, load: BackgroundLoad) -> None:
     """A stopped master does not serve connections: its worker does, so nothing is lost and nothing is
     restarted; the view says the master is stopped."""
     state = state_of(cluster)
@@ -269,7 +270,7 @@ class HoldingProxy:
 
 
 def test_key_service_restarted_while_a_replica_attests(
-    cluster: LocalCluster, load: Load, tmp_path: Path
+    cluster: LocalCluster, load: BackgroundLoad, tmp_path: Path
 ) -> None:
     """A replica (the cluster's own options and code, only its key service address points at a holding
     proxy) begins its RA-TLS handshake; the key service is killed then, the supervisor starts it again,
@@ -333,7 +334,7 @@ def _restart_key_service(cluster: LocalCluster) -> None:
                "the key service restarted")  # fmt: skip
 
 
-def test_audit_disk_full(cluster: LocalCluster, load: Load, tmp_path: Path) -> None:
+def test_audit_disk_full(cluster: LocalCluster, load: BackgroundLoad, tmp_path: Path) -> None:
     """The key service's audit log on a full disk: a replica asking for its key is refused (no key
     without its audit record), the running replica serves on, the refused one is retried with backoff,
     and once there is space again it gets its key, recorded."""
@@ -423,7 +424,7 @@ def _scale_waiting(cluster: LocalCluster, proc: subprocess.Popen[str], replicas:
     assert proc.poll() is None
 
 
-def test_up_during_scale(cluster: LocalCluster, load: Load) -> None:
+def test_up_during_scale(cluster: LocalCluster, load: BackgroundLoad) -> None:
     counts = load.counts()
     start = time.monotonic()
     scale = _scale(cluster, 3)

@@ -15,7 +15,6 @@ import struct
 import subprocess
 import sys
 import termios
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from confserve.client import ClientError, ClientTls, PredictClient
 from confserve.cluster._local import ClusterState, LocalCluster, free_port
 from confserve.cluster._workspace import SERVICE_DOMAIN, Workspace, confserve_command
 from confserve.owner._models import load_digits_dataset
+from tests.background_load import BackgroundLoad
 
 pytestmark = pytest.mark.slow
 
@@ -77,50 +77,21 @@ def test_up_once(tmp_path: Path, digits_model: Path, tls: str, workspace_args: l
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
-class Load:
-    """Requests through the load balancer on new connections, counting failures (bounded: 10 minutes)."""
+def digits_load(ws: Workspace, state: ClusterState) -> BackgroundLoad:
+    """Requests through the load balancer on new connections; a failed attempt is retried at once on a new
+    connection (one failed attempt followed by success is fine), a request that fails twice is lost."""
+    tls = ClientTls.from_bundle(ws.client, server_name=SERVICE_DOMAIN)
+    target = f"127.0.0.1:{state.lb_grpc_port}"
+    _, _, images, _ = load_digits_dataset()
+    image = images[:4]
 
-    def __init__(self, ws: Workspace, state: ClusterState) -> None:
-        self.tls = ClientTls.from_bundle(ws.client, server_name=SERVICE_DOMAIN)
-        self.target = f"127.0.0.1:{state.lb_grpc_port}"
-        _, _, images, _ = load_digits_dataset()
-        self.image = images[:4]
-        self.ok = 0
-        self.failed: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    def once() -> None:
+        with PredictClient(target, tls=tls, timeout_seconds=20) as client:
+            out = client.predict("digits", {"image": image})
+        if out["classes"].shape != (4,):
+            raise ClientError(f"unexpected answer {out['classes'].shape}")
 
-    def _run(self) -> None:
-        deadline = time.monotonic() + 600
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                with PredictClient(self.target, tls=self.tls, timeout_seconds=20) as client:
-                    out = client.predict("digits", {"image": self.image})
-                assert out["classes"].shape == (4,)
-                self.ok += 1
-            except ClientError as e:
-                # A client may retry on a new connection; one failed attempt followed by success is fine.
-                try:
-                    with PredictClient(self.target, tls=self.tls, timeout_seconds=20) as client:
-                        client.predict("digits", {"image": self.image})
-                    self.ok += 1
-                except ClientError:
-                    self.failed.append(str(e))
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(60)
-
-    def wait_for(self, n: int) -> None:
-        target = self.ok + n
-        deadline = time.monotonic() + 120
-        while self.ok < target:
-            assert time.monotonic() < deadline, self.failed
-            time.sleep(0.05)
+    return BackgroundLoad(once)
 
 
 @pytest.fixture
@@ -162,7 +133,7 @@ def test_status_scale_kill_under_load(
     assert Path(info["client_bundle"]["cert"]).exists()
     assert info["signature"]["inputs"] == {"image": {"dtype": "float32", "shape": [-1, 8, 8, 1]}}
     state = ClusterState.load(ws.state_file)
-    with Load(ws, state) as load:
+    with digits_load(ws, state) as load:
         load.wait_for(5)
         result = CliRunner().invoke(main, ["scale", "3", "--workspace", str(ws.root)])
         assert result.exit_code == 0, result.output
@@ -175,8 +146,8 @@ def test_status_scale_kill_under_load(
         assert result.exit_code == 0, result.output
         load.wait_for(10)
     # Requests in flight on the killed replica may fail once; each was retried on a new connection.
-    assert load.failed == [], load.failed
-    assert load.ok >= 45
+    assert load.errors == [], load.errors
+    assert load.counts().ok >= 45
     counts = json.loads(run("status", "--workspace", str(ws.root), "--json").stdout)
     assert len(counts["replicas"]) == 1
 
@@ -209,7 +180,7 @@ def test_status_watch_redraws_in_a_terminal(detached: LocalCluster) -> None:
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
     env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE")}
     env.update(TERM="xterm-256color", COLUMNS="160", LINES="50")
-    with Load(ws, state) as load:
+    with digits_load(ws, state) as load:
         load.wait_for(5)
         proc = subprocess.Popen(
             confserve_command("status", "--watch", "--interval", "0.5", "--workspace", str(ws.root)),
@@ -226,7 +197,7 @@ def test_status_watch_redraws_in_a_terminal(detached: LocalCluster) -> None:
                 proc.kill()
                 proc.wait()
             os.close(master)
-    assert load.failed == [], load.failed
+    assert load.errors == [], load.errors
     text = out.decode(errors="replace")
     frames = text.split("confserve cluster - model digits")[1:]
     assert len(frames) >= 6, text[-3000:]
@@ -319,7 +290,7 @@ def test_new_model_version_rolls_out_under_load(
     state = ClusterState.load(ws.state_file)
     assert _replica_versions(detached, state) == [[("1", "AVAILABLE")]] * 2
     shutil.copytree(digits_model / "1", tmp_path / "v2" / "2")
-    with Load(ws, state) as load:
+    with digits_load(ws, state) as load:
         load.wait_for(5)
         # Under the model's own key, published as the model's next release (docs/releases.md).
         result = run("model", "encrypt", str(tmp_path / "v2"), "-w", str(ws.model_keys / "digits"),
@@ -331,7 +302,7 @@ def test_new_model_version_rolls_out_under_load(
             assert time.monotonic() < deadline, _replica_versions(detached, state)
             time.sleep(0.2)
         load.wait_for(10)
-    assert load.failed == [], load.failed
+    assert load.errors == [], load.errors
     # Every replica serves version 2; version 1 was unloaded after it (TF Serving's latest-1 policy).
     deadline = time.monotonic() + 60
     while _replica_versions(detached, state) != [[("1", "END"), ("2", "AVAILABLE")]] * 2:

@@ -39,13 +39,14 @@ from confserve.attestation import (
     TrustConfig,
     generate_signing_key,
 )
-from confserve.client import ClientError, ClientTls, PredictClient
+from confserve.client import ClientTls, PredictClient
 from confserve.frontends import ModelServer
 from confserve.owner import generate_tls_material
 from confserve.provisioning import SecretProvisioningServer, SecretStore, ServerLimits, ServerSettings
 from confserve.releases import ReleaseKey
 from confserve.replica import ServeOptions, build, identity
 from confserve.serving import KeyGrant, ModelUnavailableError, ReleasedOpener, State
+from tests.background_load import BackgroundLoad
 from tests.unit.serving.models import copy_model, expected_probabilities
 
 X = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
@@ -269,45 +270,23 @@ def test_a_replica_that_cannot_renew_stops_serving_when_its_lease_ends(
     assert replica.predict("other") == 1
 
 
-class Load:
-    """Requests on new TLS connections to the replica's gRPC port, counting failures (bounded)."""
+def clf_load(env: Env, port: int) -> BackgroundLoad:
+    """Requests on new TLS connections to the replica's gRPC port, each answer checked; a failed attempt
+    is lost at once (no retry: rotation must fail no request)."""
+    tls = ClientTls.from_bundle(env.root / "tls" / "client", server_name="localhost")
+    target = f"127.0.0.1:{port}"
 
-    def __init__(self, env: Env, port: int) -> None:
-        self.tls = ClientTls.from_bundle(env.root / "tls" / "client", server_name="localhost")
-        self.target = f"127.0.0.1:{port}"
-        self.ok = 0
-        self.versions: set[int] = set()
-        self.failed: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    def once() -> None:
+        with PredictClient(target, tls=tls, timeout_seconds=20) as client:
+            out = client.predict("clf", {"x": X}, outputs=("probabilities",))
+        np.testing.assert_allclose(out["probabilities"], expected_probabilities(X), rtol=1e-5)
 
-    def _run(self) -> None:
-        deadline = time.monotonic() + 300
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                with PredictClient(self.target, tls=self.tls, timeout_seconds=20) as client:
-                    out = client.predict("clf", {"x": X}, outputs=("probabilities",))
-                np.testing.assert_allclose(out["probabilities"], expected_probabilities(X), rtol=1e-5)
-                self.ok += 1
-            except ClientError as e:
-                self.failed.append(str(e))
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(60)
-
-    def wait_for(self, n: int) -> None:
-        target = self.ok + n
-        wait_until(lambda: self.ok >= target or bool(self.failed), f"{n} more requests")
+    return BackgroundLoad(once, retry_pause=None, bound_seconds=300)
 
 
 def test_key_rotation_under_load_fails_no_request(env: Env, service: KeyService, replica: Replica) -> None:
     assert replica.predict("clf") == 1
-    with Load(env, replica.server.grpc.port) as load:
+    with clf_load(env, replica.server.grpc.port) as load:
         load.wait_for(5)
         # The policy already grants clf and clf-2 (rotation step 1). Rotate: version 2 under clf-2.
         release, renumbered = owner.rotate_key(
@@ -328,5 +307,5 @@ def test_key_rotation_under_load_fails_no_request(env: Env, service: KeyService,
         wait_until(lambda: replica.grant().floors.get("clf") == 1, "the new policy reached the replica")
         assert "clf" not in replica.grant().keys
         load.wait_for(5)
-    assert load.failed == []
+    assert load.errors == []
     assert replica.predict("clf") == 2
