@@ -3,7 +3,7 @@
 aiohttp's own error logging quotes what it received (the offending line, header or the body after it);
 the REST server logs a category only (`_HttpErrorLog`). Every variant carries a marker in its headers
 and body; the marker must appear in no log file and no captured stream, at the replica's INFO level and
-in-process with every logger at DEBUG and asyncio's debug mode on.
+in-process with every logger at DEBUG and the event loop's debug mode on.
 """
 
 from __future__ import annotations
@@ -89,13 +89,14 @@ def test_f2_malformed_framing_leaks_nothing_at_debug_level(
     debug_logging: _Everything,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    """In-process plaintext server, every logger at DEBUG, asyncio debug mode: still no marker."""
+    """In-process plaintext server, every logger at DEBUG, the event loop's debug mode: still no marker."""
     from confserve.frontends import PLAINTEXT
     from confserve.frontends.rest import RestServer, RestSettings
     from tests.unit.serving.models import make_dataplane
 
     monkeypatch.setenv("PYTHONASYNCIODEBUG", "1")
     server = RestServer(make_dataplane(tmp_path), PLAINTEXT, RestSettings(port=0, num_threads=2))
+    assert server._loop.get_debug()  # the variable reached the loop (uvloop reads it as asyncio does)
     server.start()
     marker = _marker()
     try:
