@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from confserve import attestation, provisioning, serving
+from confserve import attestation, cluster, provisioning, replica, serving
+from confserve.cluster._containers import ContainersError
+from confserve.cluster._dashboard import MetricsError
+from confserve.cluster._processes import LockBusyError
 from confserve.errors import ConfserveError, Status
 
 
@@ -58,7 +61,19 @@ def test_an_unknown_class_keyword_is_refused() -> None:
         (serving.RequestTooLargeError, Status.INVALID_ARGUMENT),
         (serving.PermissionDeniedError, Status.PERMISSION_DENIED),
         (serving.LoadError, Status.INTERNAL),
+        (replica.OptionsError, Status.INVALID_ARGUMENT),
+        (replica.EnclaveError, Status.FAILED_PRECONDITION),
+        (replica.ReplicaError, Status.FAILED_PRECONDITION),
+        # The command line's exit code and message follow from a cluster error's status.
+        (cluster.GramineError, Status.INVALID_ARGUMENT),
+        (cluster.K8sError, Status.INVALID_ARGUMENT),
+        (cluster.NginxError, Status.FAILED_PRECONDITION),
+        (cluster.WorkspaceError, Status.FAILED_PRECONDITION),
+        (ContainersError, Status.FAILED_PRECONDITION),
+        (MetricsError, Status.INVALID_ARGUMENT),
+        (LockBusyError, Status.UNAVAILABLE),
     ],
 )
 def test_package_errors_keep_their_statuses(error: type[ConfserveError], status: Status) -> None:
     assert error.status is status
+    assert error("x").status is status
