@@ -258,24 +258,27 @@ class DataPlane:
         numbers take the dtypes the signature declares): `decode(signature_def)` gives the numpy inputs,
         called on the version the spec selects, under the same handle as the run. The same alias, default
         and dtype rules as `predict` (each input charged at its size); every output of the signature is
-        returned as numpy, without a TensorProto in between. A missing signature is TF Serving's REST error
-        (http_rest_api_handler.cc, GetInfoMap), checked before anything is decoded."""
+        returned as numpy, without a TensorProto in between. A missing signature is TF Serving's REST error,
+        found before anything is decoded."""
         with (
             self._serving("Predict", spec.name, entrypoint, memory) as account,
             self._acquire_spec(spec) as handle,
         ):
-            key = _signature_key(spec)
-            if key not in handle.servable.signature_defs:
-                raise InvalidInputError(f'Serving signature name: "{key}" not found in signature def')
-            name, signature = self._predict_signature(handle, spec)
+            name, signature = self._predict_signature(handle, spec, rest=True)
             arrays = self._array_inputs(decode(signature), signature, account)
             output_keys = sorted(signature.outputs)
             outputs = handle.servable.run(name, arrays, output_keys)
             return {key: outputs[key] for key in output_keys}
 
-    def _predict_signature(self, handle: ServableHandle[Servable], spec: Any) -> tuple[str, Any]:
+    def _predict_signature(
+        self, handle: ServableHandle[Servable], spec: Any, *, rest: bool = False
+    ) -> tuple[str, Any]:
+        """The signature a Predict runs; a missing one is TF Serving's gRPC error, or with `rest` the error
+        of its REST handler, which looks the signature up first (http_rest_api_handler.cc, GetInfoMap)."""
         name = _signature_key(spec)
         signature = handle.servable.signature_defs.get(name)
+        if signature is None and rest:
+            raise InvalidInputError(f'Serving signature name: "{name}" not found in signature def')
         if signature is None:
             raise FailedPreconditionError(f'Serving signature key "{name}" not found.')
         if self.settings.method_name_check and signature.method_name not in (

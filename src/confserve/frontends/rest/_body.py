@@ -25,7 +25,7 @@ offset) stands. orjson turns an integer beyond 64 bits into a float without a wo
 integer part of 19 digits or more (every such integer has one) goes to `json.loads` directly. That check
 copies the text once, so only texts up to `ORJSON_MAX_BYTES` take this path (the speed matters most for
 small requests; a large body's numeric arrays take the fast path below). It accepts nothing the
-standard parser refuses (tests/unit/frontends/test_rest_body.py compares the two on edge cases and
+standard parser refuses (tests/unit/frontends/rest/test_body.py compares the two on edge cases and
 random texts).
 
 Why a body must hold no backslash for the fast path: outside strings JSON has none, and inside strings
@@ -100,8 +100,8 @@ def tree_bytes(body: bytes) -> int:
 def _may_hold_long_integer(text: bytes) -> bool:
     """Whether `text` may hold an integer part of 19 digits or more: each digit becomes 0, a character
     that may precede an integer part (anything but a digit, '.', 'e', 'E' and '+') a space, and the
-    result is searched for a space and 19 zeros: several times faster than `_LONG_INTEGER` (whose engine tries
-    every position); an exponent's digits after '-' count too, which only costs orjson's speed."""
+    result is searched for a space and 19 zeros. Several times faster than `_LONG_INTEGER`, whose engine
+    tries every position; an exponent's digits after '-' count too, which only costs orjson's speed."""
     return _LONG_INTEGER_MARK in (b" " + text).translate(_INTEGER_PARTS)
 
 

@@ -89,9 +89,8 @@ def loads(body: bytes, memory: RequestMemory | None = None, *, arrays: bool = Fa
         raise InvalidInputError(f"JSON Parse error: {reason} at offset: {exc.pos}") from None
     except (ValueError, RecursionError):
         raise InvalidInputError("JSON Parse error: invalid JSON") from None
-    if (b"\\u" in body or b"\xed" in body) and _MAYBE_SURROGATE.search(
-        body
-    ):  # rare: then every string is checked
+    # Rare: only a body with a \u escape or the byte ED can spell a surrogate; then every string is checked.
+    if (b"\\u" in body or b"\xed" in body) and _MAYBE_SURROGATE.search(body):
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
@@ -146,14 +145,14 @@ def format_decimal(value: float, dtype: np.dtype[Any]) -> str:
 
 def _decimals(flat: npt.NDArray[Any]) -> list[str]:
     """TF Serving's text of each value of a 1-D float32 or float64 array."""
+    precise = _MAX_DIGITS10[flat.dtype]
     if flat.size <= _FEW_VALUES:
         single = flat.dtype == np.float32
-        return [_decimal(value, single) for value in flat.tolist()]
+        return [_decimal(value, single, precise) for value in flat.tolist()]
     values = flat.tolist()  # Python floats: exact for both widths
     texts = [f"{v:g}" for v in values]
     readback = np.array([float(t) for t in texts], dtype=np.float64).astype(flat.dtype)
     finite = np.isfinite(flat)
-    precise = _MAX_DIGITS10[flat.dtype]
     for index in np.flatnonzero(finite & (readback != flat)).tolist():
         texts[index] = f"{values[index]:.{precise}g}"
     for index, text in enumerate(texts):
@@ -165,9 +164,9 @@ def _decimals(flat: npt.NDArray[Any]) -> list[str]:
     return texts
 
 
-def _decimal(value: float, single: bool) -> str:
+def _decimal(value: float, single: bool, precise: int) -> str:
     """`_decimals` for one value, without numpy (a small output, such as a model's scores, is written
-    several times faster this way); `single`: the value is a float32."""
+    several times faster this way); `single`: the value is a float32; `precise`: its `_MAX_DIGITS10`."""
     if not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("-Infinity" if value < 0 else "Infinity")
     text = f"{value:g}"
@@ -176,7 +175,7 @@ def _decimal(value: float, single: bool) -> str:
         # 3.40282347e+38, reads 3.40282e+38 in six digits, so no text rounds up past it
         (readback,) = _FLOAT32.unpack(_FLOAT32.pack(readback))
     if readback != value:
-        text = f"{value:.{9 if single else 17}g}"
+        text = f"{value:.{precise}g}"
     return text if "." in text or "e" in text else text + ".0"
 
 
