@@ -76,7 +76,10 @@ class Results:
 
 def _load(opts: Options, port: int, model: str, inputs: Any, tls: c.Tls, protocol: str, conc: int,
           seconds: float) -> load.Result:  # fmt: skip
-    target = c.raw_target(port, model, inputs, tls.client, protocol)
+    return _run(opts, c.raw_target(port, model, inputs, tls.client, protocol), conc, seconds)
+
+
+def _run(opts: Options, target: Any, conc: int, seconds: float) -> load.Result:
     result = load.run(
         target,
         concurrency=conc,
@@ -114,13 +117,7 @@ def measure_serving(
         for concurrency in (1, 16):
             print(f"gRPC+TLS floor: health Check c={concurrency} ...", flush=True)
             floor = c.health_target(grpc_port, tls.client)
-            out.grpc_floor[concurrency] = load.run(
-                floor,
-                concurrency=concurrency,
-                processes=1 if concurrency == 1 else opts.c16_processes,
-                seconds=opts.small_seconds,
-                client=opts.client,
-            )
+            out.grpc_floor[concurrency] = _run(opts, floor, concurrency, opts.small_seconds)
         for name, inputs in SMALL.items():
             out.small_base.setdefault(name, []).append(small_base[name].measure(opts.small_seconds))
             for protocol, port in (("grpc", grpc_port), ("rest", rest_port)):
