@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Callable
 
 import pytest
 
 from tests.background_load import BackgroundLoad, Counts
 
 
-def scripted(outcomes: str) -> tuple[object, threading.Event]:
+def scripted(outcomes: str) -> tuple[Callable[[], None], threading.Event]:
     """A call that fails ("x") or answers (".") as `outcomes` says, then answers; `done` once it is used up."""
     steps = iter(outcomes)
     done = threading.Event()
@@ -38,7 +39,7 @@ def test_attempts_retries_and_losses_are_counted(
     retry_pause: float | None, outcomes: str, failed: int, lost: int
 ) -> None:
     call, done = scripted(outcomes)
-    with BackgroundLoad(call, retry_pause=retry_pause) as load:  # type: ignore[arg-type]
+    with BackgroundLoad(call, retry_pause=retry_pause) as load:
         assert done.wait(30)
         load.wait_for(3)
     counts = load.counts()
